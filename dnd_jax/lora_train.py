@@ -1,0 +1,175 @@
+"""Supervised LoRA fine-tuning of the frozen base model (torch + peft): the zoo's producer.
+
+One function, :func:`train_lora`, trains a task's LoRA with the loss on answer tokens only and
+calls back at every step it is asked to keep. Everything that decides the result comes from
+arguments (seed, data order, hyper-parameters), so the same call gives the same tensors, and a run
+resumed from a :class:`ResumeState` continues exactly where an uninterrupted run would be.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from dnd_jax import tasks as tasks_lib
+
+
+@dataclasses.dataclass
+class Batch:
+    input_ids: "torch.Tensor"  # noqa: F821
+    attention_mask: "torch.Tensor"  # noqa: F821
+    labels: "torch.Tensor"  # noqa: F821  (-100 on context and padding)
+
+
+def encode_pairs(tokenizer, pairs: Sequence[tuple[str, str]], max_len: int) -> list[tuple[list[int], int]]:
+    """Token ids of context+answer and the answer's length; the context is cut from the left."""
+    out = []
+    for context, answer in pairs:
+        ctx = tokenizer(context, add_special_tokens=False)["input_ids"]
+        ans = tokenizer(answer, add_special_tokens=False)["input_ids"][:max_len]
+        ctx = ctx[max(0, len(ctx) - (max_len - len(ans))):]
+        out.append((ctx + ans, len(ans)))
+    return out
+
+
+def collate(encoded: Sequence[tuple[list[int], int]], pad_id: int) -> Batch:
+    """Right-pad to the longest sequence of the batch (not a fixed length: short tasks run faster)."""
+    import torch
+
+    width = max(len(ids) for ids, _ in encoded)
+    input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(encoded), width), dtype=torch.long)
+    labels = torch.full((len(encoded), width), -100, dtype=torch.long)
+    for i, (ids, n_ans) in enumerate(encoded):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        attention[i, : len(ids)] = 1
+        labels[i, len(ids) - n_ans : len(ids)] = torch.tensor(ids[len(ids) - n_ans :])
+    return Batch(input_ids, attention, labels)
+
+
+def batch_indices(num_examples: int, batch_size: int, step: int, seed: int) -> np.ndarray:
+    """Example indices of optimizer step ``step``: epoch-wise seeded permutations, a pure function."""
+    per_epoch = max(1, num_examples // batch_size)
+    epoch, pos = divmod(step, per_epoch)
+    perm = np.random.default_rng([seed, epoch]).permutation(num_examples)
+    if num_examples < batch_size:
+        return np.resize(perm, batch_size)
+    return perm[pos * batch_size : (pos + 1) * batch_size]
+
+
+def answer_loss(model, batch: Batch):
+    """Mean next-token cross-entropy over answer tokens; the LM head runs on those positions only."""
+    import torch.nn.functional as F
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = inner.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+    targets = batch.labels[:, 1:]
+    keep = targets != -100
+    logits = inner.lm_head(hidden[:, :-1][keep])
+    return F.cross_entropy(logits.float(), targets[keep])
+
+
+def make_lora_model(base_model, r: int, alpha: float, dropout: float, target_modules: Sequence[str], seed: int):
+    """Wrap the base model with a fresh LoRA; the init depends on ``seed`` only.
+
+    Every task of a zoo uses the same seed, so all LoRA A matrices start from the same point: the
+    generator must then learn task differences, not random initializations.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules),
+                     bias="none", task_type="CAUSAL_LM")
+    return get_peft_model(base_model, cfg)
+
+
+def trainable_state(model) -> dict:
+    return {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
+
+
+def train_lora(
+    model,
+    tokenizer,
+    examples: Sequence[tasks_lib.Example],
+    *,
+    answer_format: str,
+    max_len: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    warmup_steps: int,
+    total_steps: int,
+    seed: int,
+    keep_step: Callable[[int], bool],
+    on_keep: Callable[[int, float, float], None],
+    resume: dict | None = None,
+    save_resume: Callable[[dict], None] | None = None,
+    resume_every: int = 20,
+    desc: str = "lora",
+) -> dict:
+    """Train ``model`` (already LoRA-wrapped) for ``total_steps``; call ``on_keep(step, loss, wall)``.
+
+    ``resume`` is a state from ``save_resume`` (LoRA tensors, optimizer state, step, wall time):
+    training continues from it exactly. Returns {'final_loss', 'wall_time_s', 'losses'}.
+    """
+    import torch
+
+    encoded = encode_pairs(tokenizer, [tasks_lib.training_pair(e, answer_format, tokenizer) for e in examples], max_len)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, warmup_steps)))
+    start, wall, losses = 0, 0.0, []
+    if resume is not None:
+        model.load_state_dict(resume["lora"], strict=False)
+        opt.load_state_dict(resume["optimizer"])
+        sched.load_state_dict(resume["scheduler"])
+        start, wall, losses = int(resume["step"]), float(resume["wall_time_s"]), list(resume["losses"])
+    model.train()
+    bar = tqdm(range(start, total_steps), desc=desc, initial=start, total=total_steps, dynamic_ncols=True)
+    for step in bar:
+        t0 = time.perf_counter()
+        idx = batch_indices(len(encoded), batch_size, step, seed)
+        batch = collate([encoded[i] for i in idx], tokenizer.pad_token_id)
+        loss = answer_loss(model, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        wall += time.perf_counter() - t0
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        done = step + 1
+        if keep_step(done):
+            on_keep(done, losses[-1], wall)
+        if save_resume is not None and (keep_step(done) or done % resume_every == 0) and done < total_steps:
+            save_resume({"lora": trainable_state(model), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                         "step": done, "wall_time_s": wall, "losses": losses})
+    model.eval()
+    return {"final_loss": losses[-1] if losses else float("nan"), "wall_time_s": wall, "losses": losses}
+
+
+def save_resume_state(path: Path, state: dict) -> None:
+    """Atomically save a resume state (tensors + plain Python values; loaded with weights_only)."""
+    import os
+
+    import torch
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_resume_state(path: Path) -> dict | None:
+    import torch
+
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception:  # a torn or foreign file: start the task over rather than trust it
+        return None
