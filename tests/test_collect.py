@@ -1,0 +1,129 @@
+"""The checkpoint zoo: tiny end to end, crash + rerun == uninterrupted, adapters load and act."""
+
+import numpy as np
+import pytest
+import torch
+
+from configs import tiny
+from dnd_jax import base_model, collect, zoo
+
+
+def _tiny_config(**zoo_overrides):
+    config = tiny.get_config()
+    config.tasks = ("arc_e", "piqa")
+    for k, v in zoo_overrides.items():
+        config.zoo[k] = v
+    return config
+
+
+def _snapshot(workdir):
+    """All tensors and JSON meta of every checkpoint (wall times excluded: they differ by run)."""
+    out = {}
+    for task in zoo.tasks(workdir):
+        for ckpt in zoo.checkpoints(workdir, task):
+            out[(task, ckpt.name)] = (zoo.load_state_dict(ckpt), zoo.checkpoint_meta(ckpt))
+    return out
+
+
+@pytest.fixture(scope="module")
+def clean_zoo(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("zoo_clean")
+    collect.collect(_tiny_config(), workdir)
+    return workdir
+
+
+def test_tiny_zoo_layout(clean_zoo):
+    config = _tiny_config()
+    manifest = zoo.manifest(clean_zoo)
+    assert set(manifest["tasks"]) == {"arc_e", "piqa"}
+    for task in ("arc_e", "piqa"):
+        ckpts = zoo.checkpoints(clean_zoo, task)
+        assert [zoo.checkpoint_meta(c)["step"] for c in ckpts] == collect.kept_steps(config.zoo)
+        tm = zoo.task_manifest(clean_zoo, task)
+        assert tm["train_wall_time_s"] > 0
+        assert tm["split_sizes"]["test"] > 0
+        assert tm["base_model"]["sha"] == manifest["base_model"]["sha"]
+        prompts = zoo.prompts(clean_zoo, task)
+        assert len(prompts) == config.zoo.num_prompts_saved and all(prompts)
+        sd = zoo.load_state_dict(ckpts[-1])
+        assert any("lora_B" in k and np.abs(v).max() > 0 for k, v in sd.items())  # training moved B
+
+
+def test_rerun_skips_finished_tasks(clean_zoo, capsys):
+    before = _snapshot(clean_zoo)
+    collect.collect(_tiny_config(), clean_zoo)
+    assert "complete, skipping" in capsys.readouterr().out
+    after = _snapshot(clean_zoo)
+    assert before.keys() == after.keys()
+
+
+def test_crash_then_rerun_equals_uninterrupted(clean_zoo, tmp_path, monkeypatch):
+    real_write = collect.write_checkpoint
+    calls = {"n": 0}
+
+    def crashing_write(model, out, meta):
+        calls["n"] += 1
+        if calls["n"] == 3:  # die mid-write of the 3rd checkpoint, leaving a temp folder behind
+            (out.parent / f".{out.name}.tmp-crash").mkdir()
+            raise KeyboardInterrupt("simulated kill")
+        real_write(model, out, meta)
+
+    monkeypatch.setattr(collect, "write_checkpoint", crashing_write)
+    with pytest.raises(KeyboardInterrupt):
+        collect.collect(_tiny_config(), tmp_path)
+    assert (tmp_path / "zoo" / "arc_e" / collect.RESUME_FILE).is_file()
+    # Corrupt one finished checkpoint as well: it must be detected and redone, never used.
+    first = sorted((tmp_path / "zoo" / "arc_e").glob("ckpt_*"))[0]
+    (first / zoo.ADAPTER_WEIGHTS).write_bytes(b"garbage")
+    monkeypatch.setattr(collect, "write_checkpoint", real_write)
+    collect.collect(_tiny_config(), tmp_path)
+
+    a, b = _snapshot(clean_zoo), _snapshot(tmp_path)
+    assert a.keys() == b.keys()
+    for key in a:
+        sd_a, meta_a = a[key]
+        sd_b, meta_b = b[key]
+        assert meta_a == meta_b, key
+        for name in sd_a:
+            np.testing.assert_array_equal(sd_a[name], sd_b[name], err_msg=f"{key} {name}")
+    assert not list((tmp_path / "zoo" / "arc_e").glob(".ckpt_*"))
+    assert not (tmp_path / "zoo" / "arc_e" / collect.RESUME_FILE).exists()
+
+
+def test_every_adapter_loads_and_changes_logits(clean_zoo):
+    from peft import PeftModel
+
+    ref = base_model.BaseModelRef(**zoo.manifest(clean_zoo)["base_model"])
+    base, tok = base_model.load(ref)
+    ids = tok(["Question: What is the sun?\nAnswer: a star"], return_tensors="pt").input_ids
+    with torch.inference_mode():
+        base_logits = base(ids).logits
+    for task in zoo.tasks(clean_zoo):
+        for ckpt in zoo.checkpoints(clean_zoo, task):
+            fresh, _ = base_model.load(ref)
+            model = PeftModel.from_pretrained(fresh, str(ckpt))
+            with torch.inference_mode():
+                logits = model(ids).logits
+            assert not torch.allclose(logits, base_logits), ckpt
+
+
+def test_recipe_change_is_refused(clean_zoo):
+    config = _tiny_config(lr=1e-2)
+    with pytest.raises(SystemExit, match="another recipe"):
+        collect.collect(config, clean_zoo)
+
+
+def test_unknown_task_fails_before_compute(tmp_path):
+    config = _tiny_config()
+    with pytest.raises(KeyError, match="unknown task"):
+        collect.collect(config, tmp_path, only=["nope"])
+    assert not (tmp_path / "base_model").exists()
+
+
+def test_cli_bad_task_exits_nonzero(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "dnd_jax.collect", "--config", "configs/tiny.py", "--workdir",
+                        str(tmp_path), "--tasks", "nope"], capture_output=True, text=True)
+    assert r.returncode != 0 and "unknown task" in r.stderr
