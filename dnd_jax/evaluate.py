@@ -1,0 +1,489 @@
+"""Evaluate adapters and baselines on a task: ``python -m dnd_jax.evaluate``.
+
+    python -m dnd_jax.evaluate --config configs/tiny.py --workdir W --task piqa \\
+        [--adapter [NAME=]DIR ...] [--baselines base,training_loras,merged,nearest,oracle] \\
+        [--limit K] [--metrics cloze,mc] [--split test] [--out DIR]
+
+Every (system, metric) gives an accuracy with its n and a 95% bootstrap CI over examples, and keeps
+its per-example correctness so systems are compared with paired bootstraps. Results are cached in
+``W/eval_cache/`` by (base model sha, adapter content hash, task, split, metric, limit, examples),
+so a rerun costs nothing. Writes ``results.json``, ``results.md`` and ``results.png`` into
+``--out`` (default ``W/eval/<task>/``).
+
+The base model is loaded once; each adapter is merged (``merge_and_unload``, exact) into a fresh
+deep copy of the base weights, so no adapter can leak into the next evaluation.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import sys
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+from tqdm import tqdm
+
+from dnd_jax import assets, base_model, baselines, scoring, tasks, zoo
+
+METRICS = ("cloze", "mc")
+SCORING_VERSION = 1  # bump when a change to scoring.py changes numbers (invalidates the cache)
+_VOLATILE_CONFIG_KEYS = ("base_model_name_or_path", "revision", "peft_version", "inference_mode")
+
+# --- hashing and cache -----------------------------------------------------------------------------
+
+
+def adapter_hash(adapter: str | Path | None) -> str:
+    """sha256 of the adapter weights file and its (canonical) config; ``none`` for the base model.
+
+    Config fields that do not change the computation (where the base model was loaded from, peft
+    version) are left out, so the same weights copied elsewhere hit the same cache entry.
+    """
+    if adapter is None:
+        return "none"
+    adapter = Path(adapter)
+    cfg = json.loads((adapter / zoo.ADAPTER_CONFIG).read_text())
+    for k in _VOLATILE_CONFIG_KEYS:
+        cfg.pop(k, None)
+    h = hashlib.sha256()
+    h.update(assets.file_sha256(adapter / zoo.ADAPTER_WEIGHTS).encode())
+    h.update(json.dumps(cfg, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def _examples_hash(examples: Sequence[tasks.Example]) -> str:
+    blob = json.dumps([[e.id, e.prompt, list(e.choices), e.gold, list(e.labels)] for e in examples])
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _cache_key(ref: base_model.BaseModelRef, ahash: str, task: str, split: str, metric: str, limit: int,
+               examples: Sequence[tasks.Example], max_new_tokens: int) -> dict:
+    key = {"version": SCORING_VERSION, "base_model_sha": ref.sha, "adapter_hash": ahash, "task": task,
+           "split": split, "metric": metric, "limit": limit, "examples": _examples_hash(examples)}
+    if metric == "mc":
+        key["max_new_tokens"] = max_new_tokens
+    return key
+
+
+def _cache_path(cache_dir: Path, key: dict) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+    return cache_dir / f"{key['task']}-{key['metric']}-{digest}.json"
+
+
+# --- models --------------------------------------------------------------------------------------------
+
+_LOADED: dict[str, tuple] = {}  # base model sha -> (model, tokenizer); one base kept in memory
+
+
+def _load_base(ref: base_model.BaseModelRef) -> tuple:
+    if ref.sha not in _LOADED:
+        _LOADED.clear()
+        _LOADED[ref.sha] = base_model.load(ref)
+    return _LOADED[ref.sha]
+
+
+@contextlib.contextmanager
+def model_with_adapter(ref: base_model.BaseModelRef, adapter: str | Path | None) -> Iterator[tuple]:
+    """(model, tokenizer): the base itself, or a deep copy of it with the adapter merged in.
+
+    The shared base model is never modified: merging happens in the copy, which is dropped after.
+    """
+    base, tok = _load_base(ref)
+    if adapter is None:
+        yield base, tok
+        return
+    from peft import PeftModel
+
+    with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5; not ours to fix
+        warnings.simplefilter("ignore", FutureWarning)
+        model = PeftModel.from_pretrained(copy.deepcopy(base), str(adapter)).merge_and_unload()
+    model.eval()
+    try:
+        yield model, tok
+    finally:
+        del model
+
+
+def _score(model, tok, examples: Sequence[tasks.Example], metric: str, batch_size: int, max_new_tokens: int,
+           progress: bool) -> dict:
+    """The cacheable, per-example part of a result."""
+    if metric == "cloze":
+        scores = scoring.cloze_scores(model, tok, examples, batch_size=batch_size, progress=progress)
+        raw, norm = scoring.cloze_predictions(scores)
+        return {
+            "pred": norm, "correct": [int(p == e.gold) for p, e in zip(norm, examples, strict=True)],
+            "pred_unnorm": raw, "correct_unnorm": [int(p == e.gold) for p, e in zip(raw, examples, strict=True)],
+            "loglik": [s["loglik"] for s in scores], "chars": [s["chars"] for s in scores],
+        }
+    if metric == "mc":
+        texts = scoring.mc_generate(model, tok, examples, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                    progress=progress)
+        pred = [scoring.parse_mc_answer(t, e.mc_labels()) for t, e in zip(texts, examples, strict=True)]
+        return {"pred": pred, "correct": [int(p == e.gold) for p, e in zip(pred, examples, strict=True)],
+                "valid": [int(p is not None) for p in pred], "texts": texts}
+    raise ValueError(f"unknown metric '{metric}'; use one of {METRICS}")
+
+
+def _summarize(record: dict, n_boot: int, seed: int) -> dict:
+    """Add accuracy, n and CIs (recomputed from the per-example vectors; cheap)."""
+    out = dict(record)
+    out["n"] = len(record["correct"])
+    out["accuracy"] = float(np.mean(record["correct"])) if out["n"] else float("nan")
+    out["ci"] = list(scoring.bootstrap_ci(record["correct"], n_boot, seed))
+    if "correct_unnorm" in record:
+        out["acc_unnorm"] = float(np.mean(record["correct_unnorm"])) if out["n"] else float("nan")
+        out["ci_unnorm"] = list(scoring.bootstrap_ci(record["correct_unnorm"], n_boot, seed))
+    if "valid" in record:
+        out["valid_rate"] = float(np.mean(record["valid"])) if out["n"] else float("nan")
+        out["ci_valid"] = list(scoring.bootstrap_ci(record["valid"], n_boot, seed))
+    return out
+
+
+def evaluate_adapter_metrics(model_ref: base_model.BaseModelRef, adapter: str | Path | None, task: str,
+                             metrics: Sequence[str], limit: int | None, batch_size: int,
+                             cache_dir: str | Path | None, *, split: str = "test", max_new_tokens: int = 8,
+                             n_boot: int = 1000, seed: int = 0, progress: bool = True) -> dict[str, dict]:
+    """:func:`evaluate_adapter` for several metrics, merging the adapter at most once."""
+    limit = int(limit or 0)
+    examples = tasks.load_examples(task, split, limit or None)
+    ahash = adapter_hash(adapter)
+    cache = Path(cache_dir) if cache_dir else None
+    out: dict[str, dict] = {}
+    todo = []
+    for metric in metrics:
+        if metric not in METRICS:
+            raise ValueError(f"unknown metric '{metric}'; use one of {METRICS}")
+        key = _cache_key(model_ref, ahash, task, split, metric, limit, examples, max_new_tokens)
+        path = _cache_path(cache, key) if cache else None
+        if path is not None and path.is_file():
+            record = json.loads(path.read_text())
+            if record.get("key") == key:
+                out[metric] = _summarize(record, n_boot, seed) | {"cached": True}
+                continue
+        todo.append((metric, key, path))
+    if todo:
+        with model_with_adapter(model_ref, adapter) as (model, tok):
+            for metric, key, path in todo:
+                t0 = time.time()
+                record = _score(model, tok, examples, metric, batch_size, max_new_tokens, progress)
+                record |= {"key": key, "task": task, "split": split, "metric": metric, "limit": limit,
+                           "ids": [e.id for e in examples], "adapter": str(adapter) if adapter else None,
+                           "wall_s": time.time() - t0}
+                if path is not None:
+                    assets.write_json_atomic(path, record)
+                out[metric] = _summarize(record, n_boot, seed) | {"cached": False}
+    return {m: out[m] for m in metrics}
+
+
+def evaluate_adapter(model_ref: base_model.BaseModelRef, adapter: str | Path | None, task: str, metric: str,
+                     limit: int | None, batch_size: int, cache_dir: str | Path | None, *, split: str = "test",
+                     max_new_tokens: int = 8, n_boot: int = 1000, seed: int = 0, progress: bool = True) -> dict:
+    """One adapter (None = the base model) on the first ``limit`` examples of a task split.
+
+    Returns ``accuracy``, ``n``, ``ci`` (95% bootstrap), the per-example ``correct`` list and ``pred``;
+    cloze adds ``acc_unnorm``/``ci_unnorm`` and the log-likelihoods, mc adds ``valid_rate`` and the
+    generated ``texts``. ``cached`` says whether the result came from ``cache_dir``.
+    """
+    return evaluate_adapter_metrics(model_ref, adapter, task, [metric], limit, batch_size, cache_dir, split=split,
+                                    max_new_tokens=max_new_tokens, n_boot=n_boot, seed=seed,
+                                    progress=progress)[metric]
+
+
+# --- many systems + reports ------------------------------------------------------------------------
+
+MEAN_TRAINING = "training_loras_mean"
+
+
+def _aggregate_training(per_system: dict[str, dict], systems: Sequence[baselines.System], n_boot: int,
+                        seed: int) -> dict | None:
+    """Mean over the individual training LoRAs: per example, the fraction of them that are right."""
+    names = [s.name for s in systems if s.kind == "training_lora" and s.name in per_system]
+    if not names:
+        return None
+    correct = np.mean([per_system[n]["correct"] for n in names], axis=0).tolist()
+    record = {"correct": correct, "members": names, "ids": per_system[names[0]]["ids"]}
+    if all("valid" in per_system[n] for n in names):
+        record["valid"] = np.mean([per_system[n]["valid"] for n in names], axis=0).tolist()
+    return _summarize(record, n_boot, seed)
+
+
+def evaluate_systems(model_ref: base_model.BaseModelRef, systems: Sequence[baselines.System], task: str, *,
+                     metrics: Sequence[str] = METRICS, limit: int | None = None, batch_size: int = 16,
+                     cache_dir: str | Path | None = None, out_dir: str | Path | None = None,
+                     split: str = "test", max_new_tokens: int = 8, n_boot: int = 1000, seed: int = 0,
+                     progress: bool = True) -> dict:
+    """Evaluate every system on every metric, add the training-LoRA mean and paired comparisons.
+
+    Comparisons: every system against ``base``, and every ``adapter`` system (e.g. DnD's) against
+    every baseline. Writes results.json/.md/.png into ``out_dir`` when it is given.
+    """
+    names = [s.name for s in systems]
+    if len(set(names)) != len(names):
+        raise ValueError(f"system names must be unique: {names}")
+    results: dict[str, dict[str, dict]] = {m: {} for m in metrics}
+    for s in tqdm(systems, desc=f"eval {task}", disable=not progress):
+        res = evaluate_adapter_metrics(model_ref, s.adapter, task, metrics, limit, batch_size, cache_dir,
+                                       split=split, max_new_tokens=max_new_tokens, n_boot=n_boot, seed=seed,
+                                       progress=progress)
+        for m in metrics:
+            results[m][s.name] = res[m]
+    for m in metrics:
+        agg = _aggregate_training(results[m], systems, n_boot, seed)
+        if agg is not None:
+            results[m][MEAN_TRAINING] = agg
+    comparisons = []
+    kinds = {s.name: s.kind for s in systems} | {MEAN_TRAINING: "training_mean"}
+    for m in metrics:
+        pairs = [(a, "base") for a in results[m] if a != "base" and "base" in results[m]]
+        pairs += [(a, b) for a in results[m] if kinds[a] == "adapter" for b in results[m]
+                  if kinds[b] not in ("adapter", "base")]
+        for a, b in pairs:
+            pb = scoring.paired_bootstrap(results[m][a]["correct"], results[m][b]["correct"], n_boot, seed)
+            comparisons.append({"metric": m, "a": a, "b": b} | pb)
+    report = {
+        "task": task, "split": split, "limit": int(limit or 0), "n_boot": n_boot, "seed": seed,
+        "base_model": model_ref.to_dict(), "metrics": list(metrics),
+        "systems": [s.to_dict() | {"adapter_hash": adapter_hash(s.adapter)} for s in systems],
+        "results": results, "comparisons": comparisons,
+    }
+    if out_dir is not None:
+        write_reports(report, out_dir)
+    return report
+
+
+def _fmt_ci(ci: Sequence[float]) -> str:
+    return f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+
+def markdown(report: dict) -> str:
+    """Tables: per metric, each system's accuracy, CI, n, valid rate and difference to base."""
+    lines = [f"# {report['task']} ({report['split']}): base {report['base_model']['name']}", ""]
+    info = {s["name"]: s for s in report["systems"]}
+    for m in report["metrics"]:
+        res = report["results"][m]
+        vs_base = {c["a"]: c for c in report["comparisons"] if c["metric"] == m and c["b"] == "base"}
+        desc = "acc_norm (log-likelihood per character)" if m == "cloze" else "generated [label] accuracy"
+        lines += [f"## {m}: {desc}", "",
+                  "| system | accuracy (%) | 95% CI | n | valid (%) | vs base (pp) | p(diff<=0) | note |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for name, r in res.items():
+            valid = f"{100 * r['valid_rate']:.1f}" if "valid_rate" in r else ""
+            c = vs_base.get(name)
+            diff = f"{100 * c['diff']:+.1f} {_fmt_ci(c['ci'])}" if c else ""
+            p = f"{c['p']:.3f}" if c else ""
+            sysinfo = info.get(name, {}).get("info", {})
+            note = []
+            if "source_task" in sysinfo and info[name]["kind"] != "training_lora":
+                note.append(f"from {sysinfo['source_task']}")
+            if sysinfo.get("train_wall_time_s") is not None:
+                note.append(f"trained {sysinfo['train_wall_time_s']:.0f} s")
+            if "acc_unnorm" in r:
+                note.append(f"acc {100 * r['acc_unnorm']:.1f}")
+            lines.append(f"| {name} | {100 * r['accuracy']:.1f} | {_fmt_ci(r['ci'])} | {r['n']} | {valid} | "
+                         f"{diff} | {p} | {'; '.join(note)} |")
+        lines.append("")
+    others = [c for c in report["comparisons"] if c["b"] != "base"]
+    if others:
+        lines += ["## adapters vs baselines (paired bootstrap)", "",
+                  "| metric | adapter | baseline | diff (pp) | 95% CI | p(diff<=0) | n |", "|---|---|---|---|---|---|---|"]
+        for c in others:
+            lines.append(f"| {c['metric']} | {c['a']} | {c['b']} | {100 * c['diff']:+.1f} | {_fmt_ci(c['ci'])} | "
+                         f"{c['p']:.3f} | {c['n']} |")
+        lines.append("")
+    if any("oracle" in report["results"][m] for m in report["metrics"]):
+        lines.append("oracle = a LoRA trained on the task's own labeled train split (an upper reference).")
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: str | Path) -> None:
+    """Bar chart of accuracy with 95% CI error bars, one panel per metric."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = report["metrics"]
+    width = max(6.0, 0.6 * max(len(report["results"][m]) for m in metrics) + 2)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(width * len(metrics), 4.5), squeeze=False)
+    kinds = {s["name"]: s["kind"] for s in report["systems"]}
+    colors = {"base": "#888888", "training_lora": "#9ecae1", "merged": "#3182bd", "nearest": "#6baed6",
+              "oracle": "#31a354", "adapter": "#e6550d"}
+    for ax, m in zip(axes[0], metrics, strict=True):
+        res = report["results"][m]
+        names = list(res)
+        acc = np.array([100 * res[n]["accuracy"] for n in names])
+        lo = np.array([100 * res[n]["ci"][0] for n in names])
+        hi = np.array([100 * res[n]["ci"][1] for n in names])
+        err = np.nan_to_num(np.stack([acc - lo, hi - acc]), nan=0.0)
+        ax.bar(range(len(names)), acc, yerr=err, capsize=3,
+               color=[colors.get(kinds.get(n, ""), "#756bb1") for n in names])
+        if "base" in res:
+            ax.axhline(100 * res["base"]["accuracy"], color="k", lw=0.8, ls="--")
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, rotation=35, ha="right", fontsize=8)
+        ax.set_ylabel("accuracy (%)")
+        ax.set_ylim(0, 100)
+        n = max((res[x]["n"] for x in names), default=0)
+        ax.set_title(f"{report['task']} — {m} (n={n}, 95% CI)")
+    fig.tight_layout()
+    fig.savefig(str(path), dpi=120)
+    plt.close(fig)
+
+
+def write_reports(report: dict, out_dir: str | Path) -> Path:
+    """results.json (everything, per-example vectors included), results.md, results.png."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    assets.write_json_atomic(out_dir / "results.json", report)
+    (out_dir / "results.md").write_text(markdown(report))
+    plot(report, out_dir / "results.png")
+    return out_dir
+
+
+# --- CLI ---------------------------------------------------------------------------------------------
+
+
+def _adapter_systems(specs: Sequence[str]) -> list[baselines.System]:
+    out = []
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            name, path = Path(spec).name, spec
+        if not (Path(path) / zoo.ADAPTER_WEIGHTS).is_file():
+            raise FileNotFoundError(f"--adapter {path}: no {zoo.ADAPTER_WEIGHTS} there")
+        out.append(baselines.System(name, "adapter", str(Path(path))))
+    return out
+
+
+def run(config, workdir: str | Path, task: str, *, adapters: Sequence[str] = (), baseline_names=None,
+        training_tasks: Sequence[str] | None = None, limit: int | None = None, metrics: Sequence[str] | None = None,
+        split: str = "test", out_dir: str | Path | None = None, nearest_prompts: str = "test",
+        progress: bool = True) -> dict:
+    """The CLI's work: resolve the base model, build systems, evaluate, write and print the reports.
+
+    ``training_tasks`` (the generator's training tasks) defaults to the zoo's tasks minus ``task``
+    and ``config.holdout``. ``nearest`` sees all of the split's unlabeled prompts (what a generator
+    is conditioned on) or, with ``nearest_prompts='zoo'``, the task's zoo prompts.jsonl.
+    """
+    workdir = Path(workdir)
+    tasks.get_task(task)
+    ec = config.eval
+    limit = int(ec.limit) if limit is None else int(limit)
+    metrics = list(metrics or ec.metrics)
+    names = list(config.experiment.baselines if baseline_names is None else baseline_names)
+    ref = base_model.resolve(config.base_model, workdir)
+    systems = _adapter_systems(adapters)
+    if names:
+        if training_tasks is None:
+            holdout = set(config.get("holdout", ()) or ())
+            training_tasks = [t for t in zoo.tasks(workdir) if t != task and t not in holdout]
+        target = None
+        if "nearest" in names:
+            target = ([e.prompt for e in tasks.load_examples(task, split)] if nearest_prompts == "test"
+                      else zoo.prompts(workdir, task))
+        systems = baselines.build_baselines(workdir, task, names, training_tasks=training_tasks,
+                                            target_prompts=target) + systems
+    if not systems:
+        raise ValueError("nothing to evaluate: give --adapter and/or --baselines")
+    out_dir = Path(out_dir) if out_dir else workdir / "eval" / task
+    report = evaluate_systems(ref, systems, task, metrics=metrics, limit=limit, batch_size=int(ec.batch_size),
+                              cache_dir=workdir / "eval_cache", out_dir=out_dir, split=split,
+                              max_new_tokens=int(ec.max_new_tokens), n_boot=int(ec.bootstrap),
+                              seed=int(config.seed), progress=progress)
+    print(markdown(report))
+    print(f"[evaluate] wrote {out_dir}/results.json, results.md, results.png")
+    return report
+
+
+def summarize(report: dict, adapter: str = "dnd") -> dict:
+    """The experiment-level view of a report: ``systems[name][metric] = {acc, ci, n, ...}``.
+
+    Adds ``best_training_lora`` (the training LoRA best on this very test set: an optimistic
+    reference, not a method) and ``paired["<adapter> - <baseline>"][metric] = {diff, ci, p_le_0, n}``.
+    """
+    systems: dict[str, dict] = {}
+    keep = ("accuracy", "ci", "n", "correct", "valid_rate", "ci_valid", "acc_unnorm", "ci_unnorm", "cached")
+    for m, per in report["results"].items():
+        for name, r in per.items():
+            systems.setdefault(name, {})[m] = {k: r[k] for k in keep if k in r} | {"acc": r["accuracy"]}
+        loras = [n for n in per if n.startswith("lora:")]
+        if loras:
+            best = max(loras, key=lambda n: (per[n]["accuracy"], n))
+            systems.setdefault("best_training_lora", {})[m] = dict(systems[best][m], source=best)
+    paired: dict[str, dict] = {}
+    for c in report["comparisons"]:
+        if c["a"] == adapter:
+            paired.setdefault(f"{adapter} - {c['b']}", {})[c["metric"]] = {
+                "diff": c["diff"], "ci": c["ci"], "p_le_0": c["p"], "n": c["n"]}
+    info = {s["name"]: s["info"] | {"adapter": s["adapter"], "kind": s["kind"]} for s in report["systems"]}
+    return {"task": report["task"], "split": report["split"], "limit": report["limit"], "systems": systems,
+            "paired": paired, "system_info": info}
+
+
+def evaluate_target(config, workdir: str | Path, target: str, *, training_tasks: Sequence[str] | None = None,
+                    dnd_adapter: str | Path | None = None, out_dir: str | Path | None = None,
+                    baseline_names: Sequence[str] | None = None, limit: int | None = None,
+                    metrics: Sequence[str] | None = None, split: str = "test", progress: bool = True) -> dict:
+    """A generated adapter (system ``dnd``) and the config's baselines on ``target``: :func:`summarize`d.
+
+    The full report (per-example vectors, every comparison) is written to ``out_dir`` (default
+    ``<workdir>/eval/<target>``) and its path returned as ``report_dir``.
+    """
+    out_dir = Path(out_dir) if out_dir else Path(workdir) / "eval" / target
+    adapters = [f"dnd={dnd_adapter}"] if dnd_adapter is not None else []
+    report = run(config, workdir, target, adapters=adapters, baseline_names=baseline_names,
+                 training_tasks=training_tasks, limit=limit, metrics=metrics, split=split, out_dir=out_dir,
+                 progress=progress)
+    return summarize(report, "dnd") | {"report_dir": str(out_dir)}
+
+
+def define_flags() -> dict:
+    """The CLI flags, defined only when run as a program: importing this module defines none, so it
+    can share a process with the other entry points (which define --config, --task, ...)."""
+    return {
+        "config": config_flags.DEFINE_config_file("config", None, "Config file (configs/X.py[:arg]).",
+                                                  lock_config=True),
+        "workdir": flags.DEFINE_string("workdir", None, "Working directory (zoo in WORKDIR/zoo, cache in "
+                                       "WORKDIR/eval_cache)."),
+        "task": flags.DEFINE_string("task", None, "Task to evaluate on (the held-out task T)."),
+        "adapter": flags.DEFINE_multi_string("adapter", [], "Adapter folder to evaluate, as DIR or NAME=DIR "
+                                             "(repeatable)."),
+        "baselines": flags.DEFINE_list("baselines", None, "Baselines (default: config.experiment.baselines); "
+                                       "'' for none."),
+        "limit": flags.DEFINE_integer("limit", None, "First K examples of the split (default: config.eval.limit; "
+                                      "0 = all)."),
+        "metrics": flags.DEFINE_list("metrics", None, "cloze and/or mc (default: config.eval.metrics)."),
+        "split": flags.DEFINE_string("split", "test", "Task split to evaluate on."),
+        "out": flags.DEFINE_string("out", None, "Output folder (default: WORKDIR/eval/<task>)."),
+        "nearest_prompts": flags.DEFINE_enum("nearest_prompts", "test", ["test", "zoo"],
+                                             "T's prompts for 'nearest': its unlabeled eval prompts, or the zoo's "
+                                             "prompts.jsonl."),
+    }
+
+
+def main(argv, fl: dict) -> None:
+    """Entry point: ``fl`` holds the flags from :func:`define_flags`."""
+    if len(argv) > 1:
+        sys.exit(f"error: unexpected arguments {argv[1:]}")
+    if fl["workdir"].value is None or fl["task"].value is None:
+        sys.exit("error: --workdir and --task are required")
+    baseline_names = fl["baselines"].value
+    try:
+        run(fl["config"].value, fl["workdir"].value, fl["task"].value, adapters=fl["adapter"].value,
+            baseline_names=[b for b in baseline_names if b] if baseline_names is not None else None,
+            limit=fl["limit"].value, metrics=fl["metrics"].value, split=fl["split"].value, out_dir=fl["out"].value,
+            nearest_prompts=fl["nearest_prompts"].value)
+    except (KeyError, ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    _FLAGS = define_flags()
+    flags.mark_flags_as_required(["config"])
+    app.run(lambda argv: main(argv, _FLAGS))

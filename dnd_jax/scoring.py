@@ -1,0 +1,250 @@
+"""Scoring a causal LM on a task: cloze log-likelihoods, multiple-choice generation, bootstrap CIs.
+
+Two protocols, both on the registry's :class:`~dnd_jax.tasks.Example`:
+
+- ``cloze`` (lm-eval-harness style): the log-likelihood of each choice continuation after
+  :func:`~dnd_jax.tasks.cloze_context`; the prediction is the argmax. ``acc_norm`` divides each
+  log-likelihood by the continuation's length in *characters* (the string as scored, including its
+  leading space), exactly like lm-eval's ``acc_norm``; ``acc`` uses the raw sum.
+- ``mc`` (the DnD paper's protocol): greedy-decode a few tokens after the chat-formatted lettered
+  question (:func:`~dnd_jax.tasks.mc_context`) and parse a label out of the text; an unparseable
+  answer counts as wrong. Accuracy and the valid-answer rate are reported.
+
+Every metric keeps its per-example correctness vector so that two systems can be compared with a
+paired bootstrap over the same examples.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from dnd_jax import tasks as tasks_lib
+
+# --- cloze ----------------------------------------------------------------------------------------
+
+
+def encode_cloze(tokenizer, ex: tasks_lib.Example, max_len: int | None = None) -> list[tuple[list[int], int]]:
+    """(context ids + continuation ids, continuation length) for each choice of ``ex``.
+
+    Context and continuation are tokenized separately and concatenated, so every choice is scored
+    on the same context tokens and the boundary never merges a context token into the answer (no
+    special tokens are added, as in training). Over-long contexts are cut from the left.
+    """
+    ctx = tokenizer(tasks_lib.cloze_context(ex), add_special_tokens=False)["input_ids"]
+    out = []
+    for cont_text in tasks_lib.cloze_continuations(ex):
+        cont = tokenizer(cont_text, add_special_tokens=False)["input_ids"]
+        if not cont:
+            raise ValueError(f"{ex.task}/{ex.id}: empty continuation {cont_text!r}")
+        c = ctx
+        if max_len is not None and len(c) + len(cont) > max_len:
+            c = ctx[max(0, len(ctx) - (max_len - len(cont))):]
+        if not c:
+            raise ValueError(f"{ex.task}/{ex.id}: no context left after truncation to {max_len} tokens")
+        out.append((list(c) + list(cont), len(cont)))
+    return out
+
+
+def _model_max_len(model) -> int | None:
+    return getattr(model.config, "max_position_embeddings", None)
+
+
+def _continuation_logprobs(model, seqs: Sequence[tuple[list[int], int]], pad_id: int) -> list[float]:
+    """Summed log-prob of each sequence's last ``n`` tokens: one right-padded forward.
+
+    Only the continuation positions go through the LM head (the full ``(B, T, V)`` logits of a real
+    vocabulary would not fit in memory for a batch of long contexts).
+    """
+    import torch
+
+    width = max(len(ids) for ids, _ in seqs) - 1
+    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(seqs), width), dtype=torch.long)
+    rows, cols, targets, owner = [], [], [], []
+    for i, (ids, n) in enumerate(seqs):
+        inp = ids[:-1]
+        input_ids[i, : len(inp)] = torch.tensor(inp)
+        attention[i, : len(inp)] = 1
+        start = len(ids) - n  # first continuation token; predicted at position start - 1
+        for j in range(start, len(ids)):
+            rows.append(i)
+            cols.append(j - 1)
+            targets.append(ids[j])
+            owner.append(i)
+    rows_t, cols_t = torch.tensor(rows), torch.tensor(cols)
+    softcap = getattr(model.config, "final_logit_softcapping", None)
+    if softcap is None and hasattr(model, "get_decoder") and model.get_output_embeddings() is not None:
+        hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention).last_hidden_state
+        logits = model.get_output_embeddings()(hidden[rows_t, cols_t])
+    else:  # models that post-process logits: take the full forward
+        logits = model(input_ids=input_ids, attention_mask=attention).logits[rows_t, cols_t]
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    token_lp = logp[torch.arange(len(targets)), torch.tensor(targets)]
+    sums = torch.zeros(len(seqs), dtype=torch.float64).index_add_(0, torch.tensor(owner), token_lp.double())
+    return sums.tolist()
+
+
+def cloze_scores(model, tokenizer, examples: Sequence[tasks_lib.Example], batch_size: int = 16,
+                 max_len: int | None = None, progress: bool = True) -> list[dict]:
+    """Per example: ``loglik`` (summed, per choice), ``chars`` (normalizer, per choice), ``tokens``.
+
+    ``batch_size`` examples go into one forward with all their choices. Examples are batched in
+    order of length (less padding) and the results returned in the input order.
+    """
+    import torch
+
+    max_len = max_len or _model_max_len(model)
+    encoded = [encode_cloze(tokenizer, ex, max_len) for ex in examples]
+    order = sorted(range(len(examples)), key=lambda i: -max(len(ids) for ids, _ in encoded[i]))
+    out: list[dict | None] = [None] * len(examples)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    bar = tqdm(total=len(examples), desc="cloze", disable=not progress, leave=False)
+    with torch.inference_mode():
+        for b in range(0, len(order), batch_size):
+            idx = order[b : b + batch_size]
+            seqs = [s for i in idx for s in encoded[i]]
+            sums = _continuation_logprobs(model, seqs, pad_id)
+            k = 0
+            for i in idx:
+                n = len(encoded[i])
+                out[i] = {
+                    "loglik": sums[k : k + n],
+                    "chars": [len(c) for c in tasks_lib.cloze_continuations(examples[i])],
+                    "tokens": [t for _, t in encoded[i]],
+                }
+                k += n
+            bar.update(len(idx))
+    bar.close()
+    return out  # type: ignore[return-value]
+
+
+def cloze_predictions(scores: Sequence[dict]) -> tuple[list[int], list[int]]:
+    """(argmax of raw log-likelihood, argmax of per-character log-likelihood) per example."""
+    raw = [int(np.argmax(s["loglik"])) for s in scores]
+    norm = [int(np.argmax(np.asarray(s["loglik"]) / np.asarray(s["chars"]))) for s in scores]
+    return raw, norm
+
+
+# --- multiple choice (generation) -----------------------------------------------------------------
+
+_YES_NO = {"yes": "true", "no": "false"}
+
+
+def parse_mc_answer(text: str, labels: Sequence[str]) -> int | None:
+    """The index of the label a generated answer names, or None if it names none.
+
+    Accepted, in this order: a bracketed label ``[C]``/``[True]``; a parenthesized one ``(C)``;
+    ``Answer: C`` / ``answer is C``; a leading label word ``C``, ``C.``, ``C)``, ``True``. For
+    True/False labels, ``yes``/``no`` are synonyms. Inside brackets and after ``Answer:`` case
+    is ignored; a bare leading single letter must be upper case (a leading ``a`` is an article).
+    """
+    low = [lab.lower() for lab in labels]
+    boolean = set(low) == {"true", "false"}
+
+    def lookup(word: str, strict_case: bool) -> int | None:
+        w = word.lower()
+        if boolean:
+            w = _YES_NO.get(w, w)
+        if w not in low:
+            return None
+        idx = low.index(w)
+        if strict_case and len(labels[idx]) == 1 and word != labels[idx]:
+            return None
+        return idx
+
+    text = text.strip()
+    patterns = [
+        (r"\[\s*([A-Za-z]+)\s*\]", False),
+        (r"\(\s*([A-Za-z]+)\s*\)", False),
+        (r"\banswer(?:\s+is)?\s*[:\-]?\s*[\[\(]?\s*([A-Za-z]+)", False),
+        (r"^([A-Za-z]+)(?![A-Za-z])", True),
+    ]
+    for pattern, strict in patterns:
+        for m in re.finditer(pattern, text, flags=re.IGNORECASE if not strict else 0):
+            idx = lookup(m.group(1), strict)
+            if idx is not None:
+                return idx
+    return None
+
+
+def mc_generate(model, tokenizer, examples: Sequence[tasks_lib.Example], batch_size: int = 16,
+                max_new_tokens: int = 8, progress: bool = True) -> list[str]:
+    """Greedy continuations (decoded text) of the chat-formatted lettered questions.
+
+    Left padding, so every row's last prompt token sits at the same position and generation starts
+    for all rows at once; the attention mask keeps the pads out (and sets the positions).
+    """
+    import torch
+
+    prompts = [tokenizer(tasks_lib.mc_context(ex, tokenizer), add_special_tokens=False)["input_ids"]
+               for ex in examples]
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    out: list[str | None] = [None] * len(prompts)
+    bar = tqdm(total=len(prompts), desc="mc", disable=not progress, leave=False)
+    with torch.inference_mode():
+        for b in range(0, len(order), batch_size):
+            idx = order[b : b + batch_size]
+            width = max(len(prompts[i]) for i in idx)
+            input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+            attention = torch.zeros((len(idx), width), dtype=torch.long)
+            for r, i in enumerate(idx):
+                input_ids[r, width - len(prompts[i]):] = torch.tensor(prompts[i])
+                attention[r, width - len(prompts[i]):] = 1
+            gen = model.generate(
+                input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens, do_sample=False,
+                num_beams=1, temperature=None, top_p=None, top_k=None, pad_token_id=pad_id,
+            )
+            texts = tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)
+            for r, i in enumerate(idx):
+                out[i] = texts[r]
+            bar.update(len(idx))
+    bar.close()
+    return out  # type: ignore[return-value]
+
+
+# --- bootstrap --------------------------------------------------------------------------------------
+
+
+def _resampled_means(x: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_boot)
+    step = max(1, 2_000_000 // max(1, len(x)))  # bound the index matrix's memory
+    for s in range(0, n_boot, step):
+        k = min(step, n_boot - s)
+        means[s : s + k] = x[rng.integers(0, len(x), size=(k, len(x)))].mean(axis=1)
+    return means
+
+
+def bootstrap_ci(correct: Sequence[float], n_boot: int = 1000, seed: int = 0,
+                 level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean over examples (NaNs when there are no examples)."""
+    x = np.asarray(correct, dtype=np.float64)
+    if len(x) == 0 or n_boot <= 0:
+        return (float("nan"), float("nan"))
+    means = _resampled_means(x, n_boot, seed)
+    a = (1.0 - level) / 2
+    return (float(np.quantile(means, a)), float(np.quantile(means, 1 - a)))
+
+
+def paired_bootstrap(correct_a: Sequence[float], correct_b: Sequence[float], n_boot: int = 1000,
+                     seed: int = 0, level: float = 0.95) -> dict:
+    """Mean of ``a - b`` over the same examples, its percentile CI, and ``p`` = P*(resampled diff <= 0).
+
+    ``p`` is a one-sided bootstrap p-value-ish for "a is better than b": small means the gain is
+    unlikely to be resampling noise; identical vectors give a difference of 0 and ``p`` = 1.
+    """
+    a = np.asarray(correct_a, dtype=np.float64)
+    b = np.asarray(correct_b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired bootstrap needs the same examples: {a.shape} vs {b.shape}")
+    if len(a) == 0:
+        return {"diff": float("nan"), "ci": [float("nan"), float("nan")], "p": float("nan"), "n": 0}
+    d = a - b
+    means = _resampled_means(d, n_boot, seed)
+    lo, hi = (1.0 - level) / 2, 1 - (1.0 - level) / 2
+    return {"diff": float(d.mean()), "ci": [float(np.quantile(means, lo)), float(np.quantile(means, hi))],
+            "p": float(np.mean(means <= 0)), "n": int(len(d))}

@@ -1,0 +1,299 @@
+"""Evaluation harness: scoring by hand, batching, mc parsing, exact merged LoRA, cache, no leaks, CLI."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from configs import tiny
+from dnd_jax import assets, base_model, baselines, evaluate, scoring, tasks, zoo
+
+TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+# --- mc parsing (pure) --------------------------------------------------------------------------------
+
+LETTERS = ("A", "B", "C", "D")
+BOOL = ("False", "True")
+
+
+@pytest.mark.parametrize("text,labels,expected", [
+    ("[C]", LETTERS, 2),
+    ("[c]", LETTERS, 2),
+    ("  [B] because ...", LETTERS, 1),
+    ("C", LETTERS, 2),
+    ("C.", LETTERS, 2),
+    ("D) the last one", LETTERS, 3),
+    ("(A)", LETTERS, 0),
+    ("Answer: C", LETTERS, 2),
+    ("The answer is B.", LETTERS, 1),
+    ("answer: [D]", LETTERS, 3),
+    ("[True]", BOOL, 1),
+    ("[false]", BOOL, 0),
+    ("True", BOOL, 1),
+    ("yes", BOOL, 1),
+    ("No.", BOOL, 0),
+    ("Answer: yes", BOOL, 1),
+    ("[E]", LETTERS, None),  # not a label of this question
+    ("Cats are mammals", LETTERS, None),
+    ("a bird", LETTERS, None),  # a lower-case leading 'a' is an article
+    ("", LETTERS, None),
+    ("::::", LETTERS, None),
+    ("maybe", BOOL, None),
+])
+def test_parse_mc_answer(text, labels, expected):
+    assert scoring.parse_mc_answer(text, labels) == expected
+
+
+# --- bootstrap (pure) ---------------------------------------------------------------------------------
+
+
+def test_bootstrap_ci_and_paired():
+    rng = np.random.default_rng(0)
+    a = (rng.random(200) < 0.6).astype(int)
+    lo, hi = scoring.bootstrap_ci(a, n_boot=500, seed=1)
+    assert lo < a.mean() < hi and hi - lo < 0.2
+    assert scoring.bootstrap_ci(a, 500, 1) == (lo, hi)  # seeded
+    same = scoring.paired_bootstrap(a, a, n_boot=500)
+    assert same["diff"] == 0.0 and same["ci"] == [0.0, 0.0] and same["p"] == 1.0 and same["n"] == 200
+    better = np.maximum(a, (rng.random(200) < 0.5).astype(int))
+    pb = scoring.paired_bootstrap(better, a, n_boot=500)
+    assert pb["diff"] > 0 and pb["ci"][0] > 0 and pb["p"] < 0.05
+    with pytest.raises(ValueError):
+        scoring.paired_bootstrap(a, a[:10])
+
+
+# --- cloze and mc on the tiny model -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_base):
+    return base_model.load(tiny_base)
+
+
+@pytest.fixture(scope="module")
+def mixed_examples():
+    # Different numbers of choices and lengths in one batch.
+    return tasks.load_examples("piqa", "test", 3) + tasks.load_examples("arc_e", "test", 3)
+
+
+def test_cloze_equals_hand_computation(tiny_model, mixed_examples):
+    model, tok = tiny_model
+    batched = scoring.cloze_scores(model, tok, mixed_examples, batch_size=4, progress=False)
+    single = scoring.cloze_scores(model, tok, mixed_examples, batch_size=1, progress=False)
+    for ex, b, s in zip(mixed_examples, batched, single, strict=True):
+        ctx = tok(tasks.cloze_context(ex), add_special_tokens=False)["input_ids"]
+        hand = []
+        for cont in tasks.cloze_continuations(ex):
+            cids = tok(cont, add_special_tokens=False)["input_ids"]
+            ids = torch.tensor([ctx + cids])
+            with torch.no_grad():
+                logp = torch.log_softmax(model(input_ids=ids).logits[0].double(), -1)
+            hand.append(sum(float(logp[len(ctx) + j - 1, t]) for j, t in enumerate(cids)))
+        np.testing.assert_allclose(b["loglik"], hand, rtol=1e-4, atol=1e-3)
+        np.testing.assert_allclose(s["loglik"], hand, rtol=1e-4, atol=1e-3)  # batched == unbatched
+        assert b["chars"] == [len(c) for c in tasks.cloze_continuations(ex)]  # normalizer: characters
+        raw, norm = scoring.cloze_predictions([b])
+        assert raw == [int(np.argmax(hand))]
+        assert norm == [int(np.argmax(np.array(hand) / np.array(b["chars"])))]
+
+
+def test_mc_batched_equals_unbatched(tiny_model, mixed_examples):
+    model, tok = tiny_model
+    batched = scoring.mc_generate(model, tok, mixed_examples, batch_size=6, max_new_tokens=3, progress=False)
+    single = [scoring.mc_generate(model, tok, [ex], batch_size=1, max_new_tokens=3, progress=False)[0]
+              for ex in mixed_examples]
+    assert batched == single
+    assert all(isinstance(t, str) for t in batched)
+
+
+# --- a tiny zoo built by hand -------------------------------------------------------------------------
+
+
+def _write_ckpt(model_ref, out, seed: int, r: int = 4, alpha: float = 8.0) -> None:
+    from peft import LoraConfig, get_peft_model
+
+    model, _ = base_model.load(model_ref)
+    torch.manual_seed(seed)
+    peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, target_modules=list(TARGETS),
+                                                  task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.5)
+    peft_model.save_pretrained(str(out))
+    sha = assets.file_sha256(out / zoo.ADAPTER_WEIGHTS)
+    assets.write_json_atomic(out / zoo.CKPT_META, {"step": int(out.name.split("_")[1]), "loss": 1.0, "sha256": sha})
+
+
+ZOO_TASKS = {"arc_e": 1, "boolq": 2, "piqa": 3}
+
+
+@pytest.fixture(scope="module")
+def tiny_zoo(tmp_path_factory):
+    """Workdir with the tiny config's base model and a 3-task zoo (2 checkpoints each)."""
+    workdir = tmp_path_factory.mktemp("eval_zoo")
+    ref = base_model.resolve(tiny.get_config().base_model, workdir)
+    for task, seed in ZOO_TASKS.items():
+        tdir = zoo.task_dir(workdir, task)
+        tdir.mkdir(parents=True)
+        for step in (1, 2):
+            _write_ckpt(ref, tdir / zoo.ckpt_name(step), seed * 10 + step)
+        prompts = [e.prompt for e in tasks.load_examples(task, "train", 6)]
+        (tdir / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+        assets.write_json_atomic(tdir / "manifest.json", {"task": task, "train_wall_time_s": 12.5 * seed,
+                                                          "total_steps": 2})
+    return workdir, ref
+
+
+def _scaled_delta(sd: dict, cfg: dict, a_key: str) -> np.ndarray:
+    return baselines.lora_scaling(cfg) * sd[a_key.replace("lora_A", "lora_B")] @ sd[a_key]
+
+
+def test_merged_adapter_is_exact_average(tiny_zoo, tmp_path):
+    from peft import PeftModel
+
+    workdir, ref = tiny_zoo
+    ckpts = [zoo.final_checkpoint(workdir, t) for t in ("arc_e", "boolq")]
+    merged = baselines.merge_adapters(ckpts, tmp_path / "merged")
+    cfg = zoo.adapter_config(merged)
+    assert cfg["r"] == 8 and cfg["lora_alpha"] == 16.0  # rank r*K, scaling alpha/r unchanged
+    srcs = [(zoo.load_state_dict(c), zoo.adapter_config(c)) for c in ckpts]
+    msd = zoo.load_state_dict(merged)
+    a_keys = [k for k in msd if ".lora_A." in k]
+    assert len(a_keys) == 2 * len(TARGETS)
+    expected = {}
+    for k in a_keys:
+        expected[k] = np.mean([_scaled_delta(sd, c, k) for sd, c in srcs], axis=0)
+        np.testing.assert_allclose(_scaled_delta(msd, cfg, k), expected[k], rtol=1e-5, atol=1e-6)
+
+    # peft loads it and applies exactly that update.
+    base, tok = base_model.load(ref)
+    pm = PeftModel.from_pretrained(base_model.load(ref)[0], str(merged))
+    modules = dict(pm.named_modules())
+    for k in a_keys:
+        mod = modules[k.split(".lora_A.")[0]]
+        np.testing.assert_allclose(mod.get_delta_weight("default").detach().numpy(), expected[k], rtol=1e-5, atol=1e-6)
+    manual = base_model.load(ref)[0]
+    params = dict(manual.named_parameters())
+    with torch.no_grad():
+        for k in a_keys:
+            name = k.split(".lora_A.")[0].removeprefix("base_model.model.") + ".weight"
+            params[name] += torch.from_numpy(expected[k])
+    ids = torch.tensor([tok("Question: why is the sky blue?\nAnswer:", add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        got, want, plain = pm(input_ids=ids).logits, manual(input_ids=ids).logits, base(input_ids=ids).logits
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert (got - plain).abs().max() > 1e-2  # the adapter really acts
+
+
+def test_baselines_from_zoo(tiny_zoo, tmp_path):
+    workdir, _ = tiny_zoo
+
+    def embed(texts):  # a bag-of-characters embedder: deterministic and fast
+        out = np.zeros((len(texts), 128))
+        for i, t in enumerate(texts):
+            for ch in t.lower():
+                out[i, ord(ch) % 128] += 1
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+    target = zoo.prompts(workdir, "boolq")  # identical prompt sets: cosine 1
+    systems = baselines.build_baselines(workdir, "piqa", target_prompts=target, embed=embed,
+                                        adapter_root=tmp_path)
+    by_name = {s.name: s for s in systems}
+    assert list(by_name) == ["base", "lora:arc_e", "lora:boolq", "merged", "nearest", "oracle"]
+    assert by_name["base"].adapter is None
+    assert by_name["lora:arc_e"].adapter == str(zoo.final_checkpoint(workdir, "arc_e"))
+    assert by_name["nearest"].info["source_task"] == "boolq"
+    assert by_name["nearest"].info["cosine"]["boolq"] == pytest.approx(1.0)
+    assert by_name["oracle"].adapter == str(zoo.final_checkpoint(workdir, "piqa"))
+    assert by_name["oracle"].info["train_wall_time_s"] == 37.5
+    assert by_name["merged"].info["source_tasks"] == ["arc_e", "boolq"]
+    with pytest.raises(ValueError):
+        baselines.build_baselines(workdir, "piqa", ["nearest"])  # no target prompts
+    with pytest.warns(UserWarning):
+        assert baselines.build_baselines(workdir, "obqa", ["oracle"]) == []
+
+
+# --- evaluation: cache and isolation ------------------------------------------------------------------
+
+
+def test_cached_results_are_reused(tiny_zoo, tmp_path, monkeypatch):
+    workdir, ref = tiny_zoo
+    adapter = zoo.final_checkpoint(workdir, "arc_e")
+    kw = dict(limit=4, batch_size=4, cache_dir=tmp_path, max_new_tokens=3, n_boot=200, progress=False)
+    first = evaluate.evaluate_adapter_metrics(ref, adapter, "piqa", ["cloze", "mc"], **kw)
+    assert not first["cloze"]["cached"] and len(list(tmp_path.glob("*.json"))) == 2
+
+    def boom(*a, **k):
+        raise AssertionError("a cached result must not run the model")
+
+    monkeypatch.setattr(scoring, "cloze_scores", boom)
+    monkeypatch.setattr(scoring, "mc_generate", boom)
+    monkeypatch.setattr(evaluate, "_load_base", boom)
+    for metric in ("cloze", "mc"):
+        again = evaluate.evaluate_adapter(ref, adapter, "piqa", metric, **kw)
+        assert again["cached"]
+        for k in ("accuracy", "n", "ci", "correct", "pred"):
+            assert again[k] == first[metric][k]
+    assert first["cloze"]["n"] == 4 and len(first["cloze"]["correct"]) == 4
+    assert 0.0 <= first["mc"]["valid_rate"] <= 1.0
+    with pytest.raises(AssertionError):  # another limit is another key
+        evaluate.evaluate_adapter(ref, adapter, "piqa", "cloze", **(kw | {"limit": 3}))
+
+
+def test_adapters_do_not_leak(tiny_zoo):
+    workdir, ref = tiny_zoo
+    a = zoo.final_checkpoint(workdir, "arc_e")
+    b = zoo.final_checkpoint(workdir, "boolq")
+    kw = dict(limit=3, batch_size=4, cache_dir=None, progress=False)
+
+    def loglik(adapter):
+        return evaluate.evaluate_adapter(ref, adapter, "piqa", "cloze", **kw)["loglik"]
+
+    evaluate._LOADED.clear()
+    b_fresh = loglik(b)
+    base_before = loglik(None)
+    snapshot = {k: v.clone() for k, v in evaluate._load_base(ref)[0].state_dict().items()}
+    with_a = loglik(a)
+    assert not np.allclose(with_a, base_before)
+    assert loglik(None) == base_before  # the base is back to itself, bit for bit
+    assert loglik(b) == b_fresh  # b after a == b in a fresh process state
+    for k, v in evaluate._load_base(ref)[0].state_dict().items():
+        assert torch.equal(v, snapshot[k]), k
+
+
+# --- CLI end to end -------------------------------------------------------------------------------------
+
+
+def test_cli_end_to_end(tiny_zoo, tmp_path, capsys):
+    workdir, _ = tiny_zoo
+    out = tmp_path / "out"
+    dnd = zoo.task_dir(workdir, "piqa") / zoo.ckpt_name(1)  # stands in for a generated adapter
+    summary = evaluate.evaluate_target(tiny.get_config(), workdir, "piqa", training_tasks=["arc_e", "boolq"],
+                                       dnd_adapter=dnd, limit=4, out_dir=out, progress=False)
+    assert "| oracle |" in capsys.readouterr().out
+    assert summary["report_dir"] == str(out)
+    for m in ("cloze", "mc"):
+        assert summary["systems"]["dnd"][m]["n"] == 4
+        best = summary["systems"]["best_training_lora"][m]
+        assert best["acc"] == max(summary["systems"][f"lora:{t}"][m]["acc"] for t in ("arc_e", "boolq"))
+        assert set(summary["paired"]["dnd - merged"][m]) >= {"diff", "ci", "p_le_0", "n"}
+    report = json.loads((out / "results.json").read_text())
+    assert (out / "results.png").stat().st_size > 1000
+    md = (out / "results.md").read_text()
+    for m in ("cloze", "mc"):
+        res = report["results"][m]
+        assert set(res) == {"base", "lora:arc_e", "lora:boolq", "merged", "nearest", "oracle", "dnd",
+                            evaluate.MEAN_TRAINING}
+        for r in res.values():
+            assert r["n"] == 4 and len(r["ci"]) == 2 and len(r["correct"]) == 4
+        mean = np.mean([res["lora:arc_e"]["accuracy"], res["lora:boolq"]["accuracy"]])
+        assert res[evaluate.MEAN_TRAINING]["accuracy"] == pytest.approx(mean)
+        assert f"## {m}" in md
+    nearest = next(s for s in report["systems"] if s["name"] == "nearest")
+    assert nearest["info"]["source_task"] in ("arc_e", "boolq")
+    assert {(c["a"], c["b"]) for c in report["comparisons"] if c["metric"] == "cloze"} >= {
+        ("dnd", "merged"), ("dnd", "oracle"), ("dnd", evaluate.MEAN_TRAINING), ("merged", "base")}
+    assert len(list((workdir / "eval_cache").glob("piqa-*.json"))) >= 2 * 6
