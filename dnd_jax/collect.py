@@ -22,10 +22,6 @@ from ml_collections import config_flags
 
 from dnd_jax import assets, base_model, lora_train, tasks, zoo
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/X.py[:arg]).", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Working directory; the zoo goes to WORKDIR/zoo.")
-_TASKS = flags.DEFINE_list("tasks", None, "Only these tasks (default: config.tasks).")
-
 RESUME_FILE = "resume.pt"
 
 
@@ -200,16 +196,28 @@ def summary_table(manifest: dict) -> str:
     return "\n".join(rows)
 
 
-def main(argv) -> None:
-    del argv
-    if _WORKDIR.value is None:
+def define_flags() -> dict:
+    """CLI flags, defined only when run as a program (so verbs can share one process)."""
+    return {
+        "config": config_flags.DEFINE_config_file("config", None, "Config file (configs/X.py[:arg]).",
+                                                  lock_config=True),
+        "workdir": flags.DEFINE_string("workdir", None, "Working directory; the zoo goes to WORKDIR/zoo."),
+        "tasks": flags.DEFINE_list("tasks", None, "Only these tasks (default: config.tasks)."),
+    }
+
+
+def main(argv, fl: dict) -> None:
+    if len(argv) > 1:
+        sys.exit(f"error: unexpected arguments {argv[1:]}")
+    if fl["workdir"].value is None:
         sys.exit("error: --workdir is required")
     try:
-        collect(_CONFIG.value, _WORKDIR.value, _TASKS.value)
+        collect(fl["config"].value, fl["workdir"].value, fl["tasks"].value)
     except (KeyError, ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":
+    _FLAGS = define_flags()
     flags.mark_flags_as_required(["config"])
-    app.run(main)
+    app.run(lambda argv: main(argv, _FLAGS))
