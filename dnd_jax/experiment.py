@@ -1,0 +1,149 @@
+"""The DnD experiment: ``python -m dnd_jax.experiment --config configs/X.py --workdir W``.
+
+1. collect the zoo (resumable);
+2. for each held-out task T in ``config.experiment.holdouts``: train a generator on the other
+   tasks, generate T's adapter from a sample of T's *test prompts* (unlabeled), and evaluate it on
+   T's test split against every baseline;
+3. cross-domain (``config.experiment.cross_domain``, e.g. SciQ): a generator trained on all the
+   commonsense tasks generates for the new domain.
+
+Every stage is resumable (zoo and generator checkpoints, adapters written atomically, evaluation
+results cached), so a killed run restarts without redoing finished stages. Results go to
+``W/results/`` and, with ``--docs``, to ``docs/results/``.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from dnd_jax import assets, base_model, collect, tasks, zoo
+
+
+def generator_config(config, target: str):
+    """The training config for target ``target``: every other task, cross-domain tasks excluded."""
+    cfg = config.copy_and_resolve_references()
+    cross = tuple(config.experiment.cross_domain)
+    if target in cross:
+        cfg.holdout = tuple(t for t in config.tasks if t in cross)
+    else:
+        cfg.holdout = (target,) + tuple(t for t in config.tasks if t in cross and t != target)
+    return cfg
+
+
+def training_tasks(config, target: str) -> list[str]:
+    cfg = generator_config(config, target)
+    return [t for t in config.tasks if t not in cfg.holdout]
+
+
+def _stage_log(workdir: Path, name: str, seconds: float, extra: dict | None = None) -> None:
+    path = workdir / "experiment_stages.json"
+    stages = json.loads(path.read_text()) if path.is_file() else {}
+    stages[name] = {"wall_s": round(seconds, 2), **(extra or {})}
+    assets.write_json_atomic(path, stages)
+
+
+def run_target(config, workdir: Path, target: str) -> dict:
+    """Train (or resume) the generator for ``target``, generate its adapter, evaluate everything."""
+    from dnd_jax import evaluate, generate, train
+
+    cfg = generator_config(config, target)
+    gen_dir = workdir / "generators" / target
+    t0 = time.perf_counter()
+    train.train_and_evaluate(cfg, gen_dir)
+    _stage_log(workdir, f"train/{target}", time.perf_counter() - t0)
+
+    adapter_dir = workdir / "adapters" / f"dnd_{target}"
+    gen_timing_path = adapter_dir / "dnd_generation_timing.json"
+    if not gen_timing_path.is_file():
+        shutil.rmtree(adapter_dir, ignore_errors=True)
+        wall0 = time.perf_counter()
+        gen = generate.Generator.load(gen_dir)
+        timings = {"load_s": gen.load_time_s}
+        test_prompts = [e.prompt for e in tasks.load_examples(target, "test")]
+        adapter = gen.generate_many([test_prompts], seed=int(config.generate.seed), timings=timings)[0]
+        t1 = time.perf_counter()
+        adapter.save(adapter_dir)
+        timings["write_s"] = time.perf_counter() - t1
+        timings["wall_s"] = time.perf_counter() - wall0
+        assets.write_json_atomic(gen_timing_path, timings)
+    gen_timing = json.loads(gen_timing_path.read_text())
+
+    t0 = time.perf_counter()
+    result = evaluate.evaluate_target(
+        config, workdir, target, training_tasks=training_tasks(config, target), dnd_adapter=adapter_dir,
+        out_dir=workdir / "results" / target,
+    )
+    _stage_log(workdir, f"evaluate/{target}", time.perf_counter() - t0)
+    oracle_s = zoo.task_manifest(workdir, target)["train_wall_time_s"]
+    result["speed"] = {"generate_wall_s": gen_timing["wall_s"], "oracle_train_wall_s": oracle_s,
+                       "speedup": oracle_s / max(gen_timing["wall_s"], 1e-9), **gen_timing}
+    return result
+
+
+def run(config, workdir: str | Path, only: list[str] | None = None, docs: str = "") -> dict:
+    workdir = Path(workdir)
+    targets = list(config.experiment.holdouts) + list(config.experiment.cross_domain)
+    if only:
+        unknown = [t for t in only if t not in targets]
+        if unknown:
+            raise ValueError(f"--only {unknown} not among the experiment's targets {targets}")
+        targets = [t for t in targets if t in only]
+    for t in targets:
+        if t not in config.tasks:
+            raise ValueError(f"experiment target '{t}' is not in config.tasks {tuple(config.tasks)}")
+
+    t0 = time.perf_counter()
+    collect.collect(config, workdir)
+    _stage_log(workdir, "collect", time.perf_counter() - t0)
+
+    results = {"config": json.loads(config.to_json_best_effort()),
+               "base_model": base_model.resolve(config.base_model, workdir).to_dict(), "targets": {}}
+    for target in targets:
+        results["targets"][target] = run_target(config, workdir, target)
+        write_report(results, workdir / "results", docs)
+    return results
+
+
+def write_report(results: dict, out_dir: Path, docs: str = "") -> None:
+    from dnd_jax import report
+
+    report.write(results, out_dir)
+    if docs:
+        report.write(results, Path(docs))
+
+
+def define_flags() -> dict:
+    """CLI flags, defined only when run as a program (so verbs can share one process)."""
+    return {
+        "config": config_flags.DEFINE_config_file("config", None, "Config file (configs/X.py[:arg]).",
+                                                  lock_config=True),
+        "workdir": flags.DEFINE_string("workdir", None, "Working directory for every stage."),
+        "docs": flags.DEFINE_string("docs", "", "Also write results (JSON, Markdown, PNG) here, e.g. docs/results."),
+        "only": flags.DEFINE_list("only", None, "Run only these targets (held-out or cross-domain tasks)."),
+    }
+
+
+def main(argv, fl: dict) -> None:
+    if len(argv) > 1:
+        sys.exit(f"error: unexpected arguments {argv[1:]}")
+    if fl["workdir"].value is None:
+        sys.exit("error: --workdir is required")
+    try:
+        results = run(fl["config"].value, fl["workdir"].value, fl["only"].value, fl["docs"].value)
+    except (KeyError, ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+    from dnd_jax import report
+
+    print(report.markdown(report.slim(results)))
+
+
+if __name__ == "__main__":
+    _FLAGS = define_flags()
+    flags.mark_flags_as_required(["config"])
+    app.run(lambda argv: main(argv, _FLAGS))
