@@ -58,6 +58,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.keep_ckpts = 2
     c.eval_steps = 200
     c.val_checkpoints_per_task = 1  # last k zoo checkpoints per training task held out for val loss
+    c.zoo_workdir = ""  # folder holding zoo/; '' = the train --workdir or its nearest parent with a zoo/
 
     c.generate = dict(seed=0)
     c.eval = dict(limit=0, batch_size=16, max_new_tokens=8, metrics=("cloze", "mc"), bootstrap=1000)

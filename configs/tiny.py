@@ -34,12 +34,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     config.layout.token_shape = (4, 16)
 
-    config.model.hidden_shapes = ((8, 16, 64),)
+    config.model.hidden_shapes = ((32, 8, 32),)
     config.model.kernel_size = 3
 
-    config.batch_size = 4
+    config.batch_size = 8  # divisible by the 8 simulated test devices
     config.total_steps = 60
-    config.lr = 3e-3
+    config.lr = 1e-2
     config.warmup_steps = 5
     config.log_steps = 10
     config.ckpt_steps = 20
