@@ -9,6 +9,9 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+# torch's OpenMP threads spin while waiting; beside another busy process (a JAX job) that made LoRA
+# steps 50x slower here. Passive waiting costs nothing measurable when the machine is free.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: install test demo lint bench clean
 

@@ -1,7 +1,7 @@
 """Quick DnD experiment on the embedded defaults (`make demo`): about 15 minutes on 2 CPU cores.
 
 SmolLM2-135M-Instruct; a 4-task zoo (ARC-e, ARC-c, OBQA, PIQA), 40 LoRA steps per task keeping the
-last 8; a generator trained on ARC-e, OBQA and PIQA; ARC-c held out: its adapter is generated from
+last 8; a generator trained for 150 steps on ARC-e, OBQA and PIQA; ARC-c held out: its adapter is generated from
 ARC-c *test* prompts (unlabeled) and evaluated on 100 ARC-c test questions against the baselines.
 
     python -m dnd_jax.experiment --config configs/quickstart.py --workdir workdir/quickstart
@@ -19,6 +19,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.zoo.num_prompts_saved = 256
     config.experiment.holdouts = ("arc_c",)
     config.experiment.cross_domain = ()
+    config.total_steps = 150
+    config.eval_steps = 50
+    config.ckpt_steps = 50
     config.eval.limit = 100
     config.eval.metrics = ("cloze", "mc")
     return smollm2_commonsense.common.apply_arg(config, arg)
