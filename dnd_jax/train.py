@@ -39,8 +39,8 @@ METRICS = "metrics.jsonl"
 FORMAT = "dnd_jax.generator/1"
 MAX_PADDING = 0.5  # a token shape wasting more of the grid than this is a config error
 # Config keys that do not change the trained weights (cadence, paths, later stages).
-_NOT_RECIPE = ("log_steps", "ckpt_steps", "keep_ckpts", "eval_steps", "zoo_workdir", "mesh", "generate", "eval",
-               "experiment", "zoo")
+_NOT_RECIPE = ("log_steps", "ckpt_steps", "keep_ckpts", "eval_steps", "zoo_workdir", "mesh", "min_shard_size",
+               "generate", "eval", "experiment", "zoo")
 
 
 class ConfigError(ValueError):
@@ -217,8 +217,10 @@ def _recipe(config) -> dict:
 
 
 def _manager(workdir: Path, config=None, create: bool = True) -> ocp.CheckpointManager:
+    # Synchronous saves: a step's checkpoint is complete (renamed from a tmp folder) before training
+    # goes on; tmp folders left by a killed save are removed when training restarts.
     opts = ocp.CheckpointManagerOptions(max_to_keep=int(config.keep_ckpts) if config else None, create=create,
-                                        enable_async_checkpointing=False)
+                                        enable_async_checkpointing=False, cleanup_tmp_directories=config is not None)
     return ocp.CheckpointManager((workdir / CKPT_DIR).resolve(), options=opts,
                                  item_names=("params", "train", "norm", "meta"))
 
@@ -235,13 +237,14 @@ def _config_from_meta(meta: dict) -> ml_collections.ConfigDict:
 class LoadedGenerator:
     """A trained generator: ``model.apply(params, cond)`` maps ``(B, N, L, C)`` to normalized tokens.
 
-    Tokens -> LoRA: ``normalizer.denormalize(tokens) * layout.mask()`` then
-    ``layout.detokenize(layout, one_example)``. ``metadata`` holds: ``format``, ``step``,
+    Tokens -> LoRA: ``layout.detokenize(layout, normalizer.denormalize(tokens)[i])`` (denormalize
+    zeroes padding). ``metadata`` (JSON) holds: ``format``, ``step``, ``model_name``,
+    ``in_shape`` (N, L, C), ``out_shape`` (T, h, w), ``layout`` (``WeightLayout.to_dict``),
+    ``normalizer`` (mode, eps, stat_shape; the statistics are a separate Orbax item),
     ``train_tasks``, ``holdout``, ``cross_domain``, ``encoder`` (kind, path, sha, max_len),
-    ``conditions`` (num_prompts, max_len, dim), ``in_shape`` (N, L, C), ``out_shape`` (T, h, w),
-    ``layout`` and ``normalizer`` dicts, ``lora`` (r, lora_alpha, lora_dropout, target_modules),
-    ``base_model`` (name, path, sha), ``zoo`` (workdir, checkpoint folders per task),
-    ``param_count``, ``model_name`` and the full ``config`` (JSON).
+    ``conditions`` (num_prompts, max_len, dim), ``lora`` (r, lora_alpha, lora_dropout,
+    target_modules), ``base_model`` (name, path, sha), ``zoo`` (workdir, checkpoint folders per
+    task), ``param_count``, ``config`` (the full training config) and ``recipe``.
     """
 
     model: object
@@ -255,13 +258,18 @@ class LoadedGenerator:
 
 def load_generator(workdir: str | Path, step: int | None = None) -> LoadedGenerator:
     """The generator saved under ``workdir`` (latest step by default), params on the default device."""
-    from dnd_jax.weights import layout as layout_lib
-    from dnd_jax.weights import normalization
 
     workdir = Path(workdir)
     if not (workdir / CKPT_DIR).is_dir():
         raise FileNotFoundError(f"no generator checkpoints in {workdir / CKPT_DIR} (run dnd_jax.train)")
-    mngr = _manager(workdir, create=False)
+    with _manager(workdir, create=False) as mngr:
+        return _load(mngr, workdir, step)
+
+
+def _load(mngr: ocp.CheckpointManager, workdir: Path, step: int | None) -> LoadedGenerator:
+    from dnd_jax.weights import layout as layout_lib
+    from dnd_jax.weights import normalization
+
     step = mngr.latest_step() if step is None else int(step)
     if step is None or step not in mngr.all_steps():
         raise FileNotFoundError(f"generator step {step} not in {workdir / CKPT_DIR} (have {list(mngr.all_steps())})")
@@ -276,7 +284,6 @@ def load_generator(workdir: str | Path, step: int | None = None) -> LoadedGenera
                             abstract)
     restored = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract),
                                                           norm=ocp.args.StandardRestore()))
-    mngr.close()
     layout = layout_lib.WeightLayout.from_dict(meta["layout"])
     norm = restored["norm"]
     normalizer = normalization.Normalizer(mode=meta["normalizer"]["mode"], mean=np.asarray(norm["mean"]),
@@ -337,6 +344,46 @@ def read_metrics(workdir: str | Path) -> list[dict]:
 # Training.
 
 
+def _check_resumable(mngr: ocp.CheckpointManager, config, workdir: Path) -> int | None:
+    """The latest saved step, after making sure it was trained with this recipe."""
+    latest = mngr.latest_step()
+    if latest is not None:
+        saved, now = _read_meta(mngr, latest)["recipe"], _recipe(config)
+        diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+        if diff:
+            raise ConfigError(f"{workdir / CKPT_DIR} holds a generator trained with another config (differs in "
+                              f"{diff}); use a fresh --workdir or delete that folder")
+    return latest
+
+
+def _finished(workdir: Path, step: int) -> dict:
+    """The result of a run that already reached total_steps (no zoo, no compute)."""
+    done = load_generator(workdir, step)
+    history = read_metrics(workdir)
+    vals = [r["val_loss"] for r in history if "val_loss" in r]
+    return {"step": step, "params": done.params, "val_loss": vals[-1] if vals else None, "history": history,
+            "metadata": done.metadata}
+
+
+def build_metadata(config, plan: Plan, data, in_shape, out_shape, param_count: int) -> dict:
+    """Everything generation needs besides params and normalizer stats (see :class:`LoadedGenerator`)."""
+    from dnd_jax import conditions
+
+    return {
+        "format": FORMAT, "model_name": config.model_name, "in_shape": list(in_shape), "out_shape": list(out_shape),
+        "layout": data.layout.to_dict(),
+        "normalizer": {"mode": data.normalizer.mode, "eps": data.normalizer.eps,
+                       "stat_shape": list(data.normalizer.mean.shape)},  # the stats: the "norm" item
+        "train_tasks": plan.train_tasks, "holdout": list(config.holdout),
+        "cross_domain": list(config.experiment.get("cross_domain", ())),
+        "encoder": conditions.encoder_identity(config),
+        "conditions": {"num_prompts": int(in_shape[0]), "max_len": int(in_shape[1]), "dim": int(in_shape[2])},
+        "lora": data.lora, "base_model": data.base_model,
+        "zoo": {"workdir": str(plan.zoo_workdir.resolve()), "checkpoints": data.ckpt_dirs},
+        "param_count": param_count, "config": json.loads(config.to_json_best_effort()), "recipe": _recipe(config),
+    }
+
+
 def train_and_evaluate(config, workdir: str | Path, *, devices=None, max_steps: int | None = None) -> dict:
     """Train (or resume, or return a finished run) the generator; returns the final state and metrics.
 
@@ -346,32 +393,27 @@ def train_and_evaluate(config, workdir: str | Path, *, devices=None, max_steps: 
     """
     from tqdm import tqdm
 
-    from dnd_jax import conditions, input_pipeline
+    from dnd_jax import input_pipeline
 
     workdir = Path(workdir)
     devices = list(jax.devices() if devices is None else devices)
     plan = validate(config, workdir, len(devices))
     mngr = _manager(workdir, config)
-    latest = mngr.latest_step()
-    if latest is not None:
-        saved = _read_meta(mngr, latest)
-        diff = sorted(k for k in set(saved["recipe"]) | set(_recipe(config))
-                      if saved["recipe"].get(k) != _recipe(config).get(k))
-        if diff:
-            raise ConfigError(f"{workdir / CKPT_DIR} holds a generator trained with another config (differs in "
-                              f"{diff}); use a fresh --workdir or delete that folder")
-        if latest >= int(config.total_steps):  # finished: nothing to compute, no zoo to load
-            mngr.close()
-            done = load_generator(workdir, latest)
-            history = read_metrics(workdir)
-            vals = [r["val_loss"] for r in history if "val_loss" in r]
-            return {"step": latest, "params": done.params, "val_loss": vals[-1] if vals else None,
-                    "history": history, "metadata": done.metadata}
+    try:
+        latest = _check_resumable(mngr, config, workdir)
+    except ConfigError:
+        mngr.close()
+        raise
+    total = int(config.total_steps)
+    if latest is not None and latest >= total:
+        mngr.close()
+        return _finished(workdir, latest)
 
+    # Data, model, optimizer, shardings.
     mesh = sharding.make_mesh(config.mesh, devices)
     data = input_pipeline.load(plan.zoo_workdir, config, plan.train_tasks)
-    n, (length, channels) = int(config.conditions.num_prompts), data.conds[0].shape[1:]
-    in_shape, out_shape = (n, length, channels), tuple(data.train_tokens.shape[1:])
+    in_shape = (int(config.conditions.num_prompts), *data.conds[0].shape[1:])
+    out_shape = tuple(data.train_tokens.shape[1:])
     model = models.build(config.model_name, config.model, in_shape, out_shape)
     tx, schedule = make_optimizer(config)
 
@@ -381,36 +423,24 @@ def train_and_evaluate(config, workdir: str | Path, *, devices=None, max_steps: 
 
     abstract = jax.eval_shape(init_state, jax.random.key(config.seed))
     state_sh = sharding.param_shardings(mesh, abstract, sharding.DEFAULT_RULES, int(config.min_shard_size))
-    cond_sh, target_sh = sharding.batch_sharding(mesh, 4), sharding.batch_sharding(mesh, 4)
-    rep = sharding.replicated(mesh)
-    batches = input_pipeline.Batches(data, config, cond_sh, target_sh)
+    batch_sh, rep = sharding.batch_sharding(mesh, 4), sharding.replicated(mesh)
+    batches = input_pipeline.Batches(data, config, batch_sh, batch_sh)
+    val_batches = batches.val()
     wmap_host = (data.mask * data.token_weights[:, None, None]).astype(np.float32)
     wmap = jax.make_array_from_process_local_data(rep, wmap_host, wmap_host.shape)
-
     param_count = int(sum(np.prod(a.shape) for a in jax.tree.leaves(abstract["params"])))
-    meta = {
-        "format": FORMAT, "model_name": config.model_name, "in_shape": list(in_shape), "out_shape": list(out_shape),
-        "layout": data.layout.to_dict(),
-        "normalizer": {"mode": data.normalizer.mode, "eps": data.normalizer.eps,
-                       "stat_shape": list(data.normalizer.mean.shape)},  # stats: the "norm" item
-        "train_tasks": plan.train_tasks, "holdout": list(config.holdout),
-        "cross_domain": list(config.experiment.get("cross_domain", ())),
-        "encoder": conditions.encoder_identity(config),
-        "conditions": {"num_prompts": n, "max_len": int(length), "dim": int(channels)},
-        "lora": data.lora, "base_model": data.base_model,
-        "zoo": {"workdir": str(plan.zoo_workdir.resolve()), "checkpoints": data.ckpt_dirs},
-        "param_count": param_count, "config": json.loads(config.to_json_best_effort()), "recipe": _recipe(config),
-    }
+    meta = build_metadata(config, plan, data, in_shape, out_shape, param_count)
+    norm_stats = {"mean": np.asarray(data.normalizer.mean, np.float64), "std": np.asarray(data.normalizer.std, np.float64)}
 
     train_step, eval_step = make_steps(model, tx, schedule, config)
-    p_train = jax.jit(train_step, in_shardings=(state_sh, cond_sh, target_sh, rep),
-                      out_shardings=(state_sh, rep), donate_argnums=(0,))
-    p_eval = jax.jit(eval_step, in_shardings=(state_sh["params"], cond_sh, target_sh, rep, sharding.batch_sharding(mesh, 1)),
-                     out_shardings=(rep, rep))
+    p_train = jax.jit(train_step, in_shardings=(state_sh, batch_sh, batch_sh, rep), out_shardings=(state_sh, rep),
+                      donate_argnums=(0,))
+    p_eval = jax.jit(eval_step, in_shardings=(state_sh["params"], batch_sh, batch_sh, rep,
+                                              sharding.batch_sharding(mesh, 1)), out_shardings=(rep, rep))
 
+    # Fresh state (initialized directly sharded) or the latest checkpoint.
     if latest is None:
         state = jax.jit(init_state, out_shardings=state_sh)(jax.random.key(config.seed))
-        start = 0
     else:
         target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sh)
         restored = mngr.restore(latest, args=ocp.args.Composite(
@@ -418,10 +448,8 @@ def train_and_evaluate(config, workdir: str | Path, *, devices=None, max_steps: 
             train=ocp.args.StandardRestore({"step": target["step"], "opt_state": target["opt_state"]})))
         state = {"step": restored["train"]["step"], "params": restored["params"],
                  "opt_state": restored["train"]["opt_state"]}
-        start = int(jax.device_get(state["step"]))
-        logging.info("resumed from %s at step %d", workdir / CKPT_DIR, start)
-
-    norm_stats = {"mean": np.asarray(data.normalizer.mean, np.float64), "std": np.asarray(data.normalizer.std, np.float64)}
+        logging.info("resumed from %s at step %d", workdir / CKPT_DIR, latest)
+    start = int(jax.device_get(state["step"]))
 
     def save(step: int) -> None:
         mngr.save(step, args=ocp.args.Composite(
@@ -431,7 +459,7 @@ def train_and_evaluate(config, workdir: str | Path, *, devices=None, max_steps: 
             meta=ocp.args.JsonSave({**meta, "step": step})), force=True)
 
     def val_loss() -> float | None:
-        if not len(data.val_tokens):
+        if not val_batches:
             return None
         tot = cnt = 0.0
         for (cond, target), weight in val_batches:
@@ -439,31 +467,26 @@ def train_and_evaluate(config, workdir: str | Path, *, devices=None, max_steps: 
             tot, cnt = tot + float(s), cnt + float(c)
         return tot / max(cnt, 1e-9)
 
-    val_batches = batches.val()
     log = _Log(workdir, start)
-    total = int(config.total_steps)
     stop = total if max_steps is None else min(total, int(max_steps))
     bar = tqdm(total=total, initial=start, desc=f"train {workdir.name}", disable=jax.process_index() != 0,
                mininterval=2.0, dynamic_ncols=True)
-    t_last, steps_since = time.perf_counter(), 0
-    last_val = None
+    t_last, since, last_val = time.perf_counter(), 0, None
     for step in range(start, stop):
         cond, target = batches(step)
         state, metrics = p_train(state, cond, target, wmap)
-        done, steps_since = step + 1, steps_since + 1
+        done, since = step + 1, since + 1
         bar.update(1)
-        if done == 1 or done % config.log_steps == 0 or done == total or done % config.eval_steps == 0:
+        evaluate = done % config.eval_steps == 0 or done == total
+        if done == 1 or done % config.log_steps == 0 or evaluate:
             m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            now = time.perf_counter()
             row = {"step": done, "loss": m["loss"], "lr": m["lr"], "grad_norm": m["grad_norm"],
-                   "step_time": (now - t_last) / steps_since}
-            if done % config.eval_steps == 0 or done == total:
-                last_val = val_loss()
-                if last_val is not None:
-                    row["val_loss"] = last_val
+                   "step_time": (time.perf_counter() - t_last) / since}
+            if evaluate and (last_val := val_loss()) is not None:
+                row["val_loss"] = last_val
             log.write(row)
             bar.set_postfix(loss=f"{m['loss']:.4f}", **({"val": f"{last_val:.4f}"} if last_val is not None else {}))
-            t_last, steps_since = time.perf_counter(), 0
+            t_last, since = time.perf_counter(), 0
         if done % config.ckpt_steps == 0 or done == total:
             save(done)
     bar.close()
@@ -498,13 +521,15 @@ def _define_flags() -> dict:
 
 
 def main(argv, fl: dict) -> None:
+    from dnd_jax.weights.layout import LayoutMismatchError
+
     del argv
     if fl["workdir"].value is None:
         sys.exit("error: --workdir is required")
     init_distributed(fl["coordinator"].value, fl["num_processes"].value, fl["process_id"].value)
     try:
         result = train_and_evaluate(fl["config"].value, fl["workdir"].value)
-    except (ConfigError, FileNotFoundError, KeyError) as e:
+    except (ConfigError, FileNotFoundError, KeyError, LayoutMismatchError) as e:
         sys.exit(f"error: {e}")
     if jax.process_index() == 0:
         last = result["history"][-1] if result["history"] else {}
