@@ -11,18 +11,22 @@ import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
 
 from dnd_jax import tasks as tasks_lib
 
+if TYPE_CHECKING:
+    import torch
+
 
 @dataclasses.dataclass
 class Batch:
-    input_ids: "torch.Tensor"  # noqa: F821
-    attention_mask: "torch.Tensor"  # noqa: F821
-    labels: "torch.Tensor"  # noqa: F821  (-100 on context and padding)
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor  # -100 on context and padding
 
 
 def encode_pairs(tokenizer, pairs: Sequence[tuple[str, str]], max_len: int) -> list[tuple[list[int], int]]:

@@ -21,7 +21,7 @@ import gzip
 import json
 import re
 import zlib
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -198,7 +198,7 @@ def _norm(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _splits(name: str) -> dict[str, tuple[Example, ...]]:
     spec = get_task(name)
     pool, official_test = spec.load_pool()
