@@ -69,7 +69,7 @@ def merge_adapters(ckpts: Sequence[str | Path], out_dir: str | Path) -> Path:
     adapter of rank ``R = sum r_k`` whose ``lora_alpha`` keeps its scaling ``s`` equal to the first
     adapter's (``alpha * K`` for equal plain LoRAs). Idempotent: an existing folder is kept.
     """
-    from safetensors.numpy import save_file
+    from dnd_jax.weights import peft_io
 
     ckpts = [Path(c) for c in ckpts]
     out_dir = Path(out_dir)
@@ -101,17 +101,9 @@ def merge_adapters(ckpts: Sequence[str | Path], out_dir: str | Path) -> Path:
             merged[key] = np.concatenate([sd[key] for sd in sds], axis=0)
         else:
             merged[key] = np.concatenate([c * sd[key] for c, sd in zip(coef, sds, strict=True)], axis=1)
-    tmp = assets.atomic_dir(out_dir)
-    try:
-        save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in merged.items()},
-                  str(tmp.path / zoo.ADAPTER_WEIGHTS), metadata={"format": "pt"})
-        (tmp.path / zoo.ADAPTER_CONFIG).write_text(json.dumps(new_cfg, indent=2, sort_keys=True) + "\n")
-        assets.write_json_atomic(tmp.path / "merge_sources.json", {"sources": [str(c) for c in ckpts],
-                                                                  "coefficients": coef, "scaling": scale})
-        tmp.commit(replace=True)
-    except BaseException:
-        tmp.abort()
-        raise
+    sources = json.dumps({"sources": [str(c) for c in ckpts], "coefficients": coef, "scaling": scale}, indent=2)
+    peft_io.write_adapter(out_dir, merged, overwrite=True, extra_files={"merge_sources.json": sources},
+                          **peft_io.write_kwargs_from_config(new_cfg))
     return out_dir
 
 
