@@ -13,14 +13,12 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
-from dnd_jax import assets, base_model, lora_train, tasks, zoo
+from dnd_jax import assets, base_model, cli, lora_train, tasks, zoo
 
 RESUME_FILE = "resume.pt"
 
@@ -199,25 +197,15 @@ def summary_table(manifest: dict) -> str:
 def define_flags() -> dict:
     """CLI flags, defined only when run as a program (so verbs can share one process)."""
     return {
-        "config": config_flags.DEFINE_config_file("config", None, "Config file (configs/X.py[:arg]).",
-                                                  lock_config=True),
+        "config": cli.config_flag(),
         "workdir": flags.DEFINE_string("workdir", None, "Working directory; the zoo goes to WORKDIR/zoo."),
         "tasks": flags.DEFINE_list("tasks", None, "Only these tasks (default: config.tasks)."),
     }
 
 
-def main(argv, fl: dict) -> None:
-    if len(argv) > 1:
-        sys.exit(f"error: unexpected arguments {argv[1:]}")
-    if fl["workdir"].value is None:
-        sys.exit("error: --workdir is required")
-    try:
-        collect(fl["config"].value, fl["workdir"].value, fl["tasks"].value)
-    except (KeyError, ValueError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+def main(fl: dict) -> None:
+    collect(fl["config"].value, fl["workdir"].value, fl["tasks"].value)
 
 
 if __name__ == "__main__":
-    _FLAGS = define_flags()
-    flags.mark_flags_as_required(["config"])
-    app.run(lambda argv: main(argv, _FLAGS))
+    cli.run(define_flags, main, required=("config", "workdir"))

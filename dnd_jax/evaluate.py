@@ -19,18 +19,16 @@ import contextlib
 import copy
 import hashlib
 import json
-import sys
 import time
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 from tqdm import tqdm
 
-from dnd_jax import assets, base_model, baselines, scoring, tasks, zoo
+from dnd_jax import assets, base_model, baselines, cli, scoring, tasks, zoo
 
 METRICS = ("cloze", "mc")
 SCORING_VERSION = 1  # bump when a change to scoring.py changes numbers (invalidates the cache)
@@ -447,8 +445,7 @@ def define_flags() -> dict:
     """The CLI flags, defined only when run as a program: importing this module defines none, so it
     can share a process with the other entry points (which define --config, --task, ...)."""
     return {
-        "config": config_flags.DEFINE_config_file("config", None, "Config file (configs/X.py[:arg]).",
-                                                  lock_config=True),
+        "config": cli.config_flag(),
         "workdir": flags.DEFINE_string("workdir", None, "Working directory (zoo in WORKDIR/zoo, cache in "
                                        "WORKDIR/eval_cache)."),
         "task": flags.DEFINE_string("task", None, "Task to evaluate on (the held-out task T)."),
@@ -467,23 +464,14 @@ def define_flags() -> dict:
     }
 
 
-def main(argv, fl: dict) -> None:
+def main(fl: dict) -> None:
     """Entry point: ``fl`` holds the flags from :func:`define_flags`."""
-    if len(argv) > 1:
-        sys.exit(f"error: unexpected arguments {argv[1:]}")
-    if fl["workdir"].value is None or fl["task"].value is None:
-        sys.exit("error: --workdir and --task are required")
     baseline_names = fl["baselines"].value
-    try:
-        run(fl["config"].value, fl["workdir"].value, fl["task"].value, adapters=fl["adapter"].value,
-            baseline_names=[b for b in baseline_names if b] if baseline_names is not None else None,
-            limit=fl["limit"].value, metrics=fl["metrics"].value, split=fl["split"].value, out_dir=fl["out"].value,
-            nearest_prompts=fl["nearest_prompts"].value)
-    except (KeyError, ValueError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+    run(fl["config"].value, fl["workdir"].value, fl["task"].value, adapters=fl["adapter"].value,
+        baseline_names=[b for b in baseline_names if b] if baseline_names is not None else None,
+        limit=fl["limit"].value, metrics=fl["metrics"].value, split=fl["split"].value, out_dir=fl["out"].value,
+        nearest_prompts=fl["nearest_prompts"].value)
 
 
 if __name__ == "__main__":
-    _FLAGS = define_flags()
-    flags.mark_flags_as_required(["config"])
-    app.run(lambda argv: main(argv, _FLAGS))
+    cli.run(define_flags, main, required=("config", "workdir", "task"))

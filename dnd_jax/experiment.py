@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
-from dnd_jax import assets, base_model, collect, tasks, zoo
+from dnd_jax import assets, base_model, cli, collect, tasks, zoo
 
 
 def generator_config(config, target: str):
@@ -121,29 +119,19 @@ def write_report(results: dict, out_dir: Path, docs: str = "") -> None:
 def define_flags() -> dict:
     """CLI flags, defined only when run as a program (so verbs can share one process)."""
     return {
-        "config": config_flags.DEFINE_config_file("config", None, "Config file (configs/X.py[:arg]).",
-                                                  lock_config=True),
+        "config": cli.config_flag(),
         "workdir": flags.DEFINE_string("workdir", None, "Working directory for every stage."),
         "docs": flags.DEFINE_string("docs", "", "Also write results (JSON, Markdown, PNG) here, e.g. docs/results."),
         "only": flags.DEFINE_list("only", None, "Run only these targets (held-out or cross-domain tasks)."),
     }
 
 
-def main(argv, fl: dict) -> None:
-    if len(argv) > 1:
-        sys.exit(f"error: unexpected arguments {argv[1:]}")
-    if fl["workdir"].value is None:
-        sys.exit("error: --workdir is required")
-    try:
-        results = run(fl["config"].value, fl["workdir"].value, fl["only"].value, fl["docs"].value)
-    except (KeyError, ValueError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+def main(fl: dict) -> None:
     from dnd_jax import report
 
+    results = run(fl["config"].value, fl["workdir"].value, fl["only"].value, fl["docs"].value)
     print(report.markdown(report.slim(results)))
 
 
 if __name__ == "__main__":
-    _FLAGS = define_flags()
-    flags.mark_flags_as_required(["config"])
-    app.run(lambda argv: main(argv, _FLAGS))
+    cli.run(define_flags, main, required=("config", "workdir"))

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -29,10 +28,9 @@ import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import flags, logging
 
-from dnd_jax import models, sharding, zoo
+from dnd_jax import cli, models, sharding, zoo
 
 CKPT_DIR = "generator"
 METRICS = "metrics.jsonl"
@@ -511,8 +509,7 @@ def init_distributed(coordinator_address: str | None, num_processes: int | None,
 def _define_flags() -> dict:
     """CLI flags, defined only when run as a script (importing this module defines none)."""
     return {
-        "config": config_flags.DEFINE_config_file("config", None, "Config file (configs/X.py[:arg]).",
-                                                  lock_config=False),
+        "config": cli.config_flag(lock=False),
         "workdir": flags.DEFINE_string("workdir", None, "Generator working directory."),
         "coordinator": flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process)."),
         "num_processes": flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process)."),
@@ -520,17 +517,10 @@ def _define_flags() -> dict:
     }
 
 
-def main(argv, fl: dict) -> None:
-    from dnd_jax.weights.layout import LayoutMismatchError
-
-    del argv
-    if fl["workdir"].value is None:
-        sys.exit("error: --workdir is required")
+def main(fl: dict) -> None:
+    """Config errors (ConfigError, LayoutMismatchError: ValueErrors) exit non-zero via ``cli.run``."""
     init_distributed(fl["coordinator"].value, fl["num_processes"].value, fl["process_id"].value)
-    try:
-        result = train_and_evaluate(fl["config"].value, fl["workdir"].value)
-    except (ConfigError, FileNotFoundError, KeyError, LayoutMismatchError) as e:
-        sys.exit(f"error: {e}")
+    result = train_and_evaluate(fl["config"].value, fl["workdir"].value)
     if jax.process_index() == 0:
         last = result["history"][-1] if result["history"] else {}
         print(json.dumps({"workdir": str(Path(fl["workdir"].value).resolve()), "step": result["step"],
@@ -538,6 +528,4 @@ def main(argv, fl: dict) -> None:
 
 
 if __name__ == "__main__":
-    _flags = _define_flags()
-    flags.mark_flags_as_required(["config"])
-    app.run(lambda argv: main(argv, _flags))
+    cli.run(_define_flags, main, required=("config", "workdir"))
