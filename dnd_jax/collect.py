@@ -30,8 +30,13 @@ def _lora_dict(config) -> dict:
 
 
 def _recipe(config, ref: base_model.BaseModelRef) -> dict:
-    """Everything that determines a task's checkpoints; a zoo never mixes two recipes."""
-    return {"base_model_sha": ref.sha, "lora": _lora_dict(config), "zoo": config.zoo.to_dict(),
+    """Everything that determines a task's checkpoints; a zoo never mixes two recipes.
+
+    ``torch_threads`` is a process setting, not a recipe: it is recorded as 0 so a zoo can be
+    extended with other thread counts (hashes of zoos collected before stay valid).
+    """
+    zoo_recipe = dict(config.zoo.to_dict(), torch_threads=0)
+    return {"base_model_sha": ref.sha, "lora": _lora_dict(config), "zoo": zoo_recipe,
             "answer_format": config.answer_format}
 
 

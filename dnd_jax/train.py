@@ -346,7 +346,9 @@ def _check_resumable(mngr: ocp.CheckpointManager, config, workdir: Path) -> int 
     """The latest saved step, after making sure it was trained with this recipe."""
     latest = mngr.latest_step()
     if latest is not None:
-        saved, now = _read_meta(mngr, latest)["recipe"], _recipe(config)
+        # Filter the saved side too: checkpoints written before a key joined _NOT_RECIPE still resume.
+        saved = {k: v for k, v in _read_meta(mngr, latest)["recipe"].items() if k not in _NOT_RECIPE}
+        now = _recipe(config)
         diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
         if diff:
             raise ConfigError(f"{workdir / CKPT_DIR} holds a generator trained with another config (differs in "

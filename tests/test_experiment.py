@@ -1,6 +1,8 @@
 """The experiment end to end on the tiny config: every stage runs, reports are written, reruns are free."""
 import json
 
+import pytest
+
 from configs import tiny
 from dnd_jax import experiment
 
@@ -37,7 +39,23 @@ def test_experiment_end_to_end_and_resume(tmp_path):
     # A rerun finds every stage done: the same numbers, no retraining (generator step unchanged).
     again = experiment.run(_config(), workdir)
     assert again["targets"]["piqa"]["systems"]["dnd"]["cloze"]["acc"] == systems["dnd"]["cloze"]["acc"]
-    assert json.loads((workdir / "experiment_stages.json").read_text())["train/piqa"]["wall_s"] < 30
+    train_stage = json.loads((workdir / "experiment_stages.json").read_text())["train/piqa"]
+    assert len(train_stage["runs"]) == 2 and train_stage["runs"][1] < 30
+    assert train_stage["wall_s"] == pytest.approx(sum(train_stage["runs"]), abs=0.02)
+
+    # A variant (a recipe change) shares the zoo and the evaluation cache; its outputs go elsewhere.
+    config = _config()
+    config.experiment.variant = "wider"
+    config.experiment.baselines = ("base",)
+    config.model.hidden_shapes = tuple((h[0], h[1], 2 * h[2]) for h in config.model.hidden_shapes)
+    variant = experiment.run(config, workdir)
+    root = workdir / "variants" / "wider"
+    assert experiment.output_root(config, workdir) == root
+    assert (root / "adapters" / "dnd_piqa").is_dir() and (root / "results" / "results.md").is_file()
+    for metric in ("cloze", "mc"):
+        got, want = variant["targets"]["piqa"]["systems"]["base"][metric], systems["base"][metric]
+        assert got["correct"] == want["correct"] and got["acc"] == want["acc"]
+    assert not (root / "zoo").exists()
 
 
 def test_generator_config_excludes_target_and_cross_domain():

@@ -1,0 +1,73 @@
+"""Weight-update geometry: Gram matrices from rank-r factors equal dense dW inner products."""
+import numpy as np
+import pytest
+
+from dnd_jax import baselines, geometry, testing, zoo
+
+
+def _random_factors(rng, ranks_scalings, shapes):
+    out = []
+    for r, s in ranks_scalings:
+        out.append({m: (rng.normal(size=(r, i)).astype(np.float32), s * rng.normal(size=(o, r)).astype(np.float32))
+                    for m, (o, i) in shapes.items()})
+    return out
+
+
+def test_update_gram_matches_dense_products():
+    rng = np.random.default_rng(0)
+    shapes = {"q": (6, 5), "down": (4, 7)}
+    adapters = _random_factors(rng, [(2, 1.0), (4, 0.5), (3, 2.0)], shapes)
+    gram = geometry.update_gram(adapters)
+    dense = [np.concatenate([(b @ a).ravel() for _, (a, b) in sorted(ad.items())]) for ad in adapters]
+    want = np.array([[x @ y for y in dense] for x in dense])
+    np.testing.assert_allclose(gram, want, rtol=1e-5)
+
+
+def test_update_gram_rejects_other_modules():
+    rng = np.random.default_rng(0)
+    a, b = _random_factors(rng, [(2, 1.0)], {"q": (3, 3)}), _random_factors(rng, [(2, 1.0)], {"k": (3, 3)})
+    with pytest.raises(ValueError, match="other modules"):
+        geometry.update_gram(a + b)
+
+
+def test_lora_factors_scales_b_and_names_a_missing_pair():
+    sd = {"m.lora_A.weight": np.ones((2, 3)), "m.lora_B.weight": np.ones((4, 2))}
+    a, b = geometry.lora_factors(sd, 2.0)["m"]
+    assert a.shape == (2, 3) and np.all(b == 2.0)
+    with pytest.raises(ValueError, match="m.lora_B.weight"):
+        geometry.lora_factors({"m.lora_A.weight": np.ones((2, 3))}, 1.0)
+
+
+def test_span_fraction_in_and_out_of_span():
+    x = np.eye(4)  # four orthonormal "adapters"
+    space = geometry.Space(x @ x.T)
+    e = [space.point(i) for i in range(4)]
+    assert space.span_fraction(e[0] + 2 * e[1], [e[0], e[1]]) == pytest.approx(1.0)
+    assert space.span_fraction(e[2], [e[0], e[1]]) == pytest.approx(0.0, abs=1e-12)
+    assert space.span_fraction(e[0] + e[2], [e[0], e[1], e[0] + e[1]]) == pytest.approx(0.5)  # redundant basis
+
+
+def test_analyse_synthetic_zoo(tmp_path):
+    tasks = ("arc_e", "piqa", "boolq", "obqa")
+    w = testing.make_synthetic_zoo(tmp_path / "w", tasks=tasks, num_ckpts=4, noise=0.01)
+    replica = testing.make_synthetic_zoo(tmp_path / "replica", tasks=tasks, num_ckpts=4, noise=0.01)  # same seed
+    train = ["arc_e", "piqa", "boolq"]
+    merged = baselines.merge_adapters([zoo.final_checkpoint(w, t) for t in train], tmp_path / "merged")
+    generated = {"own": {"obqa": zoo.final_checkpoint(w, "obqa")}, "merged": {"obqa": merged}}
+    res = geometry.analyse(w, {"obqa": train}, generated, checkpoints_per_task=4, replica_workdir=replica)
+    row = res["targets"]["obqa"]
+    assert row["training_tasks"] == train
+    assert 0.0 <= row["span_fraction"] <= 1.0
+    assert row["generated"]["own"]["cos_to_offset"] > 0.99 and row["generated"]["own"]["rel_err"] < 0.05
+    # The merged adapter is the training mean up to checkpoint noise: (almost) no step, rel_err ~ 1.
+    assert row["generated"]["merged"]["move_from_train_mean_rel"] < 0.1
+    assert row["generated"]["merged"]["rel_err"] == pytest.approx(1.0, abs=0.1)
+    # An identical replica zoo reproduces the offset exactly.
+    assert row["replica"]["cos_offset"] == pytest.approx(1.0, abs=1e-6)
+    assert row["generated"]["replica (seed 1)"]["rel_err"] == pytest.approx(0.0, abs=1e-6)
+    assert np.allclose(np.diag(res["offset_cosine"]), 1.0)
+
+    geometry.write(res, tmp_path / "out")
+    for f in ("geometry.json", "geometry.md", "geometry.png"):
+        assert (tmp_path / "out" / f).is_file()
+    assert "| obqa |" in (tmp_path / "out" / "geometry.md").read_text()
