@@ -28,7 +28,8 @@ def get_config() -> ml_collections.ConfigDict:
         pretrain_steps=60,  # steps before the checkpoint phase
         save_steps=20,  # length of the checkpoint phase
         save_every=1,  # keep a checkpoint every k steps of that phase
-        seed=0,
+        seed=0,  # LoRA init (shared by every task of a zoo) and, by default, the batch order
+        data_seed=-1,  # >= 0: another batch order with the same init (replica zoos)
         num_prompts_saved=512,  # size of the condition pool written to prompts.jsonl
         torch_threads=0,  # 0 = torch default
     )

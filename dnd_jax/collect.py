@@ -36,12 +36,19 @@ def _recipe(config, ref: base_model.BaseModelRef) -> dict:
     extended with other thread counts (hashes of zoos collected before stay valid).
     """
     zoo_recipe = dict(config.zoo.to_dict(), torch_threads=0)
+    if zoo_recipe.get("data_seed", -1) < 0:  # default: data order follows ``seed`` (zoos from before keep their hash)
+        zoo_recipe.pop("data_seed", None)
     return {"base_model_sha": ref.sha, "lora": _lora_dict(config), "zoo": zoo_recipe,
             "answer_format": config.answer_format}
 
 
 def _recipe_hash(recipe: dict) -> str:
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def data_seed(zc) -> int:
+    """The seed of the batch order: ``zoo.data_seed`` when set (>= 0), else ``zoo.seed`` (LoRA init)."""
+    return int(zc.data_seed) if zc.get("data_seed", -1) >= 0 else int(zc.seed)
 
 
 def kept_steps(zc) -> list[int]:
@@ -139,7 +146,7 @@ def collect_task(config, workdir: Path, ref: base_model.BaseModelRef, task: str)
     result = lora_train.train_lora(
         model, tok, train, answer_format=config.answer_format, max_len=zc.max_len, batch_size=zc.batch_size,
         lr=zc.lr, weight_decay=zc.weight_decay, warmup_steps=zc.warmup_steps,
-        total_steps=zc.pretrain_steps + zc.save_steps, seed=zc.seed, keep_step=lambda s: s in steps,
+        total_steps=zc.pretrain_steps + zc.save_steps, seed=data_seed(zc), keep_step=lambda s: s in steps,
         on_keep=on_keep, resume=resume, save_resume=save_resume, desc=f"collect {task}",
     )
     ckpts = [zoo.checkpoint_meta(tdir / zoo.ckpt_name(s)) for s in steps]
