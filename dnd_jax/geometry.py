@@ -127,12 +127,16 @@ def sample_checkpoints(workdir: str | Path, task: str, k: int) -> list[Path]:
 
 
 def analyse(workdir: str | Path, targets: Mapping[str, Sequence[str]], generated: Mapping[str, Mapping[str, Path]],
-            checkpoints_per_task: int = 4, replica_workdir: str | Path | None = None) -> dict:
+            checkpoints_per_task: int = 4, replicas: Mapping[str, str | Path] | None = None,
+            subsets_per_size: int = 20, seed: int = 0) -> dict:
     """Per-target geometry (see the module docstring) and the tasks' offset cosines.
 
     ``targets`` maps each held-out task to its training tasks; ``generated[label][target]`` is an
     adapter folder generated for ``target`` (e.g. ``{"dnd": {"arc_c": W/adapters/dnd_arc_c}}``);
-    targets whose task is also in ``replica_workdir``'s zoo get a ``replica`` entry.
+    targets whose task is also in a replica zoo (``replicas[label]``: same recipe, another seed) get
+    an entry ``replica:<label>``. ``span_curve`` is the share of ``|o_h|^2`` in the span of k random
+    training offsets, k = 1..|T| (``subsets_per_size`` subsets each): how reachability grows with the
+    number of training tasks.
     """
     tasks = sorted(set(targets) | {t for ts in targets.values() for t in ts})
     paths: list[Path] = []
@@ -146,12 +150,13 @@ def analyse(workdir: str | Path, targets: Mapping[str, Sequence[str]], generated
         for target, path in per_target.items():
             gen_idx[(label, target)] = len(paths)
             paths.append(Path(path))
-    replica_idx: dict[str, list[int]] = {}
-    if replica_workdir is not None:
-        for t in set(targets) & set(zoo.tasks(replica_workdir)):
-            ckpts = sample_checkpoints(replica_workdir, t, checkpoints_per_task)
-            replica_idx[t] = list(range(len(paths), len(paths) + len(ckpts)))
+    replica_idx: dict[tuple[str, str], list[int]] = {}
+    for label, rep_workdir in (replicas or {}).items():
+        for t in sorted(set(targets) & set(zoo.tasks(rep_workdir))):
+            ckpts = sample_checkpoints(rep_workdir, t, checkpoints_per_task)
+            replica_idx[(label, t)] = list(range(len(paths), len(paths) + len(ckpts)))
             paths += ckpts
+    rng = np.random.default_rng(seed)
     space = Space(update_gram([load_factors(p) for p in paths]))
 
     task_mean = {t: space.point(idx) for t, idx in task_idx.items()}
@@ -175,11 +180,16 @@ def analyse(workdir: str | Path, targets: Mapping[str, Sequence[str]], generated
             "train_offsets_mean_pairwise_cos": float(np.mean(pair_cos)) if pair_cos else float("nan"),
             "generated": {},
         }
+        curve = []
+        for k in range(1, len(train) + 1):
+            subsets = {tuple(sorted(rng.choice(len(train), k, replace=False))) for _ in range(subsets_per_size)}
+            fr = [space.span_fraction(o_h, [offsets[i] for i in sub]) for sub in subsets]
+            curve.append({"k": k, "mean": float(np.mean(fr)), "min": float(np.min(fr)), "max": float(np.max(fr))})
+        row["span_curve"] = curve
         points = {label: space.point(i) for (label, target), i in gen_idx.items() if target == h}
-        if h in replica_idx:
-            rep = space.point(replica_idx[h])
-            row["replica"] = {"cos_update": space.cos(rep, task_mean[h]), "cos_offset": space.cos(rep - m, o_h)}
-            points["replica (seed 1)"] = rep
+        for (label, t), idx in replica_idx.items():
+            if t == h:
+                points[f"replica:{label}"] = space.point(idx)
         for label, g in points.items():
             d = g - m
             row["generated"][label] = {
@@ -208,10 +218,16 @@ def markdown(result: dict) -> str:
     for h, r in result["targets"].items():
         lines.append(f"| {h} | {r['offset_rel_norm']:.3f} | {r['cos_update_train_mean']:.3f} | {r['span_fraction']:.3f} "
                      f"| {r['checkpoint_spread_rel']:.3f} | {r['train_offsets_mean_pairwise_cos']:+.3f} |")
+    kmax = max(len(r["span_curve"]) for r in result["targets"].values())
+    lines += ["", "Share of the held-out offset in the span of k training offsets (mean over random subsets):\n",
+              "| target | " + " | ".join(f"k={k}" for k in range(1, kmax + 1)) + " |", "|---" * (kmax + 1) + "|"]
+    for h, r in result["targets"].items():
+        cells = [f"{c['mean']:.3f}" for c in r["span_curve"]] + [""] * (kmax - len(r["span_curve"]))
+        lines.append(f"| {h} | " + " | ".join(cells) + " |")
     gen_rows = [(h, label, g) for h, r in result["targets"].items() for label, g in r["generated"].items()]
     if gen_rows:
         lines += ["", "Adapters g for the held-out task (step d = g - m): generated ones, and the task's own LoRA "
-                  "from a second zoo run with another seed where there is one. "
+                  "from replica zoo runs (same recipe, another seed) where there are some. "
                   "rel_err = |g - dW_target|^2 / |m - dW_target|^2 (1 = as far as the training mean).\n",
                   "| target | adapter | cos(d, o) | |d|/|o| | |d|/|m| | share of |d|^2 in training span | rel_err |",
                   "|---|---|---|---|---|---|---|"]
@@ -232,7 +248,7 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     tasks = result["tasks"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.5))
     for ax, key, title in ((axes[0], "update_cosine", "cos between task updates dW"),
                            (axes[1], "offset_cosine", "cos between task offsets (dW - mean)")):
         mat = np.array(result[key])
@@ -243,7 +259,16 @@ def plot(result: dict, path: Path) -> None:
             for j in range(len(tasks)):
                 ax.text(j, i, f"{mat[i, j]:.2f}", ha="center", va="center", fontsize=7)
         ax.set_title(title)
-    fig.colorbar(im, ax=axes, shrink=0.8)
+    fig.colorbar(im, ax=axes[:2], shrink=0.8)
+    ax = axes[2]
+    for h, row in result["targets"].items():
+        ks = [c["k"] for c in row["span_curve"]]
+        ax.plot(ks, [c["mean"] for c in row["span_curve"]], marker="o", label=h)
+    ax.set_xlabel("number of training tasks k")
+    ax.set_ylabel("share of held-out offset in their span")
+    ax.set_title("reachable part of the held-out offset")
+    ax.set_ylim(0, None)
+    ax.legend(fontsize=7)
     tmp = path.with_name(path.name + ".tmp.png")
     fig.savefig(tmp, dpi=120, bbox_inches="tight")
     plt.close(fig)
@@ -290,7 +315,7 @@ def define_flags() -> dict:
         "out": flags.DEFINE_string("out", None, "Folder for geometry.json/.md/.png (default <workdir>/geometry)."),
         "generated": flags.DEFINE_list("generated", [], "Extra label=folder holding dnd_<target> adapters."),
         "checkpoints_per_task": flags.DEFINE_integer("checkpoints_per_task", 4, "Zoo checkpoints averaged per task."),
-        "replica_workdir": flags.DEFINE_string("replica_workdir", None, "A second zoo of the same recipe, another seed."),
+        "replica": flags.DEFINE_list("replica", [], "label=W2: another zoo of the same recipe with another seed."),
     }
 
 
@@ -302,9 +327,15 @@ def main(fl: dict) -> None:
         if not sep or not label or not folder:
             raise ValueError(f"--generated expects label=folder, got '{item}'")
         roots[label] = Path(folder)
+    replicas = {}
+    for item in fl["replica"].value:
+        label, sep, folder = item.partition("=")
+        if not sep or not label or not folder:
+            raise ValueError(f"--replica expects label=workdir, got '{item}'")
+        replicas[label] = Path(folder)
     targets = experiment_targets(config)
     result = analyse(workdir, targets, find_generated(roots, list(targets)), fl["checkpoints_per_task"].value,
-                     fl["replica_workdir"].value)
+                     replicas)
     out = Path(fl["out"].value) if fl["out"].value else workdir / "geometry"
     write(result, out)
     print(markdown(result))

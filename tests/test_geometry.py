@@ -54,7 +54,7 @@ def test_analyse_synthetic_zoo(tmp_path):
     train = ["arc_e", "piqa", "boolq"]
     merged = baselines.merge_adapters([zoo.final_checkpoint(w, t) for t in train], tmp_path / "merged")
     generated = {"own": {"obqa": zoo.final_checkpoint(w, "obqa")}, "merged": {"obqa": merged}}
-    res = geometry.analyse(w, {"obqa": train}, generated, checkpoints_per_task=4, replica_workdir=replica)
+    res = geometry.analyse(w, {"obqa": train}, generated, checkpoints_per_task=4, replicas={"same": replica})
     row = res["targets"]["obqa"]
     assert row["training_tasks"] == train
     assert 0.0 <= row["span_fraction"] <= 1.0
@@ -63,8 +63,12 @@ def test_analyse_synthetic_zoo(tmp_path):
     assert row["generated"]["merged"]["move_from_train_mean_rel"] < 0.1
     assert row["generated"]["merged"]["rel_err"] == pytest.approx(1.0, abs=0.1)
     # An identical replica zoo reproduces the offset exactly.
-    assert row["replica"]["cos_offset"] == pytest.approx(1.0, abs=1e-6)
-    assert row["generated"]["replica (seed 1)"]["rel_err"] == pytest.approx(0.0, abs=1e-6)
+    assert row["generated"]["replica:same"]["cos_to_offset"] == pytest.approx(1.0, abs=1e-6)
+    assert row["generated"]["replica:same"]["rel_err"] == pytest.approx(0.0, abs=1e-6)
+    curve = row["span_curve"]
+    assert [c["k"] for c in curve] == [1, 2, 3]
+    assert all(0 <= c["min"] <= c["mean"] <= c["max"] <= 1 + 1e-9 for c in curve)
+    assert curve[-1]["mean"] == pytest.approx(row["span_fraction"])
     assert np.allclose(np.diag(res["offset_cosine"]), 1.0)
 
     geometry.write(res, tmp_path / "out")
