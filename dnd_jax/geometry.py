@@ -320,8 +320,10 @@ def define_flags() -> dict:
 
 
 def main(fl: dict) -> None:
+    from dnd_jax import experiment
+
     config, workdir = fl["config"].value, Path(fl["workdir"].value)
-    roots = {"dnd": workdir / "adapters"}
+    roots = {"dnd": experiment.output_root(config, workdir) / "adapters"}  # a variant's own adapters
     for item in fl["generated"].value:
         label, sep, folder = item.partition("=")
         if not sep or not label or not folder:
