@@ -3,12 +3,14 @@ import pytest
 
 from dnd_jax import tasks
 
+MIN_SPLIT = {"rte": 138}  # RTE's whole validation set is 277 examples (README: 139 train / 138 test)
+
 
 @pytest.mark.parametrize("name", list(tasks.TASKS))
 def test_examples_are_well_formed(name):
     for split in ("train", "test"):
         examples = tasks.load_examples(name, split)
-        assert len(examples) >= 250, (name, split, len(examples))
+        assert len(examples) >= MIN_SPLIT.get(name, 250), (name, split, len(examples))
         for ex in examples:
             assert ex.task == name and ex.prompt.strip()
             assert len(ex.choices) >= 2 and all(c.strip() for c in ex.choices)
