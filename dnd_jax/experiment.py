@@ -66,8 +66,6 @@ def run_target(config, workdir: Path, target: str) -> dict:
     cfg = generator_config(config, target)
     root = output_root(config, workdir)
     gen_dir = root / "generators" / target
-    if root != workdir and not cfg.get("zoo_workdir"):
-        cfg.zoo_workdir = str(workdir)
     t0 = time.perf_counter()
     train.train_and_evaluate(cfg, gen_dir)
     _stage_log(root, f"train/{target}", time.perf_counter() - t0)

@@ -319,22 +319,24 @@ def define_flags() -> dict:
     }
 
 
+def _labelled_paths(items: Sequence[str], flag: str) -> dict[str, Path]:
+    """``["a=dir1", ...]`` -> ``{"a": Path("dir1"), ...}``; a malformed item names the flag."""
+    out = {}
+    for item in items:
+        label, sep, folder = item.partition("=")
+        if not sep or not label or not folder:
+            raise ValueError(f"--{flag} expects label=folder, got '{item}'")
+        out[label] = Path(folder)
+    return out
+
+
 def main(fl: dict) -> None:
     from dnd_jax import experiment
 
     config, workdir = fl["config"].value, Path(fl["workdir"].value)
     roots = {"dnd": experiment.output_root(config, workdir) / "adapters"}  # a variant's own adapters
-    for item in fl["generated"].value:
-        label, sep, folder = item.partition("=")
-        if not sep or not label or not folder:
-            raise ValueError(f"--generated expects label=folder, got '{item}'")
-        roots[label] = Path(folder)
-    replicas = {}
-    for item in fl["replica"].value:
-        label, sep, folder = item.partition("=")
-        if not sep or not label or not folder:
-            raise ValueError(f"--replica expects label=workdir, got '{item}'")
-        replicas[label] = Path(folder)
+    roots.update(_labelled_paths(fl["generated"].value, "generated"))
+    replicas = _labelled_paths(fl["replica"].value, "replica")
     targets = experiment_targets(config)
     result = analyse(workdir, targets, find_generated(roots, list(targets)), fl["checkpoints_per_task"].value,
                      replicas)

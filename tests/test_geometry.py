@@ -75,3 +75,14 @@ def test_analyse_synthetic_zoo(tmp_path):
     for f in ("geometry.json", "geometry.md", "geometry.png"):
         assert (tmp_path / "out" / f).is_file()
     assert "| obqa |" in (tmp_path / "out" / "geometry.md").read_text()
+
+
+def test_cli_malformed_replica_names_the_flag(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "dnd_jax.geometry", "--config", "configs/tiny.py",
+                           "--workdir", str(tmp_path), "--replica", "no-equals-sign"],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "--replica expects label=folder, got 'no-equals-sign'" in proc.stderr
