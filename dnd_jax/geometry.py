@@ -128,7 +128,7 @@ def sample_checkpoints(workdir: str | Path, task: str, k: int) -> list[Path]:
 
 def analyse(workdir: str | Path, targets: Mapping[str, Sequence[str]], generated: Mapping[str, Mapping[str, Path]],
             checkpoints_per_task: int = 4, replicas: Mapping[str, str | Path] | None = None,
-            subsets_per_size: int = 20, seed: int = 0) -> dict:
+            subsets_per_size: int = 20, seed: int = 0, reference: str = "dnd") -> dict:
     """Per-target geometry (see the module docstring) and the tasks' offset cosines.
 
     ``targets`` maps each held-out task to its training tasks; ``generated[label][target]`` is an
@@ -136,7 +136,9 @@ def analyse(workdir: str | Path, targets: Mapping[str, Sequence[str]], generated
     targets whose task is also in a replica zoo (``replicas[label]``: same recipe, another seed) get
     an entry ``replica:<label>``. ``span_curve`` is the share of ``|o_h|^2`` in the span of k random
     training offsets, k = 1..|T| (``subsets_per_size`` subsets each): how reachability grows with the
-    number of training tasks.
+    number of training tasks. Every other adapter of a target is also compared with the ``reference``
+    label's (``cos_to_reference_step``, ``diff_from_reference_rel`` = |g - g_ref| / |g_ref - m|): how
+    far prompts of another task, or another sample of the same task's, move the generator's output.
     """
     tasks = sorted(set(targets) | {t for ts in targets.values() for t in ts})
     paths: list[Path] = []
@@ -190,6 +192,7 @@ def analyse(workdir: str | Path, targets: Mapping[str, Sequence[str]], generated
         for (label, t), idx in replica_idx.items():
             if t == h:
                 points[f"replica:{label}"] = space.point(idx)
+        ref = points.get(reference)
         for label, g in points.items():
             d = g - m
             row["generated"][label] = {
@@ -199,6 +202,10 @@ def analyse(workdir: str | Path, targets: Mapping[str, Sequence[str]], generated
                 "step_span_fraction": space.span_fraction(d, offsets) if space.norm(d) > 0 else float("nan"),
                 "rel_err": space.dot(g - task_mean[h], g - task_mean[h]) / space.dot(o_h, o_h),
             }
+            if ref is not None and label != reference and space.norm(ref - m) > 0:
+                # How much other prompts (or another sample) move the output, against the reference's step.
+                row["generated"][label]["cos_to_reference_step"] = space.cos(d, ref - m)
+                row["generated"][label]["diff_from_reference_rel"] = space.norm(g - ref) / space.norm(ref - m)
         out["targets"][h] = row
     all_mean = np.mean([task_mean[t] for t in tasks], axis=0)
     offs = {t: task_mean[t] - all_mean for t in tasks}
@@ -234,6 +241,13 @@ def markdown(result: dict) -> str:
         for h, label, g in gen_rows:
             lines.append(f"| {h} | {label} | {g['cos_to_offset']:+.3f} | {g['step_rel_norm']:.3f} "
                          f"| {g['move_from_train_mean_rel']:.3f} | {g['step_span_fraction']:.3f} | {g['rel_err']:.3f} |")
+        ref_rows = [(h, label, g) for h, label, g in gen_rows if "cos_to_reference_step" in g]
+        if ref_rows:
+            lines += ["", "Against the reference adapter r (the DnD adapter from the target's own test prompts): "
+                      "does the output depend on which prompts go in?\n",
+                      "| target | adapter | cos(d, d_r) | |g - r| / |d_r| |", "|---|---|---|---|"]
+            lines += [f"| {h} | {label} | {g['cos_to_reference_step']:+.3f} | {g['diff_from_reference_rel']:.3f} |"
+                      for h, label, g in ref_rows]
     lines += ["", "Cosine between task offsets (each task's update minus the mean of all tasks'):\n",
               "| | " + " | ".join(result["tasks"]) + " |", "|---" * (len(result["tasks"]) + 1) + "|"]
     for t, row in zip(result["tasks"], result["offset_cosine"], strict=True):

@@ -53,8 +53,10 @@ def test_analyse_synthetic_zoo(tmp_path):
     replica = testing.make_synthetic_zoo(tmp_path / "replica", tasks=tasks, num_ckpts=4, noise=0.01)  # same seed
     train = ["arc_e", "piqa", "boolq"]
     merged = baselines.merge_adapters([zoo.final_checkpoint(w, t) for t in train], tmp_path / "merged")
-    generated = {"own": {"obqa": zoo.final_checkpoint(w, "obqa")}, "merged": {"obqa": merged}}
-    res = geometry.analyse(w, {"obqa": train}, generated, checkpoints_per_task=4, replicas={"same": replica})
+    generated = {"own": {"obqa": zoo.final_checkpoint(w, "obqa")}, "merged": {"obqa": merged},
+                 "again": {"obqa": zoo.final_checkpoint(w, "obqa")}}
+    res = geometry.analyse(w, {"obqa": train}, generated, checkpoints_per_task=4, replicas={"same": replica},
+                           reference="own")
     row = res["targets"]["obqa"]
     assert row["training_tasks"] == train
     assert 0.0 <= row["span_fraction"] <= 1.0
@@ -65,6 +67,11 @@ def test_analyse_synthetic_zoo(tmp_path):
     # An identical replica zoo reproduces the offset exactly.
     assert row["generated"]["replica:same"]["cos_to_offset"] == pytest.approx(1.0, abs=1e-6)
     assert row["generated"]["replica:same"]["rel_err"] == pytest.approx(0.0, abs=1e-6)
+    # Against the reference ("own"): the same adapter again is identical; the merged one barely stepped.
+    assert row["generated"]["again"]["cos_to_reference_step"] == pytest.approx(1.0, abs=1e-9)
+    assert row["generated"]["again"]["diff_from_reference_rel"] == pytest.approx(0.0, abs=1e-6)
+    assert row["generated"]["merged"]["diff_from_reference_rel"] == pytest.approx(1.0, abs=0.1)
+    assert "cos_to_reference_step" not in row["generated"]["own"]
     curve = row["span_curve"]
     assert [c["k"] for c in curve] == [1, 2, 3]
     assert all(0 <= c["min"] <= c["mean"] <= c["max"] <= 1 + 1e-9 for c in curve)
@@ -74,7 +81,8 @@ def test_analyse_synthetic_zoo(tmp_path):
     geometry.write(res, tmp_path / "out")
     for f in ("geometry.json", "geometry.md", "geometry.png"):
         assert (tmp_path / "out" / f).is_file()
-    assert "| obqa |" in (tmp_path / "out" / "geometry.md").read_text()
+    md = (tmp_path / "out" / "geometry.md").read_text()
+    assert "| obqa |" in md and "| obqa | again | +1.000 | 0.000 |" in md
 
 
 def test_cli_malformed_replica_names_the_flag(tmp_path):
