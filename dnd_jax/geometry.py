@@ -262,7 +262,9 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     tasks = result["tasks"]
-    fig, axes = plt.subplots(1, 3, figsize=(17, 4.5))
+    labels = sorted({label for r in result["targets"].values() for label in r["generated"]},
+                    key=lambda x: (x != "dnd", x))
+    fig, axes = plt.subplots(1, 4 if labels else 3, figsize=(23 if labels else 17, 4.5))
     for ax, key, title in ((axes[0], "update_cosine", "cos between task updates dW"),
                            (axes[1], "offset_cosine", "cos between task offsets (dW - mean)")):
         mat = np.array(result[key])
@@ -283,6 +285,18 @@ def plot(result: dict, path: Path) -> None:
     ax.set_title("reachable part of the held-out offset")
     ax.set_ylim(0, None)
     ax.legend(fontsize=7)
+    if labels:  # how well each adapter's step points at the held-out offset
+        ax = axes[3]
+        names = list(result["targets"])
+        width = 0.8 / len(labels)
+        for j, label in enumerate(labels):
+            vals = [result["targets"][h]["generated"].get(label, {}).get("cos_to_offset", np.nan) for h in names]
+            ax.bar(np.arange(len(names)) + (j - (len(labels) - 1) / 2) * width, vals, width, label=label)
+        ax.axhline(0, color="k", lw=0.5)
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+        ax.set_ylabel("cos(g - m, held-out offset)")
+        ax.set_title("does the adapter step toward the held-out task?")
+        ax.legend(fontsize=7)
     tmp = path.with_name(path.name + ".tmp.png")
     fig.savefig(tmp, dpi=120, bbox_inches="tight")
     plt.close(fig)
