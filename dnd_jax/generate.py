@@ -146,7 +146,8 @@ class Generator:
 
         tok = conditions._load_encoder(str(conditions.encoder_dir(self.config))).tokenizer
         max_len = int(self.config.conditions.max_len)
-        longest = max(len(ids) for ps in prompt_sets for ids in tok(list(ps))["input_ids"])
+        # verbose=False: we count lengths here and report them ourselves, without the tokenizer's warning
+        longest = max(len(ids) for ps in prompt_sets for ids in tok(list(ps), verbose=False)["input_ids"])
         if longest > max_len:
             warnings.warn(f"prompts longer than {max_len} encoder tokens (longest: {longest}) are truncated to "
                           f"{max_len}, as in training", stacklevel=3)
