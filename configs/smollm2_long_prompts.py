@@ -3,11 +3,11 @@
 BoolQ prompts are a passage followed by the question; at the default L = 32 the encoder sees only the
 passage's first sentence, and two samples of BoolQ prompts give generator steps at cos 0.50 (the
 conditioning check in ``docs/study/README.md``). This variant re-encodes every condition at L = 128
-and re-runs BoolQ held out. Outputs go to ``W/variants/long_prompts`` and reuse ``W``'s zoo and
+and re-runs BoolQ held out (same 6 training tasks as the main run). Outputs go to ``W/variants/long_prompts`` and reuse ``W``'s zoo and
 evaluation cache (base, merged and oracle are the same adapters, so they are not re-scored).
 
     python -m dnd_jax.experiment --config configs/smollm2_long_prompts.py --workdir workdir/smollm2 \
-        --docs docs/study/long_prompts
+        --only boolq --docs docs/study/long_prompts
 """
 import ml_collections
 
@@ -19,6 +19,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.conditions.max_len = 128
     config.experiment.variant = "long_prompts"
     config.experiment.holdouts = ("boolq",)
-    config.experiment.cross_domain = ()
+    # SciQ stays cross-domain so BoolQ's generator sees the main run's 6 training tasks (--only boolq).
     config.experiment.baselines = ("base", "merged", "oracle")
     return config

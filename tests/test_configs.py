@@ -38,3 +38,16 @@ def test_variants_share_the_main_zoo_recipe():
         v = importlib.import_module(f"configs.{name}").get_config(None)
         assert v.experiment.variant and v.zoo.to_dict() == main.zoo.to_dict()
         assert v.base_model.to_dict() == main.base_model.to_dict()
+
+
+def test_variants_hold_out_against_the_main_training_split():
+    """A variant changes one thing: long_prompts keeps the main run's training tasks for each target
+    (SciQ stays out of them), diverse only adds tasks to them."""
+    main = importlib.import_module("configs.smollm2_commonsense").get_config(None)
+    long = importlib.import_module("configs.smollm2_long_prompts").get_config(None)
+    diverse = importlib.import_module("configs.smollm2_diverse").get_config(None)
+    for t in long.experiment.holdouts:
+        assert experiment.training_tasks(long, t) == experiment.training_tasks(main, t)
+    for t in tuple(diverse.experiment.holdouts) + tuple(diverse.experiment.cross_domain):
+        assert set(experiment.training_tasks(main, t)) < set(experiment.training_tasks(diverse, t))
+
