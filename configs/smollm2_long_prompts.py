@@ -3,8 +3,9 @@
 BoolQ prompts are a passage followed by the question; at the default L = 32 the encoder sees only the
 passage's first sentence, and two samples of BoolQ prompts give generator steps at cos 0.50 (the
 conditioning check in ``docs/study/README.md``). This variant re-encodes every condition at L = 128
-and re-runs BoolQ held out (same 6 training tasks as the main run). Outputs go to ``W/variants/long_prompts`` and reuse ``W``'s zoo and
-evaluation cache (base, merged and oracle are the same adapters, so they are not re-scored).
+and re-runs BoolQ held out with the main run's 6 training tasks (``--only boolq``: SciQ stays
+cross-domain, out of training, but is not run). Outputs go to ``W/variants/long_prompts`` and reuse
+``W``'s zoo and evaluation cache (base, merged and oracle are the same adapters: not re-scored).
 
     python -m dnd_jax.experiment --config configs/smollm2_long_prompts.py --workdir workdir/smollm2 \
         --only boolq --docs docs/study/long_prompts

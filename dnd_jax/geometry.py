@@ -162,7 +162,7 @@ def analyse(workdir: str | Path, targets: Mapping[str, Sequence[str]], generated
     space = Space(update_gram([load_factors(p) for p in paths]))
 
     task_mean = {t: space.point(idx) for t, idx in task_idx.items()}
-    out: dict = {"checkpoints_per_task": checkpoints_per_task, "targets": {}}
+    out: dict = {"checkpoints_per_task": checkpoints_per_task, "reference": reference, "targets": {}}
     for h, train in targets.items():
         train = list(train)
         m = np.mean([task_mean[t] for t in train], axis=0)
@@ -243,7 +243,7 @@ def markdown(result: dict) -> str:
                          f"| {g['move_from_train_mean_rel']:.3f} | {g['step_span_fraction']:.3f} | {g['rel_err']:.3f} |")
         ref_rows = [(h, label, g) for h, label, g in gen_rows if "cos_to_reference_step" in g]
         if ref_rows:
-            lines += ["", "Against the reference adapter r (the DnD adapter from the target's own test prompts): "
+            lines += ["", f"Against the reference adapter r (label `{result['reference']}`): "
                       "does the output depend on which prompts go in?\n",
                       "| target | adapter | cos(d, d_r) | |g - r| / |d_r| |", "|---|---|---|---|"]
             lines += [f"| {h} | {label} | {g['cos_to_reference_step']:+.3f} | {g['diff_from_reference_rel']:.3f} |"
@@ -263,7 +263,7 @@ def plot(result: dict, path: Path) -> None:
 
     tasks = result["tasks"]
     labels = sorted({label for r in result["targets"].values() for label in r["generated"]},
-                    key=lambda x: (x != "dnd", x))
+                    key=lambda x: (x != result["reference"], x))
     fig, axes = plt.subplots(1, 4 if labels else 3, figsize=(23 if labels else 17, 4.5))
     for ax, key, title in ((axes[0], "update_cosine", "cos between task updates dW"),
                            (axes[1], "offset_cosine", "cos between task offsets (dW - mean)")):

@@ -83,6 +83,7 @@ def test_analyse_synthetic_zoo(tmp_path):
         assert (tmp_path / "out" / f).is_file()
     md = (tmp_path / "out" / "geometry.md").read_text()
     assert "| obqa |" in md and "| obqa | again | +1.000 | 0.000 |" in md
+    assert res["reference"] == "own" and "reference adapter r (label `own`)" in md
 
 
 def test_cli_malformed_replica_names_the_flag(tmp_path):
