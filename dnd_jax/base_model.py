@@ -94,6 +94,39 @@ def resolve(cfg, workdir: str | Path | None = None) -> BaseModelRef:
     return BaseModelRef(name=name, path=str(path), sha=assets.model_content_hash(path))
 
 
+ALL_LINEAR = "all-linear"  # lora.target_modules value: every linear layer of the model but its output head
+
+
+def linear_module_names(path: str | Path) -> list[str]:
+    """Names of the linear layers of the causal LM at ``path`` (output head excluded), from its config alone.
+
+    The model is built on the meta device (no weights read), so this is cheap for any size; the names
+    are what peft's ``target_modules`` matches (``q_proj``, ``qkv_proj``, ``gate_up_proj``, ...).
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.from_pretrained(str(path))
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(cfg)
+    head = model.get_output_embeddings()
+    names = {name.rsplit(".", 1)[-1] for name, mod in model.named_modules()
+             if isinstance(mod, torch.nn.Linear) and mod is not head}
+    if not names:
+        raise ValueError(f"the model at {path} has no linear layers besides its output head")
+    return sorted(names)
+
+
+def resolve_target_modules(spec, ref: BaseModelRef) -> list[str]:
+    """``lora.target_modules`` as module names: ``"all-linear"`` (or ``("all-linear",)``) derives them from the model."""
+    names = [spec] if isinstance(spec, str) else list(spec)
+    if names == [ALL_LINEAR]:
+        return linear_module_names(ref.path)
+    if ALL_LINEAR in names:
+        raise ValueError(f"lora.target_modules: '{ALL_LINEAR}' cannot be combined with module names ({names})")
+    return names
+
+
 def load(ref: BaseModelRef, dtype=None):
     """(model, tokenizer) in eval mode; safetensors only, no remote code."""
     import torch
