@@ -55,6 +55,17 @@ class TaskSpec:
     title: str
     load_pool: Callable[[], tuple[list[Example], list[Example] | None]]  # (validation, official test)
     cloze_template: str  # formats the cloze context from ``prompt``
+    # Tasks of one family share their source (all MMLU subjects; the sub-tasks of one BIG-bench task):
+    # a held-out target never shares a family with a training task. '' = the task is its own family.
+    family: str = ""
+    test_size: int = 0  # seeded-split test size; 0 = TEST_SIZE
+    max_test_fraction: float = 0.5  # never more than this share of the pool goes to test
+    # "choice": choices + gold, scored by cloze/mc. "generative": choices=(gold solution,), gold=0; the
+    # solution is trained and scored verbatim after the template (bits per byte, exact match, pass@1).
+    kind: str = "choice"
+
+    def family_name(self) -> str:
+        return self.family or self.name
 
 
 def _hf(path: str):
@@ -226,12 +237,47 @@ TASKS: dict[str, TaskSpec] = {
     ]
 }
 COMMONSENSE = ("arc_e", "arc_c", "boolq", "hellaswag", "piqa", "obqa", "winogrande")
+# ARC-e/ARC-c share their source (one family); MedMCQA shares "medical_exam" with MedQA.
+_FAMILIES = {"arc_e": "arc", "arc_c": "arc", "medmcqa": "medical_exam"}
+for _n, _f in _FAMILIES.items():
+    TASKS[_n] = dataclasses.replace(TASKS[_n], family=_f)
+
+
+def register(spec: TaskSpec, *, replace: bool = False) -> TaskSpec:
+    """Add a task to the registry (task sources call this at import); names are unique."""
+    if spec.name in TASKS and not replace and TASKS[spec.name] != spec:
+        raise ValueError(f"task '{spec.name}' is already registered")
+    TASKS[spec.name] = spec
+    _splits.cache_clear()
+    return spec
+
+
+def _load_sources() -> None:
+    """Import the optional task sources (many-task zoo), which register themselves."""
+    import importlib
+
+    for mod in _SOURCES:
+        importlib.import_module(mod)
+
+
+_SOURCES: list[str] = ["dnd_jax.task_sources.olmo", "dnd_jax.task_sources.bigbench",
+                       "dnd_jax.task_sources.math_code"]
 
 
 def get_task(name: str) -> TaskSpec:
     if name not in TASKS:
-        raise KeyError(f"unknown task '{name}'; known tasks: {', '.join(TASKS)}")
+        _load_sources()
+    if name not in TASKS:
+        from dnd_jax.errors import UnknownTaskError
+
+        hint = " (BIG-bench tasks need the prepared data: run `make data`)" if name.startswith("bb_") else ""
+        known = ", ".join(list(TASKS)[:16]) + (f", ... ({len(TASKS)} in all)" if len(TASKS) > 16 else "")
+        raise UnknownTaskError(f"unknown task '{name}'{hint}; known tasks: {known}")
     return TASKS[name]
+
+
+def family(name: str) -> str:
+    return get_task(name).family_name()
 
 
 def _norm(text: str) -> str:
@@ -249,7 +295,7 @@ def _splits(name: str) -> dict[str, tuple[Example, ...]]:
     else:
         rng = np.random.default_rng(SPLIT_SEED + zlib.crc32(name.encode()))
         order = rng.permutation(len(pool))
-        n_test = min(TEST_SIZE, len(pool) // 2)
+        n_test = min(spec.test_size or TEST_SIZE, int(len(pool) * spec.max_test_fraction))
         test = [pool[i] for i in order[:n_test]]
         train = [pool[i] for i in sorted(order[n_test:])]
     test_prompts = {_norm(e.prompt) for e in test}
@@ -299,8 +345,22 @@ def mc_answer(ex: Example) -> str:
     return f"[{ex.mc_labels()[ex.gold]}]"
 
 
+def is_generative(name: str) -> bool:
+    return get_task(name).kind == "generative"
+
+
+def gold_continuation(ex: Example) -> str:
+    """A generative example's gold solution, verbatim (it follows ``cloze_context`` with no added space)."""
+    return ex.choices[ex.gold]
+
+
 def training_pair(ex: Example, answer_format: str, tokenizer) -> tuple[str, str]:
-    """(context, answer) for supervised fine-tuning; the loss covers the answer only."""
+    """(context, answer) for supervised fine-tuning; the loss covers the answer only.
+
+    Generative tasks ignore ``answer_format``: the answer is the gold solution after the template.
+    """
+    if get_task(ex.task).kind == "generative":
+        return cloze_context(ex), gold_continuation(ex)
     if answer_format == "cloze":
         return cloze_context(ex), cloze_continuations(ex)[ex.gold]
     if answer_format == "mc":
