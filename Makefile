@@ -13,7 +13,7 @@ export TOKENIZERS_PARALLELISM := false
 # steps 50x slower here. Passive waiting costs nothing measurable when the machine is free.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install test demo lint bench clean
+.PHONY: install test demo lint bench clean data
 
 install: $(STAMP)
 
@@ -32,6 +32,12 @@ test: install
 
 demo: install
 	$(BIN)/python -m dnd_jax.experiment --config configs/quickstart.py --workdir workdir/quickstart
+
+# BIG-bench's multiple-choice tasks for the many-task zoo (configs/smollm2_many.py): fetches the pinned
+# bigbench 1.0.0 sdist (358 MB, sha256-checked) into $$DND_JAX_CACHE (~/.cache/dnd_jax) and indexes it.
+# Never needed by `make test` or `make demo`.
+data: install
+	$(BIN)/python -m dnd_jax.task_sources.bigbench
 
 lint: install
 	$(BIN)/ruff check dnd_jax configs tests bench launch
