@@ -1,0 +1,171 @@
+"""A BERT sentence encoder's token embeddings in numpy: no torch, no transformers, loaded in ~0.1 s.
+
+``sentence-transformers`` with ``output_value="token_embeddings"`` returns the last hidden states of
+its first module (a BERT). Importing it (torch + transformers) takes 10+ s on a small machine, more
+than the rest of generation together. This module computes the same numbers from the folder's
+``model.safetensors`` and ``tokenizer.json`` (the Rust ``tokenizers`` package: same tokenization)
+with float32 numpy; ``tests/test_encoder.py`` checks them against sentence-transformers on the
+embedded MiniLM. It covers BERT-type encoders (``config.json`` ``model_type == "bert"``, absolute
+positions, exact GELU); :func:`supports` says whether a folder is one, and the caller falls back to
+sentence-transformers otherwise.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+WEIGHTS = "model.safetensors"
+TOKENIZER = "tokenizer.json"
+
+
+def _config(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def supports(folder: str | Path) -> bool:
+    """Whether ``folder`` (a sentence-transformers folder) holds a BERT this module can run."""
+    folder = Path(folder)
+    modules = folder / "modules.json"
+    try:
+        first = json.loads(modules.read_text())[0]
+    except (OSError, ValueError, IndexError, KeyError):
+        return False
+    if first.get("path", "") != "" or not str(first.get("type", "")).endswith("Transformer"):
+        return False
+    cfg = _config(folder)
+    return bool(cfg and cfg.get("model_type") == "bert" and cfg.get("hidden_act") == "gelu"
+                and cfg.get("position_embedding_type", "absolute") == "absolute"
+                and (folder / WEIGHTS).is_file() and (folder / TOKENIZER).is_file())
+
+
+def _layer_norm(x, g, b, eps: float):
+    import jax.numpy as jnp
+
+    mu = jnp.mean(x, -1, keepdims=True)
+    xc = x - mu
+    var = jnp.mean(xc * xc, -1, keepdims=True)
+    return xc / jnp.sqrt(var + eps) * g + b
+
+
+def _bert(w: dict, ids, mask, num_layers: int, num_heads: int, eps: float):
+    """(B, T) ids, (B, T) 0/1 mask -> (B, T, C) last hidden states (pure; jitted by the caller)."""
+    import jax
+    import jax.numpy as jnp
+
+    b, t = ids.shape
+    x = w["embeddings.word_embeddings.weight"][ids] + w["embeddings.position_embeddings.weight"][:t][None]
+    x = x + w["embeddings.token_type_embeddings.weight"][0]
+    x = _layer_norm(x, w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"], eps)
+    c = x.shape[-1]
+    h, d = num_heads, c // num_heads
+    neg = jnp.where(mask[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min)
+    for i in range(num_layers):
+        p = f"encoder.layer.{i}."
+        qkv = x @ w[p + "attention.self.qkv.weight"] + w[p + "attention.self.qkv.bias"]
+        q, k, v = (a.reshape(b, t, h, d) for a in jnp.split(qkv, 3, -1))
+        s = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(jnp.float32(d)) + neg
+        s = jax.nn.softmax(s, axis=-1)
+        ctx = jnp.einsum("bhqk,bkhd->bqhd", s, v).reshape(b, t, c)
+        a = ctx @ w[p + "attention.output.dense.weight"] + w[p + "attention.output.dense.bias"]
+        x = _layer_norm(a + x, w[p + "attention.output.LayerNorm.weight"], w[p + "attention.output.LayerNorm.bias"], eps)
+        f = jax.nn.gelu(x @ w[p + "intermediate.dense.weight"] + w[p + "intermediate.dense.bias"], approximate=False)
+        f = f @ w[p + "output.dense.weight"] + w[p + "output.dense.bias"]
+        x = _layer_norm(f + x, w[p + "output.LayerNorm.weight"], w[p + "output.LayerNorm.bias"], eps)
+    return x
+
+
+@dataclasses.dataclass
+class BertEncoder:
+    """Token embeddings of a BERT encoder folder; ``__call__(prompts, max_len) -> (emb, counts)``."""
+
+    tokenizer: object  # tokenizers.Tokenizer
+    weights: dict[str, np.ndarray]
+    num_layers: int
+    num_heads: int
+    eps: float
+    _fn: object = dataclasses.field(default=None, repr=False)
+    _device_weights: object = dataclasses.field(default=None, repr=False)
+
+    @classmethod
+    def load(cls, folder: str | Path) -> BertEncoder:
+        from safetensors.numpy import load_file
+        from tokenizers import Tokenizer
+
+        folder = Path(folder)
+        if not supports(folder):
+            raise ValueError(f"{folder} is not a BERT sentence-transformers folder with model.safetensors and "
+                             "tokenizer.json")
+        cfg = _config(folder)
+        weights = {k.removeprefix("bert."): v.astype(np.float32, copy=False)
+                   for k, v in load_file(str(folder / WEIGHTS)).items()}
+        # x @ W.T with W (out, in): keep W transposed once, contiguous, for BLAS.
+        for k in list(weights):
+            if k.endswith(".weight") and weights[k].ndim == 2 and ".layer." in k:
+                weights[k] = np.ascontiguousarray(weights[k].T)
+        # The query/key/value projections as one (in, 3*out) matmul.
+        for i in range(int(cfg["num_hidden_layers"])):
+            p = f"encoder.layer.{i}.attention.self."
+            weights[p + "qkv.weight"] = np.ascontiguousarray(
+                np.concatenate([weights.pop(p + n + ".weight") for n in ("query", "key", "value")], axis=1))
+            weights[p + "qkv.bias"] = np.concatenate([weights.pop(p + n + ".bias") for n in ("query", "key", "value")])
+        tok = Tokenizer.from_file(str(folder / TOKENIZER))
+        tok.no_padding()
+        return cls(tokenizer=tok, weights=weights, num_layers=int(cfg["num_hidden_layers"]),
+                   num_heads=int(cfg["num_attention_heads"]), eps=float(cfg.get("layer_norm_eps", 1e-12)))
+
+    def token_ids(self, prompts: Sequence[str], max_len: int | None) -> list[list[int]]:
+        """Token ids with special tokens, cut to ``max_len`` (``None``: uncut) as sentence-transformers cuts them."""
+        if max_len is None:
+            self.tokenizer.no_truncation()
+        else:
+            self.tokenizer.enable_truncation(max_length=int(max_len), strategy="longest_first")
+        return [e.ids for e in self.tokenizer.encode_batch(list(prompts))]
+
+    def _forward(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """(B, T) ids, (B, T) 0/1 mask -> (B, T, C) last hidden states (one compiled program per shape)."""
+        import functools
+
+        import jax
+
+        if self._fn is None:
+            self._fn = jax.jit(functools.partial(_bert, num_layers=self.num_layers, num_heads=self.num_heads,
+                                                 eps=self.eps))
+            self._device_weights = jax.device_put(self.weights)
+        return np.asarray(self._fn(self._device_weights, ids.astype(np.int32), mask))
+
+    def __call__(self, prompts: Sequence[str], max_len: int, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+        """``(P, max_len, C)`` float32 token embeddings (zeros past each prompt) and ``(P,)`` lengths.
+
+        Batches are padded to power-of-two shapes (masked: padding changes no real token's value),
+        so a handful of compiled programs serve every call.
+        """
+        ids = self.token_ids(prompts, max_len)
+        c = self.weights["embeddings.word_embeddings.weight"].shape[1]
+        emb = np.zeros((len(ids), int(max_len), c), np.float32)
+        counts = np.array([len(x) for x in ids], np.int32)
+        order = np.argsort(-counts, kind="stable")  # similar lengths together: less padding
+        rows = min(_pow2(len(ids)), _pow2(batch_size))
+        for s in range(0, len(order), rows):
+            idx = order[s:s + rows]
+            t = min(_pow2(int(counts[idx].max())), int(max_len))
+            batch = np.zeros((rows, t), np.int32)
+            mask = np.zeros((rows, t), np.float32)
+            for j, i in enumerate(idx):
+                batch[j, :counts[i]] = ids[i]
+                mask[j, :counts[i]] = 1.0
+            mask[len(idx):, 0] = 1.0  # rows of pure padding attend to something (no 0/0)
+            out = self._forward(batch, mask)
+            for j, i in enumerate(idx):
+                emb[i, :counts[i]] = out[j, :counts[i]]
+        return emb, counts
+
+
+def _pow2(n: int, least: int = 8) -> int:
+    return max(least, 1 << (max(int(n), 1) - 1).bit_length())
