@@ -66,13 +66,42 @@ def _load_encoder(path: str):
     return model
 
 
-def encode(prompts: Sequence[str], config, batch_size: int = ENCODE_BATCH) -> tuple[np.ndarray, np.ndarray]:
-    """``(P, L, C)`` float32 token embeddings (zero rows past each prompt's length) and ``(P,)`` lengths."""
-    import torch
+@functools.lru_cache(maxsize=2)
+def _bert_encoder(path: str):
+    from dnd_jax import encoder
 
+    return encoder.BertEncoder.load(path)
+
+
+def token_lengths(prompts: Sequence[str], config) -> list[int]:
+    """Each prompt's encoder token count (special tokens included) before truncation to ``L``."""
+    folder = encoder_dir(config)
+    from dnd_jax import encoder
+
+    if encoder.supports(folder):
+        return [len(ids) for ids in _bert_encoder(str(folder)).token_ids(prompts, max_len=None)]
+    tok = _load_encoder(str(folder)).tokenizer
+    # verbose=False: callers count lengths and report them, without the tokenizer's own warning
+    return [len(ids) for ids in tok(list(prompts), verbose=False)["input_ids"]]
+
+
+def encode(prompts: Sequence[str], config, batch_size: int = ENCODE_BATCH) -> tuple[np.ndarray, np.ndarray]:
+    """``(P, L, C)`` float32 token embeddings (zero rows past each prompt's length) and ``(P,)`` lengths.
+
+    BERT encoders (the embedded MiniLM) run in JAX from their safetensors (``dnd_jax.encoder``: no
+    torch import, equal to sentence-transformers within 1e-5, ``tests/test_encoder.py``); others
+    through sentence-transformers.
+    """
     if not prompts:
         raise ValueError("no prompts to encode")
     max_len = int(config.conditions.max_len)
+    folder = encoder_dir(config)
+    from dnd_jax import encoder
+
+    if encoder.supports(folder):
+        return _bert_encoder(str(folder))(list(prompts), max_len, batch_size)
+    import torch
+
     model = _load_encoder(str(encoder_dir(config)))
     model.max_seq_length = max_len  # truncate inside the tokenizer: the encoder sees L tokens
     with torch.inference_mode():
