@@ -7,8 +7,8 @@ MedMCQA, SST-2, RTE and 75 BIG-bench tasks (``make data``): 152. A seeded permut
 pools of K = 6, 12, 25, 50, 100 and all are its prefixes (nested).
 
 Zoo recipe (cheaper than the 8-task zoo's 100 steps x 20 checkpoints, because the study found extra
-checkpoints per task add little spread): rank-8 all-linear LoRA, batch 8, lr 3e-4, 60 steps, keeping
-the checkpoints at steps 40, 50 and 60. Targets are collected first, then the pool in order, so a
+checkpoints per task add little spread): rank-8 all-linear LoRA, batch 8 x at most 96 tokens, lr 3e-4,
+40 steps (the quickstart's length), keeping the checkpoints at steps 35 and 40. Targets are collected first, then the pool in order, so a
 partial zoo already serves the small pools. Resumable (``collect`` skips finished tasks).
 
     make data   # BIG-bench tasks from the bigbench 1.0.0 sdist (358 MB, cached outside git)
@@ -44,9 +44,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = smollm2_commonsense.get_config()
     order = pool_order()
     config.tasks = TARGETS + tuple(order)
+    config.zoo.max_len = 96
     config.zoo.pretrain_steps = 30
-    config.zoo.save_steps = 30
-    config.zoo.save_every = 10
+    config.zoo.save_steps = 10
+    config.zoo.save_every = 5
     config.zoo.num_prompts_saved = 256
     config.experiment.holdouts = TARGETS
     config.experiment.cross_domain = ()
