@@ -18,15 +18,17 @@ from pathlib import Path
 
 from absl import flags
 
-from dnd_jax import assets, base_model, cli, lora_train, tasks, zoo
+from dnd_jax import assets, base_model, cli, locking, lora_train, task_files, tasks, zoo
+from dnd_jax.errors import InputError, ResumeMismatchError
 
 RESUME_FILE = "resume.pt"
 
 
-def _lora_dict(config) -> dict:
+def _lora_dict(config, ref: base_model.BaseModelRef) -> dict:
+    """The LoRA config; ``target_modules='all-linear'`` becomes the model's own linear layer names."""
     lc = config.lora
     return {"r": int(lc.r), "lora_alpha": float(lc.alpha), "lora_dropout": float(lc.dropout),
-            "target_modules": list(lc.target_modules)}
+            "target_modules": base_model.resolve_target_modules(lc.target_modules, ref)}
 
 
 def _recipe(config, ref: base_model.BaseModelRef) -> dict:
@@ -38,7 +40,7 @@ def _recipe(config, ref: base_model.BaseModelRef) -> dict:
     zoo_recipe = dict(config.zoo.to_dict(), torch_threads=0)
     if zoo_recipe.get("data_seed", -1) < 0:  # default: data order follows ``seed`` (zoos from before keep their hash)
         zoo_recipe.pop("data_seed", None)
-    return {"base_model_sha": ref.sha, "lora": _lora_dict(config), "zoo": zoo_recipe,
+    return {"base_model_sha": ref.sha, "lora": _lora_dict(config, ref), "zoo": zoo_recipe,
             "answer_format": config.answer_format}
 
 
@@ -107,10 +109,9 @@ def collect_task(config, workdir: Path, ref: base_model.BaseModelRef, task: str)
     if manifest_path.is_file():
         old = json.loads(manifest_path.read_text())
         if old.get("recipe_hash") != _recipe_hash(recipe):
-            raise SystemExit(
-                f"error: {tdir} was collected with another recipe ({old.get('recipe_hash')}); "
-                f"use another --workdir or delete that task folder"
-            )
+            raise ResumeMismatchError(
+                f"{tdir} was collected with another recipe ({old.get('recipe_hash')}, this config: "
+                f"{_recipe_hash(recipe)}); use another --workdir or delete that task folder")
         if all(zoo.is_valid_checkpoint(tdir / zoo.ckpt_name(s)) for s in steps):
             print(f"[collect] {task}: complete, skipping")
             return old
@@ -132,7 +133,7 @@ def collect_task(config, workdir: Path, ref: base_model.BaseModelRef, task: str)
         torch.set_num_threads(int(zc.torch_threads))
     model, tok = base_model.load(ref)
     lc = config.lora
-    model = lora_train.make_lora_model(model, lc.r, lc.alpha, lc.dropout, lc.target_modules, zc.seed)
+    model = lora_train.make_lora_model(model, lc.r, lc.alpha, lc.dropout, recipe["lora"]["target_modules"], zc.seed)
 
     def on_keep(step: int, loss: float, wall: float) -> None:
         out = tdir / zoo.ckpt_name(step)
@@ -153,7 +154,7 @@ def collect_task(config, workdir: Path, ref: base_model.BaseModelRef, task: str)
     manifest = {
         "task": task,
         "base_model": ref.to_dict(),
-        "lora": _lora_dict(config),
+        "lora": recipe["lora"],
         "answer_format": config.answer_format,
         "recipe": recipe,
         "recipe_hash": _recipe_hash(recipe),
@@ -173,13 +174,22 @@ def collect_task(config, workdir: Path, ref: base_model.BaseModelRef, task: str)
 
 
 def collect(config, workdir: str | Path, only: list[str] | None = None) -> dict:
-    """Collect the zoo for ``config.tasks`` (or ``only``); returns the zoo manifest."""
+    """Collect the zoo for ``config.tasks`` (or ``only``); returns the zoo manifest.
+
+    Holds ``workdir``'s lock (:mod:`dnd_jax.locking`): a second collect on it is refused.
+    """
     workdir = Path(workdir)
+    task_files.register_config(config)  # tasks declared as files in config.task_files
     names = list(only or config.tasks)
     for name in names:
-        tasks.get_task(name)  # unknown task -> KeyError before any compute
+        tasks.get_task(name)  # unknown task -> UnknownTaskError before any compute
         if name not in config.tasks:
-            raise ValueError(f"task '{name}' is not in config.tasks {tuple(config.tasks)}")
+            raise InputError(f"task '{name}' is not in config.tasks {tuple(config.tasks)}")
+    with locking.workdir_lock(workdir, "collect"):
+        return _collect(config, workdir, names)
+
+
+def _collect(config, workdir: Path, names: list[str]) -> dict:
     ref = base_model.resolve(config.base_model, workdir)
     summaries = {}
     for name in names:
@@ -191,7 +201,7 @@ def collect(config, workdir: str | Path, only: list[str] | None = None) -> dict:
                               "num_prompts")} | {"num_checkpoints": len(m["checkpoints"])}
         for n, m in summaries.items()
     })
-    manifest = {"base_model": ref.to_dict(), "lora": _lora_dict(config), "answer_format": config.answer_format,
+    manifest = {"base_model": ref.to_dict(), "lora": _lora_dict(config, ref), "answer_format": config.answer_format,
                 "zoo": config.zoo.to_dict(), "tasks": previous}
     assets.write_json_atomic(zoo_manifest_path, manifest)
     print(summary_table(manifest))

@@ -14,39 +14,18 @@ results cached), so a killed run restarts without redoing finished stages. Resul
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
 from absl import flags
 
-from dnd_jax import assets, base_model, cli, collect, tasks, zoo
+from dnd_jax import assets, base_model, cli, collect, locking, plan, zoo
+from dnd_jax.errors import InputError
 
-
-def generator_config(config, target: str):
-    """The training config for target ``target``: every other task, cross-domain tasks excluded."""
-    cfg = config.copy_and_resolve_references()
-    cross = tuple(config.experiment.cross_domain)
-    if target in cross:
-        cfg.holdout = tuple(t for t in config.tasks if t in cross)
-    else:
-        cfg.holdout = (target,) + tuple(t for t in config.tasks if t in cross and t != target)
-    return cfg
-
-
-def training_tasks(config, target: str) -> list[str]:
-    cfg = generator_config(config, target)
-    return [t for t in config.tasks if t not in cfg.holdout]
-
-
-def output_root(config, workdir: str | Path) -> Path:
-    """Where a run keeps generators/, adapters/, results/: ``W`` or ``W/variants/<variant>``.
-
-    A variant (a recipe change in the study) shares ``W``'s zoo and evaluation cache, so only what
-    the change touches is recomputed.
-    """
-    variant = config.experiment.get("variant", "")
-    return Path(workdir) / "variants" / variant if variant else Path(workdir)
+# One definition of a target's training tasks and output root: dnd_jax.plan (re-exported here).
+generator_config = plan.generator_config
+training_tasks = plan.target_training_tasks
+output_root = plan.output_root
 
 
 def _stage_log(root: Path, name: str, seconds: float) -> None:
@@ -72,15 +51,14 @@ def run_target(config, workdir: Path, target: str) -> dict:
 
     adapter_dir = root / "adapters" / f"dnd_{target}"
     gen_timing_path = adapter_dir / "dnd_generation_timing.json"
-    if not gen_timing_path.is_file():
-        shutil.rmtree(adapter_dir, ignore_errors=True)
+    if not gen_timing_path.is_file():  # not generated yet, or killed between the adapter and its timing
         wall0 = time.perf_counter()
         gen = generate.Generator.load(gen_dir)
         timings = {"load_s": gen.load_time_s}
-        test_prompts = [e.prompt for e in tasks.load_examples(target, "test")]
-        adapter = gen.generate_many([test_prompts], seed=int(config.generate.seed), timings=timings)[0]
+        prompts = plan.condition_prompts(config, target)  # never the scored questions
+        adapter = gen.generate_many([prompts], seed=int(config.generate.seed), timings=timings)[0]
         t1 = time.perf_counter()
-        adapter.save(adapter_dir)
+        adapter.save(adapter_dir, overwrite=True)  # replaces only an adapter folder (never other files)
         timings["write_s"] = time.perf_counter() - t1
         timings["wall_s"] = time.perf_counter() - wall0
         assets.write_json_atomic(gen_timing_path, timings)
@@ -99,27 +77,56 @@ def run_target(config, workdir: Path, target: str) -> dict:
 
 
 def run(config, workdir: str | Path, only: list[str] | None = None, docs: str = "") -> dict:
+    """Every stage for every target (or ``only`` these), holding ``workdir``'s lock throughout."""
     workdir = Path(workdir)
     targets = list(config.experiment.holdouts) + list(config.experiment.cross_domain)
     if only:
         unknown = [t for t in only if t not in targets]
         if unknown:
-            raise ValueError(f"--only {unknown} not among the experiment's targets {targets}")
+            raise InputError(f"--only {unknown} not among the experiment's targets {targets}")
         targets = [t for t in targets if t in only]
     for t in targets:
         if t not in config.tasks:
-            raise ValueError(f"experiment target '{t}' is not in config.tasks {tuple(config.tasks)}")
+            raise InputError(f"experiment target '{t}' is not in config.tasks {tuple(config.tasks)}")
+    with locking.workdir_lock(workdir, "experiment"):
+        t0 = time.perf_counter()
+        collect.collect(config, workdir)
+        _stage_log(workdir, "collect", time.perf_counter() - t0)
 
-    t0 = time.perf_counter()
-    collect.collect(config, workdir)
-    _stage_log(workdir, "collect", time.perf_counter() - t0)
-
-    results = {"config": json.loads(config.to_json_best_effort()),
-               "base_model": base_model.resolve(config.base_model, workdir).to_dict(), "targets": {}}
-    for target in targets:
-        results["targets"][target] = run_target(config, workdir, target)
-        write_report(results, output_root(config, workdir) / "results", docs)
+        results = {"config": json.loads(config.to_json_best_effort()),
+                   "base_model": base_model.resolve(config.base_model, workdir).to_dict(), "targets": {}}
+        for target in targets:
+            results["targets"][target] = run_target(config, workdir, target)
+            write_report(results, output_root(config, workdir) / "results", docs)
+            for extra in config.experiment.get("also_evaluate", {}).get(target, ()):
+                results["targets"][extra] = run_also_evaluate(config, workdir, target, extra)
+                write_report(results, output_root(config, workdir) / "results", docs)
     return results
+
+
+def run_also_evaluate(config, workdir: Path, target: str, extra: str) -> dict:
+    """``config.experiment.also_evaluate[target]``: evaluation-only tasks of held-out ``target`` (HumanEval
+    and MBPP for a held-out Python). ``target``'s generator makes an adapter from ``extra``'s own
+    unlabeled test prompts; the baselines are ``target``'s (its zoo LoRA is the oracle)."""
+    from dnd_jax import evaluate, generate
+
+    root = output_root(config, workdir)
+    adapter_dir = root / "adapters" / f"dnd_{extra}_from_{target}"
+    timing_path = adapter_dir / "dnd_generation_timing.json"
+    if not timing_path.is_file():
+        wall0 = time.perf_counter()
+        gen = generate.Generator.load(root / "generators" / target)
+        timings = {"load_s": gen.load_time_s}
+        prompts = plan.condition_prompts(config, extra)  # never the scored questions
+        adapter = gen.generate_many([prompts], seed=int(config.generate.seed), timings=timings)[0]
+        adapter.save(adapter_dir, overwrite=True)
+        timings["wall_s"] = time.perf_counter() - wall0
+        assets.write_json_atomic(timing_path, timings)
+    t0 = time.perf_counter()
+    result = evaluate.evaluate_target(config, workdir, extra, training_tasks=training_tasks(config, target),
+                                      dnd_adapter=adapter_dir, out_dir=root / "results" / extra, oracle_task=target)
+    _stage_log(root, f"evaluate/{extra}", time.perf_counter() - t0)
+    return result | {"held_out": target}
 
 
 def write_report(results: dict, out_dir: Path, docs: str = "") -> None:

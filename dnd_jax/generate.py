@@ -13,17 +13,21 @@ import dataclasses
 import datetime
 import hashlib
 import json
-import sys
 import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from absl import app, flags
+from absl import flags
+
+from dnd_jax import cli
+from dnd_jax.errors import InputError, IntegrityError
+
+MAX_PROMPT_CHARS_PER_TOKEN = 64  # a prompt is cut to max_len * this many characters before tokenizing
 
 
-class GenerateError(ValueError):
+class GenerateError(InputError):
     """Bad input for generation (the message says what and where)."""
 
 
@@ -36,15 +40,21 @@ def read_prompts(path: str | Path) -> list[str]:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
         raise GenerateError(f"prompt file {path} is not valid UTF-8 (byte {e.start})") from None
-    if path.suffix == ".jsonl":
+    if path.suffix.lower() == ".jsonl":
         prompts = []
         for i, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:
-                prompts.append(str(json.loads(line)["prompt"]))
-            except (ValueError, KeyError, TypeError):
-                raise GenerateError(f"{path}:{i}: expected a JSON object with a 'prompt' field") from None
+                row = json.loads(line)
+            except ValueError:
+                raise GenerateError(f"{path}:{i}: not valid JSON") from None
+            if not isinstance(row, dict) or "prompt" not in row:
+                raise GenerateError(f"{path}:{i}: expected a JSON object with a 'prompt' field")
+            if not isinstance(row["prompt"], str):
+                raise GenerateError(f"{path}:{i}: 'prompt' must be a string, got {type(row['prompt']).__name__} "
+                                    f"{json.dumps(row['prompt'])[:40]}")
+            prompts.append(row["prompt"])
     else:
         prompts = [line.strip() for line in text.splitlines()]
     prompts = [p for p in prompts if p.strip()]
@@ -121,11 +131,11 @@ class Generator:
     def __init__(self, workdir: str | Path, step: int | None = None):
         import jax
 
-        from dnd_jax import train
+        from dnd_jax import checkpoint
 
         t0 = time.perf_counter()
         self.workdir = Path(workdir)
-        loaded = train.load_generator(self.workdir, step=step)
+        loaded = checkpoint.load_generator(self.workdir, step=step)
         self.model, self.params = loaded.model, loaded.params
         self.layout, self.normalizer, self.meta = loaded.layout, loaded.normalizer, loaded.metadata
         self.config, self.step = loaded.config, loaded.step
@@ -140,17 +150,20 @@ class Generator:
     def num_prompts(self) -> int:
         return int(self.config.conditions.num_prompts)
 
-    def _warn_truncation(self, prompt_sets: Sequence[Sequence[str]]) -> None:
-        """Prompts longer than the encoder's L tokens are cut (as in training): say so."""
+    def _cut(self, prompt_sets: Sequence[Sequence[str]]) -> list[list[str]]:
+        """Prompts cut to ``max_len * 64`` characters (far more than ``max_len`` tokens) before tokenizing,
+        so a huge prompt costs nothing; warn when the encoder will truncate (as in training)."""
         from dnd_jax import conditions
 
-        tok = conditions._load_encoder(str(conditions.encoder_dir(self.config))).tokenizer
         max_len = int(self.config.conditions.max_len)
-        # verbose=False: we count lengths here and report them ourselves, without the tokenizer's warning
-        longest = max(len(ids) for ps in prompt_sets for ids in tok(list(ps), verbose=False)["input_ids"])
+        cap = max_len * MAX_PROMPT_CHARS_PER_TOKEN
+        cut = [[p[:cap] for p in ps] for ps in prompt_sets]
+        longest = max(max(conditions.token_lengths(ps, self.config)) for ps in cut)  # no torch for MiniLM
         if longest > max_len:
-            warnings.warn(f"prompts longer than {max_len} encoder tokens (longest: {longest}) are truncated to "
+            warnings.warn(f"prompts longer than {max_len} encoder tokens (longest: {longest}"
+                          f"{'+' if any(len(p) > cap for ps in prompt_sets for p in ps) else ''}) are truncated to "
                           f"{max_len}, as in training", stacklevel=3)
+        return cut
 
     def generate(self, prompts: Sequence[str], seed: int = 0) -> Adapter:
         return self.generate_many([prompts], seed=seed)[0]
@@ -165,21 +178,27 @@ class Generator:
 
         timings = {} if timings is None else timings
         t0 = time.perf_counter()
+        for i, ps in enumerate(prompt_sets):
+            if isinstance(ps, str) or not all(isinstance(p, str) for p in ps) or not any(p.strip() for p in ps):
+                raise GenerateError(f"prompt set {i} must be a non-empty list of strings")
         chosen = [choose_prompts(ps, self.num_prompts, seed) for ps in prompt_sets]
-        self._warn_truncation(chosen)
-        cond = np.stack([conditions.encode_prompts(ps, self.config) for ps in chosen])
+        cond = np.stack([conditions.encode_prompts(ps, self.config) for ps in self._cut(chosen)])
         timings["encode_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         tokens = jax.device_get(self._apply(self.params, cond))
         tokens = np.asarray(self.normalizer.denormalize(np.asarray(tokens, np.float32)), np.float32)
         tokens = tokens * self.layout.mask()
+        bad = int(np.size(tokens) - np.count_nonzero(np.isfinite(tokens)))
+        if bad:
+            raise IntegrityError(f"the generator at {self.workdir} (step {self.step}) produced {bad} non-finite "
+                                 f"weights: its checkpoint is corrupt or it diverged in training; nothing written")
         timings["decode_s"] = time.perf_counter() - t0
         lora = self.meta["lora"]
         date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         adapters = []
         for ps, toks in zip(chosen, tokens):
             card = {"generator": str(self.workdir.resolve()), "step": int(self.step), "num_prompts": len(ps),
-                    "prompts_hash": prompts_hash(ps), "date": date}
+                    "prompts_hash": prompts_hash(ps), "date": date, "train_tasks": list(self.meta["train_tasks"])}
             adapters.append(Adapter(layout_lib.detokenize(self.layout, toks), lora, self.meta["base_model"], card))
         return adapters
 
@@ -193,47 +212,48 @@ def define_flags() -> dict:
         "out": flags.DEFINE_multi_string("out", [], "Output adapter folder, one per --prompts (or per --task)."),
         "task": flags.DEFINE_multi_string("task", [], "Take prompts from the task registry instead of a file."),
         "split": flags.DEFINE_string("split", "test", "Registry split for --task."),
-        "overwrite": flags.DEFINE_bool("overwrite", False, "Replace existing --out folders."),
+        "overwrite": flags.DEFINE_bool("overwrite", False, "Replace existing --out adapter folders (never a folder holding other files)."),
         "json": flags.DEFINE_bool("json", False, "Print a machine-readable JSON summary."),
         "seed": flags.DEFINE_integer("seed", 0, "Seed for choosing N prompts when more are given."),
     }
 
 
 def _jobs(fl: dict) -> list[tuple[list[str], str]]:
+    """(prompts, out) pairs, every input read and every output checked before any compute."""
     from dnd_jax import tasks
+    from dnd_jax.weights import peft_io
 
-    _PROMPTS, _TASK, _SPLIT, _OUT, _OVERWRITE = fl["prompts"], fl["task"], fl["split"], fl["out"], fl["overwrite"]
-    if _PROMPTS.value and _TASK.value:
+    if not fl["checkpoint"].value:
+        raise GenerateError("--checkpoint (the generator workdir) is required")
+    if fl["prompts"].value and fl["task"].value:
         raise GenerateError("give either --prompts or --task, not both")
-    sources = [(read_prompts(p), p) for p in _PROMPTS.value]
-    sources += [([e.prompt for e in tasks.load_examples(t, _SPLIT.value)], t) for t in _TASK.value]
+    sources = [(read_prompts(p), p) for p in fl["prompts"].value]
+    if fl["task"].value:  # tasks declared as files in the generator's training config (config.task_files)
+        from dnd_jax import task_files
+
+        task_files.register_from_generator(fl["checkpoint"].value, fl["step"].value)
+    sources += [([e.prompt for e in tasks.load_examples(t, fl["split"].value)], t) for t in fl["task"].value]
     if not sources:
         raise GenerateError("nothing to generate: give --prompts FILE or --task NAME")
-    if len(_OUT.value) != len(sources):
-        raise GenerateError(f"{len(sources)} prompt sources but {len(_OUT.value)} --out folders: give one --out each")
-    for out in _OUT.value:
-        if Path(out).exists() and not _OVERWRITE.value:
-            raise GenerateError(f"--out {out} exists; pass --overwrite to replace it")
-    return [(ps, out) for (ps, _), out in zip(sources, _OUT.value)]
+    outs = fl["out"].value
+    if len(outs) != len(sources):
+        raise GenerateError(f"{len(sources)} prompt sources but {len(outs)} --out folders: give one --out each")
+    if len({str(Path(o).resolve()) for o in outs}) != len(outs):
+        raise GenerateError(f"two --out flags name the same folder: {outs}")
+    for out in outs:
+        peft_io.check_output_dir(out, fl["overwrite"].value)
+    return [(ps, out) for (ps, _), out in zip(sources, outs)]
 
 
-def main(argv, fl: dict) -> None:
+def main(fl: dict) -> None:
     wall0 = time.perf_counter()
-    try:
-        if len(argv) > 1:
-            raise GenerateError(f"unexpected arguments {argv[1:]}")
-        if not fl["checkpoint"].value:
-            raise GenerateError("--checkpoint (the generator workdir) is required")
-        jobs = _jobs(fl)
-        gen = Generator.load(fl["checkpoint"].value, fl["step"].value)
-        timings = {"load_s": gen.load_time_s}
-        adapters = gen.generate_many([ps for ps, _ in jobs], seed=fl["seed"].value, timings=timings)
-        t0 = time.perf_counter()
-        outs = [str(a.save(out, overwrite=fl["overwrite"].value)) for a, (_, out) in zip(adapters, jobs)]
-        timings["write_s"] = time.perf_counter() - t0
-    except (GenerateError, FileNotFoundError, FileExistsError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    jobs = _jobs(fl)
+    gen = Generator.load(fl["checkpoint"].value, fl["step"].value)
+    timings = {"load_s": gen.load_time_s}
+    adapters = gen.generate_many([ps for ps, _ in jobs], seed=fl["seed"].value, timings=timings)
+    t0 = time.perf_counter()
+    outs = [str(a.save(out, overwrite=fl["overwrite"].value)) for a, (_, out) in zip(adapters, jobs)]
+    timings["write_s"] = time.perf_counter() - t0
     timings["wall_s"] = time.perf_counter() - wall0
     if fl["json"].value:
         print(json.dumps({"adapters": outs, "timings": timings}, indent=2))
@@ -244,5 +264,4 @@ def main(argv, fl: dict) -> None:
 
 
 if __name__ == "__main__":
-    _FLAGS = define_flags()
-    app.run(lambda argv: main(argv, _FLAGS))
+    cli.run(define_flags, main, required=())

@@ -315,10 +315,10 @@ def write(result: dict, out_dir: str | Path) -> None:
 
 def experiment_targets(config) -> dict[str, list[str]]:
     """Held-out task -> training tasks, exactly as :mod:`dnd_jax.experiment` splits them."""
-    from dnd_jax import experiment
+    from dnd_jax import plan
 
     targets = list(config.experiment.holdouts) + list(config.experiment.cross_domain)
-    return {t: experiment.training_tasks(config, t) for t in targets}
+    return {t: plan.target_training_tasks(config, t) for t in targets}
 
 
 def find_generated(roots: Mapping[str, Path], targets: Sequence[str]) -> dict[str, dict[str, Path]]:
@@ -359,10 +359,10 @@ def _labelled_paths(items: Sequence[str], flag: str) -> dict[str, Path]:
 
 
 def main(fl: dict) -> None:
-    from dnd_jax import experiment
+    from dnd_jax import plan
 
     config, workdir = fl["config"].value, Path(fl["workdir"].value)
-    roots = {"dnd": experiment.output_root(config, workdir) / "adapters"}  # a variant's own adapters
+    roots = {"dnd": plan.output_root(config, workdir) / "adapters"}  # a variant's own adapters
     roots.update(_labelled_paths(fl["generated"].value, "generated"))
     replicas = _labelled_paths(fl["replica"].value, "replica")
     targets = experiment_targets(config)

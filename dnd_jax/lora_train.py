@@ -29,12 +29,19 @@ class Batch:
     labels: torch.Tensor  # -100 on context and padding
 
 
-def encode_pairs(tokenizer, pairs: Sequence[tuple[str, str]], max_len: int) -> list[tuple[list[int], int]]:
-    """Token ids of context+answer and the answer's length; the context is cut from the left."""
+def encode_pairs(tokenizer, pairs: Sequence[tuple[str, str]], max_len: int,
+                 min_context: int = 0) -> list[tuple[list[int], int]]:
+    """Token ids of context+answer and the answer's length; the context is cut from the left.
+
+    ``min_context`` > 0 (generative tasks, whose solutions can be longer than ``max_len``): the
+    context keeps its last ``min(len, min_context)`` tokens and the answer loses its tail instead.
+    With 0, an answer keeps up to ``max_len`` tokens (choice answers are short).
+    """
     out = []
     for context, answer in pairs:
         ctx = tokenizer(context, add_special_tokens=False)["input_ids"]
-        ans = tokenizer(answer, add_special_tokens=False)["input_ids"][:max_len]
+        ans = tokenizer(answer, add_special_tokens=False)["input_ids"]
+        ans = ans[: max_len - min(len(ctx), min_context)]
         ctx = ctx[max(0, len(ctx) - (max_len - len(ans))):]
         out.append((ctx + ans, len(ans)))
     return out
@@ -123,7 +130,11 @@ def train_lora(
     """
     import torch
 
-    encoded = encode_pairs(tokenizer, [tasks_lib.training_pair(e, answer_format, tokenizer) for e in examples], max_len)
+    # Generative tasks (math/code solutions): sequences over max_len keep the last max_len // 2 context
+    # tokens at most and the solution's head; its tail is dropped (the loss covers solution tokens only).
+    generative = bool(examples) and tasks_lib.is_generative(examples[0].task)
+    encoded = encode_pairs(tokenizer, [tasks_lib.training_pair(e, answer_format, tokenizer) for e in examples], max_len,
+                           min_context=max_len // 2 if generative else 0)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, warmup_steps)))

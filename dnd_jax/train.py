@@ -17,151 +17,76 @@ Multi-process (one process per host): pass ``--coordinator_address``, ``--num_pr
 """
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import json
 import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from absl import flags, logging
 
-from dnd_jax import cli, models, sharding, zoo
+from dnd_jax import checkpoint, cli, locking, models, sharding
+from dnd_jax.checkpoint import CKPT_DIR, FORMAT, LoadedGenerator, load_generator  # noqa: F401 (re-exported)
+from dnd_jax.errors import IntegrityError, ResumeMismatchError
+from dnd_jax.plan import MAX_PADDING, ConfigError, Plan, find_zoo_workdir, training_tasks, validate  # noqa: F401
 
-CKPT_DIR = "generator"
 METRICS = "metrics.jsonl"
-FORMAT = "dnd_jax.generator/1"
-MAX_PADDING = 0.5  # a token shape wasting more of the grid than this is a config error
 # Config keys that do not change the trained weights (cadence, paths, later stages).
 _NOT_RECIPE = ("log_steps", "ckpt_steps", "keep_ckpts", "eval_steps", "zoo_workdir", "mesh", "min_shard_size",
                "generate", "eval", "experiment", "zoo")
-
-
-class ConfigError(ValueError):
-    """The config cannot train on this zoo / these devices (raised before any compute)."""
-
-
-# ----------------------------------------------------------------------------------------------
-# Config validation (no compute, no encoder, reads zoo manifests and one checkpoint's shapes).
-
-
-def training_tasks(config) -> list[str]:
-    excluded = set(config.holdout) | set(config.experiment.get("cross_domain", ()))
-    return [t for t in config.tasks if t not in excluded]
-
-
-def find_zoo_workdir(config, workdir: str | Path) -> Path:
-    """``config.zoo_workdir`` or the nearest of ``workdir`` and its parents holding ``zoo/``."""
-    if config.get("zoo_workdir"):
-        path = Path(config.zoo_workdir)
-        if not zoo.zoo_dir(path).is_dir():
-            raise ConfigError(f"zoo_workdir {path} has no zoo/ folder (run dnd_jax.collect first)")
-        return path
-    start = Path(workdir).resolve()
-    for d in (start, *start.parents):
-        if zoo.zoo_dir(d).is_dir():
-            return d
-    raise ConfigError(f"no zoo/ folder in {start} or its parents; set --config.zoo_workdir or run dnd_jax.collect")
-
-
-@dataclasses.dataclass(frozen=True)
-class Plan:
-    """What a validated config trains on."""
-
-    zoo_workdir: Path
-    train_tasks: list[str]
-    mesh_shape: dict[str, int]
-    shapes: dict[str, tuple[int, ...]]  # the first training checkpoint's tensor shapes
-
-
-def validate(config, workdir: str | Path, num_devices: int | None = None) -> Plan:
-    """Every check that can fail before compute; raises :class:`ConfigError` saying what to fix."""
-    from dnd_jax import tasks as registry
-    from dnd_jax.weights import layout as layout_lib
-
-    def need(ok: bool, msg: str) -> None:
-        if not ok:
-            raise ConfigError(msg)
-
-    need(len(config.tasks) > 0, "config.tasks is empty")
-    for t in (*config.tasks, *config.holdout):
-        try:
-            registry.get_task(t)
-        except KeyError as e:
-            raise ConfigError(str(e).strip("'\"")) from None
-    for t in config.holdout:
-        need(t in config.tasks, f"holdout task '{t}' is not in config.tasks {tuple(config.tasks)}")
-    train_tasks = training_tasks(config)
-    need(bool(train_tasks), f"no training tasks left: tasks {tuple(config.tasks)} minus holdout "
-         f"{tuple(config.holdout)} and cross_domain {tuple(config.experiment.get('cross_domain', ()))}")
-    for key in ("batch_size", "total_steps", "log_steps", "ckpt_steps", "eval_steps", "keep_ckpts"):
-        need(int(config[key]) > 0, f"config.{key} must be positive, got {config[key]}")
-    need(int(config.conditions.num_prompts) > 0 and int(config.conditions.max_len) > 0,
-         "conditions.num_prompts and conditions.max_len must be positive")
-    need(config.token_weights in ("", "inverse_count"),
-         f"token_weights must be '' or 'inverse_count', got '{config.token_weights}'")
-    need(config.optax_name in _OPTIMIZERS, f"optax_name must be one of {sorted(_OPTIMIZERS)}")
-    token_shape = tuple(config.layout.token_shape)
-    need(len(token_shape) == 2 and all(isinstance(d, int) and d > 0 for d in token_shape),
-         f"layout.token_shape must be two positive ints (h, w), got {token_shape}")
-    try:
-        mesh_shape = sharding.mesh_shape(config.mesh, num_devices or jax.device_count())
-    except sharding.MeshError as e:
-        raise ConfigError(str(e)) from None
-    data = mesh_shape.get("data", 1)
-    need(config.batch_size % data == 0, f"batch_size {config.batch_size} is not divisible by the data axis ({data})")
-    need(config.batch_size % jax.process_count() == 0,
-         f"batch_size {config.batch_size} is not divisible by the process count ({jax.process_count()})")
-    try:
-        models.build(config.model_name, config.model, (1, 1, 1), (1, 1, 1))
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"model: {e}") from None
-
-    zoo_workdir = find_zoo_workdir(config, workdir)
-    have = set(zoo.tasks(zoo_workdir))
-    for t in (*train_tasks, *config.holdout):
-        need(t in have, f"task '{t}' is not in the zoo at {zoo.zoo_dir(zoo_workdir)} (zoo has {sorted(have)})")
-    k_val = int(config.val_checkpoints_per_task)
-    need(k_val >= 0, "val_checkpoints_per_task must be >= 0")
-    for t in train_tasks:
-        try:
-            n = len(zoo.checkpoints(zoo_workdir, t))
-        except FileNotFoundError as e:
-            raise ConfigError(str(e)) from None
-        need(n > k_val, f"task '{t}' has {n} checkpoints; val_checkpoints_per_task={k_val} leaves none to train on")
-        need(len(zoo.prompts(zoo_workdir, t)) > 0, f"task '{t}' has no prompts in the zoo")
-    from safetensors import safe_open
-
-    first = zoo.checkpoints(zoo_workdir, train_tasks[0])[0] / zoo.ADAPTER_WEIGHTS
-    with safe_open(str(first), "numpy") as f:
-        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    try:
-        layout = layout_lib.build_layout(shapes, token_shape)
-    except (ValueError, layout_lib.LayoutMismatchError) as e:
-        raise ConfigError(f"layout.token_shape {token_shape} does not fit the zoo's LoRA tensors: {e}") from None
-    need(layout.padding_fraction <= MAX_PADDING,
-         f"layout.token_shape {token_shape} does not fit the zoo's LoRA tensors: {layout.padding_fraction:.0%} of "
-         f"the token grid would be padding (max {MAX_PADDING:.0%}); use tokens no larger than the tensors")
-    return Plan(zoo_workdir, train_tasks, mesh_shape, shapes)
+# Recipe keys added later, with the value a recipe saved before them meant.
+_RECIPE_LEGACY = {"wd_mults": "ndim>1 (kernels, 2-D biases and norm scales)"}
 
 
 # ----------------------------------------------------------------------------------------------
 # Optimizer, loss, steps.
 
+# Weight decay by parameter name (big_vision style): ``config.wd_mults`` is a list of
+# ``(regex over "a/b/kernel" paths, multiplier)``; the first match wins, unmatched parameters get none.
+DEFAULT_WD_MULTS = ((r".*/kernel$", 1.0),)
 _OPTIMIZERS = {
-    "adamw": lambda lr, c: optax.adamw(lr, weight_decay=c.weight_decay, mask=_decay_mask),
+    "adamw": lambda lr, c: _adamw(lr, c),
     "adam": lambda lr, c: optax.adam(lr),
     "sgd": lambda lr, c: optax.sgd(lr, momentum=0.9),
 }
 
 
-def _decay_mask(params):
-    """Weight decay on kernels only (not norms or biases)."""
-    return jax.tree.map(lambda p: p.ndim > 1, params)
+def wd_mults(config) -> tuple[tuple[str, float], ...]:
+    rules = config.get("wd_mults", None)
+    return tuple((str(r), float(m)) for r, m in (DEFAULT_WD_MULTS if rules is None else rules))
+
+
+def decay_multipliers(params, rules) -> dict:
+    """Per-leaf weight-decay multiplier from ``(regex, mult)`` rules over ``/``-joined parameter paths."""
+    import re
+
+    compiled = [(re.compile(r), m) for r, m in rules]
+
+    def mult(path, _):
+        name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+        return next((m for rx, m in compiled if rx.fullmatch(name)), 0.0)
+
+    return jax.tree_util.tree_map_with_path(mult, params)
+
+
+def _adamw(lr, config) -> optax.GradientTransformation:
+    rules, wd = wd_mults(config), float(config.weight_decay)
+    if all(m in (0.0, 1.0) for _, m in rules):  # plain masked AdamW
+        return optax.adamw(lr, weight_decay=wd, mask=lambda p: jax.tree.map(bool, decay_multipliers(p, rules)))
+
+    def init(params):
+        return optax.EmptyState()
+
+    def update(updates, state, params):
+        mults = decay_multipliers(params, rules)
+        return jax.tree.map(lambda u, p, m: u + (wd * m) * p if m else u, updates, params, mults), state
+
+    return optax.chain(optax.scale_by_adam(), optax.GradientTransformation(init, update),
+                       optax.scale_by_learning_rate(lr))
 
 
 def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule]:
@@ -211,84 +136,17 @@ def make_steps(model, tx, schedule, config):
 
 def _recipe(config) -> dict:
     d = json.loads(config.to_json_best_effort())
+    d["wd_mults"] = [list(r) for r in wd_mults(config)]
     return {k: v for k, v in d.items() if k not in _NOT_RECIPE}
 
 
-def _manager(workdir: Path, config=None, create: bool = True) -> ocp.CheckpointManager:
-    # Synchronous saves: a step's checkpoint is complete (renamed from a tmp folder) before training
-    # goes on; tmp folders left by a killed save are removed when training restarts.
-    opts = ocp.CheckpointManagerOptions(max_to_keep=int(config.keep_ckpts) if config else None, create=create,
-                                        enable_async_checkpointing=False, cleanup_tmp_directories=config is not None)
-    return ocp.CheckpointManager((workdir / CKPT_DIR).resolve(), options=opts,
-                                 item_names=("params", "train", "norm", "meta"))
+def _manager(workdir: Path, config=None, create: bool = True):
+    return checkpoint.manager(workdir, int(config.keep_ckpts) if config else None, create=create,
+                              cleanup=config is not None)
 
 
-def _read_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
-    return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-
-
-def _config_from_meta(meta: dict) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(meta["config"])
-
-
-@dataclasses.dataclass
-class LoadedGenerator:
-    """A trained generator: ``model.apply(params, cond)`` maps ``(B, N, L, C)`` to normalized tokens.
-
-    Tokens -> LoRA: ``layout.detokenize(layout, normalizer.denormalize(tokens)[i])`` (denormalize
-    zeroes padding). ``metadata`` (JSON) holds: ``format``, ``step``, ``model_name``,
-    ``in_shape`` (N, L, C), ``out_shape`` (T, h, w), ``layout`` (``WeightLayout.to_dict``),
-    ``normalizer`` (mode, eps, stat_shape; the statistics are a separate Orbax item),
-    ``train_tasks``, ``holdout``, ``cross_domain``, ``encoder`` (kind, path, sha, max_len),
-    ``conditions`` (num_prompts, max_len, dim), ``lora`` (r, lora_alpha, lora_dropout,
-    target_modules), ``base_model`` (name, path, sha), ``zoo`` (workdir, checkpoint folders per
-    task), ``param_count``, ``config`` (the full training config) and ``recipe``.
-    """
-
-    model: object
-    params: dict
-    layout: object
-    normalizer: object
-    metadata: dict
-    config: ml_collections.ConfigDict
-    step: int
-
-
-def load_generator(workdir: str | Path, step: int | None = None) -> LoadedGenerator:
-    """The generator saved under ``workdir`` (latest step by default), params on the default device."""
-
-    workdir = Path(workdir)
-    if not (workdir / CKPT_DIR).is_dir():
-        raise FileNotFoundError(f"no generator checkpoints in {workdir / CKPT_DIR} (run dnd_jax.train)")
-    with _manager(workdir, create=False) as mngr:
-        return _load(mngr, workdir, step)
-
-
-def _load(mngr: ocp.CheckpointManager, workdir: Path, step: int | None) -> LoadedGenerator:
-    from dnd_jax.weights import layout as layout_lib
-    from dnd_jax.weights import normalization
-
-    step = mngr.latest_step() if step is None else int(step)
-    if step is None or step not in mngr.all_steps():
-        raise FileNotFoundError(f"generator step {step} not in {workdir / CKPT_DIR} (have {list(mngr.all_steps())})")
-    meta = _read_meta(mngr, step)
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{workdir / CKPT_DIR}/{step} is not a {FORMAT} checkpoint")
-    config = _config_from_meta(meta)
-    model = models.build(meta["model_name"], config.model, tuple(meta["in_shape"]), tuple(meta["out_shape"]))
-    device = jax.local_devices()[0]
-    abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *meta["in_shape"]), jnp.float32))
-    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=jax.sharding.SingleDeviceSharding(device)),
-                            abstract)
-    restored = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract),
-                                                          norm=ocp.args.StandardRestore()))
-    layout = layout_lib.WeightLayout.from_dict(meta["layout"])
-    norm = restored["norm"]
-    normalizer = normalization.Normalizer(mode=meta["normalizer"]["mode"], mean=np.asarray(norm["mean"]),
-                                          std=np.asarray(norm["std"]), mask=layout.mask(),
-                                          eps=float(meta["normalizer"]["eps"]))
-    return LoadedGenerator(model=model, params=restored["params"], layout=layout, normalizer=normalizer,
-                           metadata=meta, config=config, step=step)
+def _read_meta(mngr, step: int) -> dict:
+    return checkpoint.read_meta(mngr, step)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -342,18 +200,55 @@ def read_metrics(workdir: str | Path) -> list[dict]:
 # Training.
 
 
-def _check_resumable(mngr: ocp.CheckpointManager, config, workdir: Path) -> int | None:
-    """The latest saved step, after making sure it was trained with this recipe."""
+def _resume_diff(meta: dict, config, fingerprint: dict) -> list[str]:
+    """What differs between a saved step's recipe + data and this run's (empty: safe to resume)."""
+    # Filter the saved side too: checkpoints written before a key joined _NOT_RECIPE still resume.
+    saved = {k: v for k, v in meta.get("recipe", {}).items() if k not in _NOT_RECIPE}
+    now = _recipe(config)
+    for k, meaning in _RECIPE_LEGACY.items():
+        saved.setdefault(k, f"(legacy) {meaning}")
+    diff = [f"config.{k}" for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+    data = meta.get("data")
+    if data is None:  # written before data fingerprints: compare what that metadata has
+        data = {"train_tasks": meta.get("train_tasks"), "zoo_workdir": meta.get("zoo", {}).get("workdir")}
+        fingerprint = {"train_tasks": fingerprint["train_tasks"], "zoo_workdir": fingerprint["zoo_workdir"]}
+    for k in sorted(set(data) | set(fingerprint)):
+        if k == "zoo_workdir" and "zoo" in fingerprint:
+            continue  # the zoo's content decides, not where it lies
+        if data.get(k) != fingerprint.get(k):
+            if k == "zoo" and isinstance(data.get(k), dict):
+                changed = sorted(t for t in set(data[k]) | set(fingerprint[k]) if data[k].get(t) != fingerprint[k].get(t))
+                diff.append(f"zoo content of {changed}")
+            else:
+                diff.append(f"data.{k} ({data.get(k)} -> {fingerprint.get(k)})" if k == "train_tasks" else f"data.{k}")
+    return diff
+
+
+def _check_resumable(mngr, config, workdir: Path, fingerprint: dict) -> tuple[int | None, list[str]]:
+    """The latest saved step (verified) and what stands against resuming from it."""
     latest = mngr.latest_step()
-    if latest is not None:
-        # Filter the saved side too: checkpoints written before a key joined _NOT_RECIPE still resume.
-        saved = {k: v for k, v in _read_meta(mngr, latest)["recipe"].items() if k not in _NOT_RECIPE}
-        now = _recipe(config)
-        diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
-        if diff:
-            raise ConfigError(f"{workdir / CKPT_DIR} holds a generator trained with another config (differs in "
-                              f"{diff}); use a fresh --workdir or delete that folder")
-    return latest
+    if latest is None:
+        return None, []
+    sdir = checkpoint.step_dir(mngr, latest)
+    if not checkpoint.verify(sdir, checkpoint.ITEMS):
+        # Orbax renames a step into place only when it is complete: a step without checksums was
+        # written before they existed or killed right after the save; record them now.
+        logging.warning("%s has no checksums; recording them", sdir)
+        if jax.process_index() == 0:
+            checkpoint.write_checksums(sdir)
+    return latest, _resume_diff(_read_meta(mngr, latest), config, fingerprint)
+
+
+def _set_aside(workdir: Path) -> Path:
+    """--start_over: move the old run's files to ``W/replaced-<time>/`` (nothing is deleted)."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    dest = workdir / f"replaced-{stamp}"
+    dest.mkdir(parents=True, exist_ok=False)
+    for name in (CKPT_DIR, METRICS, "tb"):
+        if (workdir / name).exists():
+            (workdir / name).rename(dest / name)
+    logging.warning("start over: the previous run's files are now in %s", dest)
+    return dest
 
 
 def _finished(workdir: Path, step: int) -> dict:
@@ -363,6 +258,16 @@ def _finished(workdir: Path, step: int) -> dict:
     vals = [r["val_loss"] for r in history if "val_loss" in r]
     return {"step": step, "params": done.params, "val_loss": vals[-1] if vals else None, "history": history,
             "metadata": done.metadata}
+
+
+def data_fingerprint(config, plan: Plan) -> dict:
+    """Everything that defines the training data: a resumed run must see the same."""
+    from dnd_jax import conditions, zoo
+
+    return {"train_tasks": list(plan.train_tasks), "zoo_workdir": str(plan.zoo_workdir.resolve()),
+            "zoo": {t: zoo.content_hash(plan.zoo_workdir, t) for t in plan.train_tasks},
+            "conditions": json.loads(config.conditions.to_json_best_effort()),
+            "encoder_sha": conditions.encoder_identity(config)["sha"]}
 
 
 def build_metadata(config, plan: Plan, data, in_shape, out_shape, param_count: int) -> dict:
@@ -380,17 +285,28 @@ def build_metadata(config, plan: Plan, data, in_shape, out_shape, param_count: i
         "conditions": {"num_prompts": int(in_shape[0]), "max_len": int(in_shape[1]), "dim": int(in_shape[2])},
         "lora": data.lora, "base_model": data.base_model,
         "zoo": {"workdir": str(plan.zoo_workdir.resolve()), "checkpoints": data.ckpt_dirs},
-        "param_count": param_count, "config": json.loads(config.to_json_best_effort()), "recipe": _recipe(config),
+        "data": data_fingerprint(config, plan), "param_count": param_count, "config": json.loads(config.to_json_best_effort()), "recipe": _recipe(config),
     }
 
 
-def train_and_evaluate(config, workdir: str | Path, *, devices=None, max_steps: int | None = None) -> dict:
+def train_and_evaluate(config, workdir: str | Path, *, devices=None, max_steps: int | None = None,
+                       start_over: bool = False) -> dict:
     """Train (or resume, or return a finished run) the generator; returns the final state and metrics.
 
     ``devices`` restricts the mesh (default: all devices); ``max_steps`` stops after that global step
-    without saving, as a preemption would (tests use it). Returns ``{"step", "params", "val_loss",
+    without saving, as a preemption would (tests use it). A workdir holding a run with another recipe
+    or other training data is refused (:class:`ResumeMismatchError`) unless ``start_over``, which
+    moves that run's files to ``W/replaced-<time>/`` first. Returns ``{"step", "params", "val_loss",
     "history" (every metrics.jsonl row), "metadata"}``.
     """
+    workdir = Path(workdir)
+    # One writer per workdir (process 0 holds it for a multi-process run).
+    lock = locking.workdir_lock(workdir, "train") if jax.process_index() == 0 else contextlib.nullcontext()
+    with lock:
+        return _train_and_evaluate(config, workdir, devices=devices, max_steps=max_steps, start_over=start_over)
+
+
+def _train_and_evaluate(config, workdir: Path, *, devices, max_steps: int | None, start_over: bool) -> dict:
     from tqdm import tqdm
 
     from dnd_jax import input_pipeline
@@ -398,13 +314,28 @@ def train_and_evaluate(config, workdir: str | Path, *, devices=None, max_steps: 
     workdir = Path(workdir)
     devices = list(jax.devices() if devices is None else devices)
     plan = validate(config, workdir, len(devices))
+    fingerprint = data_fingerprint(config, plan)
     mngr = _manager(workdir, config)
     try:
-        latest = _check_resumable(mngr, config, workdir)
-    except ConfigError:
+        latest, diff = _check_resumable(mngr, config, workdir, fingerprint)
+    except BaseException:
         mngr.close()
         raise
     total = int(config.total_steps)
+    if latest is not None and latest >= total and diff and all(d.removeprefix("config.") in _RECIPE_LEGACY
+                                                                for d in diff):
+        logging.warning("%s was trained before %s joined the recipe; returning it as it is", workdir, diff)
+        diff = []
+    if diff and not start_over:
+        mngr.close()
+        raise ResumeMismatchError(
+            f"{workdir / CKPT_DIR} holds a generator trained on other data or with another config (differs in "
+            f"{'; '.join(diff)}); resuming would mix them. Use a fresh --workdir, or pass --start_over to set the "
+            f"old run aside and train from scratch")
+    if diff:
+        mngr.close()
+        _set_aside(workdir)
+        mngr, latest = _manager(workdir, config), None
     if latest is not None and latest >= total:
         mngr.close()
         return _finished(workdir, latest)
@@ -443,20 +374,19 @@ def train_and_evaluate(config, workdir: str | Path, *, devices=None, max_steps: 
         state = jax.jit(init_state, out_shardings=state_sh)(jax.random.key(config.seed))
     else:
         target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sh)
-        restored = mngr.restore(latest, args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(target["params"]),
-            train=ocp.args.StandardRestore({"step": target["step"], "opt_state": target["opt_state"]})))
+        restored = checkpoint._restore(mngr, latest, "training state",
+                                       params=ocp.args.StandardRestore(target["params"]),
+                                       train=ocp.args.StandardRestore({"step": target["step"],
+                                                                       "opt_state": target["opt_state"]}))
+        if jax.process_count() == 1 and checkpoint.non_finite(dict(restored.items())):
+            raise IntegrityError(f"{checkpoint.step_dir(mngr, latest)} holds non-finite weights: it is corrupt")
         state = {"step": restored["train"]["step"], "params": restored["params"],
                  "opt_state": restored["train"]["opt_state"]}
         logging.info("resumed from %s at step %d", workdir / CKPT_DIR, latest)
     start = int(jax.device_get(state["step"]))
 
     def save(step: int) -> None:
-        mngr.save(step, args=ocp.args.Composite(
-            params=ocp.args.StandardSave(state["params"]),
-            train=ocp.args.StandardSave({"step": state["step"], "opt_state": state["opt_state"]}),
-            norm=ocp.args.StandardSave(norm_stats),
-            meta=ocp.args.JsonSave({**meta, "step": step})), force=True)
+        checkpoint.save(mngr, step, state, norm_stats, meta)
 
     def val_loss() -> float | None:
         if not val_batches:
@@ -516,13 +446,15 @@ def _define_flags() -> dict:
         "coordinator": flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process)."),
         "num_processes": flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process)."),
         "process_id": flags.DEFINE_integer("process_id", None, "This process's index (multi-process)."),
+        "start_over": flags.DEFINE_bool("start_over", False, "If --workdir holds a run with another recipe or "
+                                        "other data, move it to WORKDIR/replaced-<time>/ and train from scratch."),
     }
 
 
 def main(fl: dict) -> None:
     """Config errors (ConfigError, LayoutMismatchError: ValueErrors) exit non-zero via ``cli.run``."""
     init_distributed(fl["coordinator"].value, fl["num_processes"].value, fl["process_id"].value)
-    result = train_and_evaluate(fl["config"].value, fl["workdir"].value)
+    result = train_and_evaluate(fl["config"].value, fl["workdir"].value, start_over=fl["start_over"].value)
     if jax.process_index() == 0:
         last = result["history"][-1] if result["history"] else {}
         print(json.dumps({"workdir": str(Path(fl["workdir"].value).resolve()), "step": result["step"],

@@ -9,7 +9,9 @@ Layout of ``<workdir>/zoo``::
         adapter_model.safetensors, adapter_config.json, dnd_checkpoint.json (step, loss, sha256)
 
 A checkpoint folder is valid only if ``dnd_checkpoint.json`` exists and the safetensors file's
-sha256 matches it; anything else (a partial or corrupt write) is ignored here and redone by collect.
+sha256 matches it. While a task is being collected, partial folders are collect's to redo; once its
+manifest is written, an invalid or missing folder is an ``IntegrityError`` (never silently dropped),
+and tensors read here must be finite.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from dnd_jax import assets
+from dnd_jax.errors import IntegrityError, MissingError
 
 CKPT_META = "dnd_checkpoint.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -54,11 +57,30 @@ def checkpoint_meta(path: Path) -> dict:
 
 
 def checkpoints(workdir: str | Path, task: str) -> list[Path]:
-    """Valid checkpoint folders of a task, by step (raises if the task has none)."""
+    """Valid checkpoint folders of a task, by step.
+
+    Raises if the task has none, and, once the task is finished (its manifest is written), if any
+    checkpoint folder is invalid or one its manifest lists is missing: a corrupt zoo is an error,
+    never a silently smaller training set. (An unfinished task's partial folders are collect's to redo.)
+    """
     tdir = task_dir(workdir, task)
-    found = sorted(p for p in tdir.glob("ckpt_*") if p.is_dir() and is_valid_checkpoint(p))
+    dirs = sorted(p for p in tdir.glob("ckpt_*") if p.is_dir())
+    found = [p for p in dirs if is_valid_checkpoint(p)]
+    mpath = tdir / "manifest.json"
+    if mpath.is_file():
+        bad = [p.name for p in dirs if p not in found]
+        try:
+            listed = [c["dir"] for c in json.loads(mpath.read_text()).get("checkpoints", [])]
+        except (ValueError, KeyError, TypeError):
+            raise IntegrityError(f"{mpath} is not a valid task manifest") from None
+        missing = [d for d in listed if not (tdir / d).is_dir()]
+        if bad or missing:
+            what = (f"invalid (weights do not match their sha256, or files missing): {bad}" if bad
+                    else f"missing: {missing}")
+            raise IntegrityError(f"zoo task '{task}' at {tdir} has checkpoint folders {what}; rerun dnd_jax.collect "
+                                 f"on that workdir to redo them")
     if not found:
-        raise FileNotFoundError(f"no valid checkpoints for task '{task}' under {tdir} (run dnd_jax.collect)")
+        raise MissingError(f"no valid checkpoints for task '{task}' under {tdir} (run dnd_jax.collect)")
     return found
 
 
@@ -74,7 +96,7 @@ def tasks(workdir: str | Path) -> list[str]:
 def task_manifest(workdir: str | Path, task: str) -> dict:
     path = task_dir(workdir, task) / "manifest.json"
     if not path.is_file():
-        raise FileNotFoundError(f"task '{task}' is not in the zoo at {zoo_dir(workdir)} (no {path.name})")
+        raise MissingError(f"task '{task}' is not in the zoo at {zoo_dir(workdir)} (no {path.name})")
     return json.loads(path.read_text())
 
 
@@ -88,11 +110,29 @@ def prompts(workdir: str | Path, task: str) -> list[str]:
         return [json.loads(line)["prompt"] for line in f if line.strip()]
 
 
+def content_hash(workdir: str | Path, task: str) -> str:
+    """A task's zoo content: its valid checkpoints (names + recorded weight sha256) and prompts file."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for ckpt in checkpoints(workdir, task):
+        h.update(ckpt.name.encode())
+        h.update(str(checkpoint_meta(ckpt)["sha256"]).encode())
+    p = task_dir(workdir, task) / "prompts.jsonl"
+    h.update(assets.file_sha256(p).encode() if p.is_file() else b"no prompts")
+    return h.hexdigest()[:16]
+
+
 def load_state_dict(ckpt: str | Path) -> dict[str, np.ndarray]:
-    """A checkpoint's LoRA tensors (peft key names, float32 numpy), read with safetensors."""
+    """A checkpoint's LoRA tensors (peft key names, float32 numpy), read with safetensors; finite only."""
     from safetensors.numpy import load_file
 
-    return {k: v.astype(np.float32) for k, v in load_file(str(Path(ckpt) / ADAPTER_WEIGHTS)).items()}
+    sd = {k: v.astype(np.float32) for k, v in load_file(str(Path(ckpt) / ADAPTER_WEIGHTS)).items()}
+    bad = [k for k, v in sd.items() if not np.isfinite(v).all()]
+    if bad:
+        raise IntegrityError(f"zoo checkpoint {ckpt} holds non-finite (NaN/inf) weights in {bad[0]}"
+                             f"{f' and {len(bad) - 1} more tensors' if len(bad) > 1 else ''}")
+    return sd
 
 
 def adapter_config(ckpt: str | Path) -> dict:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from dnd_jax import assets
+from dnd_jax.errors import InputError, IntegrityError, OutputError
 from dnd_jax.weights.layout import natural_sorted, to_numpy_f32
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -29,8 +30,42 @@ _DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf1
            "float16": "float16", "fp16": "float16"}
 
 
-class AdapterFormatError(ValueError):
+class AdapterFormatError(InputError):
     """A folder or state dict is not a usable peft LoRA adapter."""
+
+
+# What an adapter folder written here holds; ``overwrite`` replaces only folders made of these.
+REPLACEABLE = frozenset({ADAPTER_WEIGHTS, ADAPTER_CONFIG, "README.md", "dnd_generation.json",
+                         "dnd_generation_timing.json"})
+
+
+def check_output_dir(out_dir: str | Path, overwrite: bool = False) -> Path:
+    """Refuse (before any compute) an output folder that cannot or must not be written.
+
+    A new folder needs a writable nearest existing parent; an existing one needs ``overwrite`` and
+    must be an adapter folder (only the files an adapter folder holds, or empty): user files are never
+    replaced.
+    """
+    import os
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() or out_dir.is_symlink():
+        if not out_dir.is_dir():
+            raise OutputError(f"{out_dir} exists and is not a folder; refusing to replace it")
+        if not overwrite:
+            raise OutputError(f"adapter folder {out_dir} already exists (pass --overwrite / overwrite=True to "
+                              f"replace it)")
+        entries = sorted(p.name for p in out_dir.iterdir())
+        foreign = [n for n in entries if n not in REPLACEABLE]
+        if foreign:
+            raise OutputError(f"refusing to replace {out_dir}: it is not an adapter folder (it holds "
+                              f"{', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''})")
+    parent = out_dir.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write {out_dir}: {parent} is not a writable folder")
+    return out_dir
 
 
 def _torch_dtype(dtype: Any):
@@ -95,16 +130,15 @@ def write_adapter(out_dir: str | Path, state_dict: Mapping[str, Any], *, r: int,
     import torch
     from safetensors.torch import save_file
 
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise FileExistsError(f"adapter folder {out_dir} already exists (pass overwrite=True to replace it)")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise FileExistsError(f"{out_dir} exists and is not a folder; refusing to replace it")
+    out_dir = check_output_dir(out_dir, overwrite)
     extra_files = dict(extra_files or {})
     for name in extra_files:
         if not name or Path(name).name != name or name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG) or name.startswith("."):
             raise ValueError(f"extra file name '{name}' must be a plain, non-hidden file name other than the adapter's")
     check_state_dict(state_dict, None if lora_kwargs.get("rank_pattern") else int(r))
+    for k in natural_sorted(state_dict):
+        if not np.isfinite(to_numpy_f32(state_dict[k])).all():
+            raise IntegrityError(f"refusing to write {out_dir}: tensor '{k}' holds NaN/inf values")
     config = lora_config_dict(r=r, lora_alpha=lora_alpha, target_modules=target_modules,
                               base_model_name_or_path=base_model_name_or_path, lora_dropout=lora_dropout, **lora_kwargs)
     tdtype = _torch_dtype(dtype)
@@ -158,7 +192,34 @@ def read_adapter(adapter_dir: str | Path) -> tuple[dict[str, np.ndarray], dict]:
         raise AdapterFormatError(f"cannot read {weights}: {e}") from None
     if not tensors:
         raise AdapterFormatError(f"{weights} holds no tensors")
-    return {k: to_numpy_f32(tensors[k]) for k in natural_sorted(tensors)}, config
+    sd = {k: to_numpy_f32(tensors[k]) for k in natural_sorted(tensors)}
+    check_adapter(sd, config, weights)
+    return sd, config
+
+
+_LORA_KEY = re.compile(r"\.lora_(A|B)\.weight$")
+
+
+def check_adapter(sd: Mapping[str, np.ndarray], config: Mapping[str, Any], where: Path | str) -> None:
+    """A read adapter is a LoRA (every key a lora_A/lora_B weight, in pairs), finite, with the rank its config says."""
+    foreign = [k for k in sd if not _LORA_KEY.search(k)]
+    if foreign:
+        raise AdapterFormatError(f"{where} is not a LoRA adapter: tensor '{foreign[0]}' is not a lora_A/lora_B weight"
+                                 f"{f' ({len(foreign)} such tensors)' if len(foreign) > 1 else ''}")
+    unpaired = sorted({k for k in sd if k.replace("lora_A.", "lora_B.") not in sd or k.replace("lora_B.", "lora_A.")
+                       not in sd})
+    if unpaired:
+        raise AdapterFormatError(f"{where}: '{unpaired[0]}' has no matching lora_A/lora_B partner")
+    bad = [k for k, v in sd.items() if not np.isfinite(v).all()]
+    if bad:
+        raise IntegrityError(f"{where} holds NaN/inf values in '{bad[0]}'"
+                             f"{f' and {len(bad) - 1} more tensors' if len(bad) > 1 else ''}: a corrupt adapter")
+    r = config.get("r")
+    if isinstance(r, int) and not config.get("rank_pattern"):
+        try:
+            check_state_dict(sd, r)
+        except AdapterFormatError as e:
+            raise AdapterFormatError(f"{where}: the tensors disagree with adapter_config.json's r={r}: {e}") from None
 
 
 def lora_config_from_adapter(adapter_dir: str | Path):

@@ -1,0 +1,267 @@
+"""The generator checkpoint format: Orbax steps under ``W/generator/``, checksummed, verified on load.
+
+Written by ``dnd_jax.train``, read by ``dnd_jax.generate`` (and anything else that needs a trained
+generator) — neither imports the other. A step folder ``W/generator/<step>/`` holds four Orbax items:
+
+    params/   the decoder's parameters            train/  step + optimizer state (resume only)
+    norm/     the normalizer's statistics         meta/   JSON: everything else generation needs
+
+and ``dnd_checksums.json``: the sha256 of every file of the step, written once Orbax has finished
+the step. Loading verifies the checksums of the items it reads before handing them to Orbax, then
+checks the metadata is self-consistent and every weight is finite; a corrupt, truncated, deleted
+or edited file is an :class:`~dnd_jax.errors.IntegrityError` naming it, never a NaN adapter.
+Checkpoints written before checksums existed load with a warning (finite checks still apply).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from absl import logging
+
+from dnd_jax.errors import IntegrityError, MissingError
+
+CKPT_DIR = "generator"
+FORMAT = "dnd_jax.generator/1"
+CHECKSUMS = "dnd_checksums.json"
+ITEMS = ("params", "train", "norm", "meta")
+LOAD_ITEMS = ("params", "norm", "meta")  # what generation reads (train/ is for resuming only)
+_META_KEYS = ("format", "model_name", "in_shape", "out_shape", "layout", "normalizer", "lora", "base_model",
+              "train_tasks", "config")
+
+
+def manager(workdir: str | Path, keep: int | None = None, create: bool = True, cleanup: bool = False):
+    """An Orbax ``CheckpointManager`` over ``workdir/generator`` with synchronous saves.
+
+    A step's folder is complete (renamed from a tmp folder) before ``save`` returns; ``cleanup``
+    removes tmp folders left by a killed save (the writer passes it; readers never delete).
+    """
+    import orbax.checkpoint as ocp
+
+    opts = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create, enable_async_checkpointing=False,
+                                        cleanup_tmp_directories=cleanup)
+    return ocp.CheckpointManager((Path(workdir) / CKPT_DIR).resolve(), options=opts, item_names=ITEMS)
+
+
+def step_dir(mngr, step: int) -> Path:
+    return Path(str(mngr.directory)) / str(int(step))
+
+
+# ----------------------------------------------------------------------------------------------
+# Checksums.
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.name != CHECKSUMS and not p.name.startswith(".dnd"))
+
+
+def write_checksums(sdir: Path) -> dict[str, str]:
+    """Record the sha256 of every file of a finished step (atomic; process 0 only in multi-process)."""
+    sums = {str(p.relative_to(sdir)): _sha256(p) for p in _files(sdir)}
+    tmp = sdir / f".dnd{CHECKSUMS}.tmp"
+    tmp.write_text(json.dumps({"sha256": sums}, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, sdir / CHECKSUMS)
+    return sums
+
+
+def has_checksums(sdir: Path) -> bool:
+    return (Path(sdir) / CHECKSUMS).is_file()
+
+
+def verify(sdir: Path, items: tuple[str, ...] = LOAD_ITEMS) -> bool:
+    """Check the files of ``items`` against ``dnd_checksums.json``; False when the step has none.
+
+    Raises :class:`IntegrityError` naming the first missing or changed file.
+    """
+    sdir = Path(sdir)
+    path = sdir / CHECKSUMS
+    if not path.is_file():
+        return False
+    try:
+        sums = json.loads(path.read_text())["sha256"]
+    except (ValueError, KeyError, TypeError):
+        raise IntegrityError(f"{path} is corrupt (not the checksum JSON dnd_jax writes)") from None
+    wanted = {rel: h for rel, h in sums.items() if rel.split("/", 1)[0] in items}
+    if not any("/" in rel for rel in wanted):
+        raise IntegrityError(f"{path} lists no files of {items}: the checksum file was edited or truncated")
+    for rel, expected in sorted(wanted.items()):
+        f = sdir / rel
+        if not f.is_file():
+            raise IntegrityError(f"generator checkpoint {sdir} is incomplete: {rel} is missing")
+        if _sha256(f) != expected:
+            raise IntegrityError(f"generator checkpoint {sdir} is corrupt: {rel} does not match its checksum")
+    for item in items:  # a file Orbax would read but the checksums do not know (an added or renamed file)
+        for f in _files(sdir / item) if (sdir / item).is_dir() else []:
+            if str(f.relative_to(sdir)) not in sums:
+                raise IntegrityError(f"generator checkpoint {sdir} was modified: {f.relative_to(sdir)} is not in "
+                                     f"{CHECKSUMS}")
+    return True
+
+
+def verify_or_warn(sdir: Path, items: tuple[str, ...] = LOAD_ITEMS) -> None:
+    if not verify(sdir, items):
+        logging.warning("%s has no %s (written before checksums, or killed right after the save); only finite "
+                        "weights are checked", sdir, CHECKSUMS)
+
+
+# ----------------------------------------------------------------------------------------------
+# Saving and reading.
+
+
+def save(mngr, step: int, state: dict, norm_stats: dict, meta: dict) -> None:
+    """One step: params, train (step + optimizer state), norm, meta; then its checksums."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    mngr.save(step, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(state["params"]),
+        train=ocp.args.StandardSave({"step": state["step"], "opt_state": state["opt_state"]}),
+        norm=ocp.args.StandardSave(norm_stats),
+        meta=ocp.args.JsonSave({**meta, "step": int(step)})), force=True)
+    mngr.wait_until_finished()
+    if jax.process_index() == 0:
+        write_checksums(step_dir(mngr, step))
+
+
+def _restore(mngr, step: int, what: str, **items):
+    """``mngr.restore`` with Orbax's failures on damaged files turned into one clear error."""
+    import orbax.checkpoint as ocp
+
+    try:
+        return mngr.restore(step, args=ocp.args.Composite(**items))
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise IntegrityError(f"cannot read the {what} of generator checkpoint {step_dir(mngr, step)} (damaged or "
+                             f"incomplete files): {type(e).__name__}: {first}") from e
+
+
+def read_meta(mngr, step: int) -> dict:
+    import orbax.checkpoint as ocp
+
+    meta = _restore(mngr, step, "metadata", meta=ocp.args.JsonRestore())["meta"]
+    if not isinstance(meta, dict):
+        raise IntegrityError(f"the metadata of {step_dir(mngr, step)} is not a JSON object")
+    return meta
+
+
+def check_meta(meta: dict, where: Path) -> None:
+    """The metadata says what it must, consistently (catches hand edits the checksums cannot)."""
+    from dnd_jax.weights import layout as layout_lib
+
+    if meta.get("format") != FORMAT:
+        raise IntegrityError(f"{where} is not a {FORMAT} checkpoint (format {meta.get('format')!r})")
+    missing = [k for k in _META_KEYS if k not in meta]
+    if missing:
+        raise IntegrityError(f"the metadata of {where} lacks {missing}: edited or truncated")
+    try:
+        layout = layout_lib.WeightLayout.from_dict(meta["layout"])
+        in_shape, out_shape = tuple(int(x) for x in meta["in_shape"]), tuple(int(x) for x in meta["out_shape"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise IntegrityError(f"the metadata of {where} is malformed ({type(e).__name__}: {e})") from None
+    if len(in_shape) != 3 or out_shape != (layout.num_tokens, *layout.token_shape):
+        raise IntegrityError(f"the metadata of {where} is inconsistent: out_shape {list(out_shape)} vs a layout of "
+                             f"{layout.num_tokens} tokens of {list(layout.token_shape)}")
+    cond = meta.get("conditions", {})
+    if cond and [cond.get("num_prompts"), cond.get("max_len"), cond.get("dim")] != list(in_shape):
+        raise IntegrityError(f"the metadata of {where} is inconsistent: conditions {cond} vs in_shape {list(in_shape)}")
+    lora = meta["lora"]
+    if not isinstance(lora, dict) or not all(k in lora for k in ("r", "lora_alpha", "target_modules")):
+        raise IntegrityError(f"the metadata of {where} has no usable LoRA config: {lora!r}")
+
+
+def non_finite(tree) -> int:
+    """How many entries of a pytree of arrays are NaN or inf."""
+    import jax
+
+    return int(sum(int(np.size(x) - np.count_nonzero(np.isfinite(np.asarray(x))))
+                   for x in jax.tree.leaves(tree) if np.issubdtype(np.asarray(x).dtype, np.floating)))
+
+
+@dataclasses.dataclass
+class LoadedGenerator:
+    """A trained generator: ``model.apply(params, cond)`` maps ``(B, N, L, C)`` to normalized tokens.
+
+    Tokens -> LoRA: ``layout.detokenize(layout, normalizer.denormalize(tokens)[i])`` (denormalize
+    zeroes padding). ``metadata`` (JSON) holds: ``format``, ``step``, ``model_name``,
+    ``in_shape`` (N, L, C), ``out_shape`` (T, h, w), ``layout`` (``WeightLayout.to_dict``),
+    ``normalizer`` (mode, eps, stat_shape; the statistics are a separate Orbax item),
+    ``train_tasks``, ``holdout``, ``cross_domain``, ``encoder`` (kind, path, sha, max_len),
+    ``conditions`` (num_prompts, max_len, dim), ``lora`` (r, lora_alpha, lora_dropout,
+    target_modules), ``base_model`` (name, path, sha), ``zoo`` (workdir, checkpoint folders per
+    task), ``data`` (the training data's fingerprint), ``param_count``, ``config`` (the full
+    training config) and ``recipe``.
+    """
+
+    model: object
+    params: dict
+    layout: object
+    normalizer: object
+    metadata: dict
+    config: object
+    step: int
+
+
+def load_generator(workdir: str | Path, step: int | None = None) -> LoadedGenerator:
+    """The generator saved under ``workdir`` (latest step by default), verified, on the default device."""
+    workdir = Path(workdir)
+    if not (workdir / CKPT_DIR).is_dir():
+        raise MissingError(f"no generator checkpoints in {workdir / CKPT_DIR} (run dnd_jax.train)")
+    with manager(workdir, create=False) as mngr:
+        return load_from(mngr, workdir, step)
+
+
+def load_from(mngr, workdir: Path, step: int | None) -> LoadedGenerator:
+    import jax
+    import jax.numpy as jnp
+    import ml_collections
+    import orbax.checkpoint as ocp
+
+    from dnd_jax import models
+    from dnd_jax.weights import layout as layout_lib
+    from dnd_jax.weights import normalization
+
+    steps = list(mngr.all_steps())
+    step = mngr.latest_step() if step is None else int(step)
+    if step is None or step not in steps:
+        raise MissingError(f"generator step {step} not in {workdir / CKPT_DIR} (have {steps})")
+    sdir = step_dir(mngr, step)
+    verify_or_warn(sdir)
+    meta = read_meta(mngr, step)
+    check_meta(meta, sdir)
+    config = ml_collections.ConfigDict(meta["config"])
+    try:
+        model = models.build(meta["model_name"], config.model, tuple(meta["in_shape"]), tuple(meta["out_shape"]))
+    except (KeyError, ValueError, TypeError, AttributeError) as e:
+        raise IntegrityError(f"the metadata of {sdir} does not describe a buildable model: {e}") from None
+    device = jax.local_devices()[0]
+    abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *meta["in_shape"]), jnp.float32))
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=jax.sharding.SingleDeviceSharding(device)),
+                            abstract)
+    restored = _restore(mngr, step, "weights", params=ocp.args.StandardRestore(abstract),
+                        norm=ocp.args.StandardRestore())
+    layout = layout_lib.WeightLayout.from_dict(meta["layout"])
+    norm = restored["norm"]
+    bad = non_finite(restored["params"]) + non_finite(norm)
+    if bad:
+        raise IntegrityError(f"generator checkpoint {sdir} holds {bad} non-finite (NaN/inf) weights: it is corrupt")
+    stat_shape = list(meta["normalizer"].get("stat_shape", np.shape(norm["mean"])))
+    if list(np.shape(norm["mean"])) != stat_shape or np.shape(norm["std"]) != np.shape(norm["mean"]):
+        raise IntegrityError(f"the normalizer statistics of {sdir} have shape {list(np.shape(norm['mean']))}, "
+                             f"the metadata says {stat_shape}")
+    normalizer = normalization.Normalizer(mode=meta["normalizer"]["mode"], mean=np.asarray(norm["mean"]),
+                                          std=np.asarray(norm["std"]), mask=layout.mask(),
+                                          eps=float(meta["normalizer"]["eps"]))
+    return LoadedGenerator(model=model, params=restored["params"], layout=layout, normalizer=normalizer,
+                           metadata=meta, config=config, step=step)
