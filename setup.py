@@ -27,6 +27,9 @@ setup(
         "tqdm>=4.66",
         "matplotlib>=3.8",
         "tensorboardX>=2.6",
+        # python -m dnd_jax.serve (tested with fastapi 0.165.0, starlette 1.10.0, uvicorn 0.54.0)
+        "fastapi>=0.165,<1",
+        "uvicorn>=0.54,<1",
     ],
     extras_require={"dev": ["pytest>=8", "ruff>=0.6", "hypothesis>=6.100", "pytest-xdist>=3.5"]},
 )
