@@ -131,9 +131,10 @@ class Generator:
     def __init__(self, workdir: str | Path, step: int | None = None):
         import jax
 
-        from dnd_jax import checkpoint
+        from dnd_jax import cache, checkpoint
 
         t0 = time.perf_counter()
+        cache.enable_compilation_cache()  # a new process loads compiled encoder/decoder programs
         self.workdir = Path(workdir)
         loaded = checkpoint.load_generator(self.workdir, step=step)
         self.model, self.params = loaded.model, loaded.params
