@@ -100,7 +100,23 @@ def check_state_dict(state_dict: Mapping[str, Any], r: int | None = None) -> Non
 
 def lora_config_dict(*, r: int, lora_alpha: float, target_modules: Sequence[str] | str, base_model_name_or_path: str,
                      lora_dropout: float = 0.0, **lora_kwargs: Any) -> dict:
-    """``adapter_config.json`` contents as the installed peft writes them (sets become sorted lists)."""
+    """``adapter_config.json`` contents as the installed peft writes them (sets become sorted lists).
+
+    Memoized on disk per installed peft version and arguments (``dnd_jax.cache``): ``import peft``
+    costs ~10 s, more than the rest of a generation.
+    """
+    import importlib.metadata
+
+    from dnd_jax import cache
+
+    args = dict(r=r, lora_alpha=lora_alpha, target_modules=target_modules, lora_dropout=lora_dropout,
+                base_model_name_or_path=base_model_name_or_path, **lora_kwargs)
+    key = {"peft": importlib.metadata.version("peft"), "args": args}
+    return cache.json_memo("peft_lora_config", key, lambda: _lora_config_dict(**args))
+
+
+def _lora_config_dict(*, r: int, lora_alpha: float, target_modules: Sequence[str] | str,
+                      base_model_name_or_path: str, lora_dropout: float = 0.0, **lora_kwargs: Any) -> dict:
     from peft import LoraConfig
 
     kwargs = dict(task_type="CAUSAL_LM", bias="none", fan_in_fan_out=False)
@@ -126,10 +142,8 @@ def write_adapter(out_dir: str | Path, state_dict: Mapping[str, Any], *, r: int,
     ``LoraConfig`` fields (``use_rslora``, ``rank_pattern``, ...) go in ``lora_kwargs``.
     ``extra_files`` maps plain file names to text (e.g. a README). An existing ``out_dir`` raises
     ``FileExistsError`` unless ``overwrite``; on any failure nothing is left behind.
+    float32 is written with ``safetensors.numpy`` (the same bytes, tested; no ``import torch``).
     """
-    import torch
-    from safetensors.torch import save_file
-
     out_dir = check_output_dir(out_dir, overwrite)
     extra_files = dict(extra_files or {})
     for name in extra_files:
@@ -141,9 +155,17 @@ def write_adapter(out_dir: str | Path, state_dict: Mapping[str, Any], *, r: int,
             raise IntegrityError(f"refusing to write {out_dir}: tensor '{k}' holds NaN/inf values")
     config = lora_config_dict(r=r, lora_alpha=lora_alpha, target_modules=target_modules,
                               base_model_name_or_path=base_model_name_or_path, lora_dropout=lora_dropout, **lora_kwargs)
-    tdtype = _torch_dtype(dtype)
-    tensors = {k: torch.from_numpy(to_numpy_f32(state_dict[k])).to(tdtype).contiguous()
-               for k in natural_sorted(state_dict)}
+    if _DTYPES.get(str(dtype).removeprefix("torch.")) == "float32":
+        from safetensors.numpy import save_file
+
+        tensors = {k: np.ascontiguousarray(to_numpy_f32(state_dict[k])) for k in natural_sorted(state_dict)}
+    else:
+        import torch
+        from safetensors.torch import save_file
+
+        tdtype = _torch_dtype(dtype)
+        tensors = {k: torch.from_numpy(to_numpy_f32(state_dict[k])).to(tdtype).contiguous()
+                   for k in natural_sorted(state_dict)}
 
     tmp = assets.atomic_dir(out_dir)
     try:

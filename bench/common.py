@@ -1,0 +1,119 @@
+"""Shared by the bench/ scripts: repeated timings (min/median/max), host load, JSON results with their command.
+
+Every result file under ``docs/bench/`` records the exact command that produced it, the host (CPU
+count and model, load averages before and after) and, per figure, the minimum, median and maximum
+over repeats. Speed is measured here, never asserted in tests.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+DOCS = ROOT / "docs" / "bench"
+
+
+def summary(values: list[float]) -> dict:
+    """min / median / max / n of a list of measurements."""
+    if not values:
+        raise ValueError("no measurements")
+    return {"min": min(values), "median": statistics.median(values), "max": max(values), "n": len(values)}
+
+
+def repeat(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> dict:
+    """Wall seconds of ``fn()`` (its result blocked on when it is a JAX value) over ``repeats`` runs."""
+    import jax
+
+    for _ in range(warmup):
+        jax.block_until_ready(fn())
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t)
+    return summary(times)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def host() -> dict:
+    """What the numbers were measured on, and how busy it was (load averages: 1, 5, 15 min)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = os.cpu_count()
+    return {"cpus": cpus, "cpu": cpu_model(), "machine": platform.machine(), "python": platform.python_version(),
+            "load_avg": [round(x, 2) for x in os.getloadavg()]}
+
+
+def versions(*names: str) -> dict:
+    import importlib.metadata
+
+    out = {}
+    for n in names:
+        try:
+            out[n] = importlib.metadata.version(n)
+        except importlib.metadata.PackageNotFoundError:
+            out[n] = None
+    return out
+
+
+def command() -> str:
+    """The command line that is running, relative to the repository root."""
+    argv = list(sys.argv)
+    try:
+        argv[0] = str(Path(argv[0]).resolve().relative_to(ROOT))
+    except ValueError:
+        pass
+    return "python " + " ".join(shlex.quote(a) for a in argv)
+
+
+class Result(dict):
+    """A result dict that knows its command, host and start load; ``write`` adds the end load."""
+
+    def __init__(self, name: str, **fields: Any):
+        super().__init__(name=name, command=command(), date=datetime.datetime.now(datetime.timezone.utc)
+                         .isoformat(timespec="seconds"), host=host(), **fields)
+
+    def write(self, out: str | Path = DOCS) -> Path:
+        self["host"]["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / f"{self['name']}.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self, indent=2, default=_jsonable) + "\n")
+        os.replace(tmp, path)
+        print(f"wrote {path}")
+        return path
+
+
+def _jsonable(x: Any) -> Any:
+    try:
+        import numpy as np
+
+        if isinstance(x, np.generic):
+            return x.item()
+        if isinstance(x, np.ndarray):
+            return x.tolist()
+    except ImportError:
+        pass
+    return str(x)
