@@ -170,8 +170,12 @@ class Generator:
         return self.generate_many([prompts], seed=seed)[0]
 
     def generate_many(self, prompt_sets: Sequence[Sequence[str]], seed: int = 0,
-                      timings: dict | None = None) -> list[Adapter]:
-        """One encoder pass per set, one batched decoder forward for all sets."""
+                      timings: dict | None = None, pad_to: int = 0) -> list[Adapter]:
+        """One encoder pass per set, one batched decoder forward for all sets.
+
+        ``pad_to`` > the number of sets pads the decoder batch with zero conditions (dropped after), so
+        a server compiles one decoder per batch-size bucket instead of one per batch size.
+        """
         import jax
 
         from dnd_jax import conditions
@@ -186,7 +190,10 @@ class Generator:
         cond = np.stack([conditions.encode_prompts(ps, self.config) for ps in self._cut(chosen)])
         timings["encode_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        tokens = jax.device_get(self._apply(self.params, cond))
+        n_sets = len(cond)
+        if pad_to > n_sets:
+            cond = np.concatenate([cond, np.zeros((pad_to - n_sets, *cond.shape[1:]), cond.dtype)])
+        tokens = jax.device_get(self._apply(self.params, cond))[:n_sets]
         tokens = np.asarray(self.normalizer.denormalize(np.asarray(tokens, np.float32)), np.float32)
         tokens = tokens * self.layout.mask()
         bad = int(np.size(tokens) - np.count_nonzero(np.isfinite(tokens)))
