@@ -60,8 +60,11 @@ def _check_plain_lora(cfg: dict, where: Path) -> None:
         raise ValueError(f"{where}: adapters with rank_pattern/alpha_pattern are not supported")
 
 
-def merge_adapters(ckpts: Sequence[str | Path], out_dir: str | Path) -> Path:
+def merge_adapters(ckpts: Sequence[str | Path], out_dir: str | Path, weights: Sequence[float] | None = None) -> Path:
     """Write the average of the adapters' weight updates as one exact peft LoRA adapter.
+
+    ``weights`` (non-negative, summing to 1; default ``1/K`` each) makes it a weighted average
+    ``sum_k w_k s_k B_k A_k`` (the similarity-weighted merge); ``c_k = w_k s_k / s`` below.
 
     With ``s_k`` each adapter's scaling and ``K`` adapters, the target update of every module is
     ``(1/K) sum_k s_k B_k A_k``. Stacking ``A = [A_1; ...; A_K]`` (rows) and
@@ -89,12 +92,15 @@ def merge_adapters(ckpts: Sequence[str | Path], out_dir: str | Path) -> Path:
     if other:
         raise ValueError(f"only lora_A/lora_B tensors can be merged; found {other[:3]}")
     k_count = len(ckpts)
+    w = np.full(k_count, 1.0 / k_count) if weights is None else np.asarray(weights, dtype=np.float64)
+    if w.shape != (k_count,) or not np.all(np.isfinite(w)) or np.any(w < 0) or abs(w.sum() - 1.0) > 1e-6:
+        raise ValueError(f"merge weights must be {k_count} non-negative finite numbers summing to 1")
     rank = sum(int(cfg["r"]) for cfg in cfgs)
     scale = lora_scaling(cfgs[0])
     new_cfg = dict(cfgs[0])
     new_cfg["r"] = rank
     new_cfg["lora_alpha"] = scale * math.sqrt(rank) if new_cfg.get("use_rslora") else scale * rank
-    coef = [lora_scaling(cfg) / (k_count * scale) for cfg in cfgs]
+    coef = [float(wk) * lora_scaling(cfg) / scale for wk, cfg in zip(w, cfgs, strict=True)]
     merged = {}
     for key in keys:
         if ".lora_A." in key:
@@ -105,6 +111,122 @@ def merge_adapters(ckpts: Sequence[str | Path], out_dir: str | Path) -> Path:
     peft_io.write_adapter(out_dir, merged, overwrite=True, extra_files={"merge_sources.json": sources},
                           **peft_io.write_kwargs_from_config(new_cfg))
     return out_dir
+
+
+# --- merges kept as recipes (many adapters) ------------------------------------------------------------
+
+MERGE_SPEC = "merge_spec.json"
+
+
+def is_merge_spec(adapter: str | Path) -> bool:
+    """True for a folder holding a merge recipe (``merge_spec.json``) instead of adapter weights."""
+    adapter = Path(adapter)
+    return (adapter / MERGE_SPEC).is_file() and not (adapter / zoo.ADAPTER_WEIGHTS).exists()
+
+
+def write_merge_spec(ckpts: Sequence[str | Path], out_dir: str | Path, weights: Sequence[float] | None = None) -> Path:
+    """A weighted average of many LoRA updates, kept as its recipe and folded in when loaded.
+
+    :func:`merge_adapters` writes the exact merge as one adapter of rank ``sum r_k``: 1.5 GB for
+    152 rank-8 all-linear SmolLM2 LoRAs. Here the folder holds only ``merge_spec.json``: each source
+    checkpoint with its weights' sha256, its scaling ``s_k`` and weight ``w_k``; loading folds
+    ``sum_k w_k s_k B_k A_k`` into the base weights (:func:`fold_merge_spec`), which is what
+    evaluating a merged peft adapter does too. Idempotent for the same recipe.
+    """
+    ckpts = [Path(c) for c in ckpts]
+    if not ckpts:
+        raise ValueError("a merge needs at least one adapter")
+    w = np.full(len(ckpts), 1.0 / len(ckpts)) if weights is None else np.asarray(weights, dtype=np.float64)
+    if w.shape != (len(ckpts),) or not np.all(np.isfinite(w)) or np.any(w < 0) or abs(w.sum() - 1.0) > 1e-6:
+        raise ValueError(f"merge weights must be {len(ckpts)} non-negative finite numbers summing to 1")
+    sources = []
+    for c, wk in zip(ckpts, w, strict=True):
+        cfg = zoo.adapter_config(c)
+        _check_plain_lora(cfg, c)
+        sources.append({"path": str(c.resolve()), "sha256": _ckpt_id(c), "weight": float(wk),
+                        "scaling": lora_scaling(cfg)})
+    spec = {"version": 1, "kind": "weighted_lora_sum", "sources": sources}
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / MERGE_SPEC
+    if path.is_file() and json.loads(path.read_text()) == spec:
+        return out_dir
+    assets.write_json_atomic(path, spec)
+    return out_dir
+
+
+def merge_spec_hash(adapter: str | Path) -> str:
+    """Identity of a merge recipe: its sources' weights hashes, scalings and weights (not their paths)."""
+    spec = json.loads((Path(adapter) / MERGE_SPEC).read_text())
+    ident = [[s["sha256"], s["scaling"], s["weight"]] for s in spec["sources"]]
+    return hashlib.sha256(json.dumps(["weighted_lora_sum", ident]).encode()).hexdigest()
+
+
+def _module_path(lora_key: str) -> str:
+    """``base_model.model.<module>.lora_A.weight`` -> ``<module>``."""
+    key = lora_key.removeprefix("base_model.model.")
+    for suffix in (".lora_A.weight", ".lora_B.weight", ".lora_A.default.weight", ".lora_B.default.weight"):
+        if key.endswith(suffix):
+            return key[: -len(suffix)]
+    raise ValueError(f"'{lora_key}' is not a LoRA A/B tensor name")
+
+
+def fold_merge_spec(model, adapter: str | Path):
+    """Add the recipe's ``sum_k w_k s_k B_k A_k`` to ``model``'s linear weights in place (torch).
+
+    Every source's weights file must still have the sha256 recorded in the recipe (a changed or
+    corrupt checkpoint is an error, never silently folded); non-finite updates are refused.
+    """
+    import torch
+
+    spec = json.loads((Path(adapter) / MERGE_SPEC).read_text())
+    modules = dict(model.named_modules())
+    deltas: dict[str, torch.Tensor] = {}
+    for src in spec["sources"]:
+        path = Path(src["path"])
+        if assets.file_sha256(path / zoo.ADAPTER_WEIGHTS) != src["sha256"]:
+            raise ValueError(f"{path}: weights changed since the merge recipe {adapter} was written")
+        sd = zoo.load_state_dict(path)
+        coef = float(src["weight"]) * float(src["scaling"])
+        for key in sd:
+            if ".lora_A." not in key:
+                continue
+            name = _module_path(key)
+            a = torch.from_numpy(np.asarray(sd[key], np.float32))
+            b = torch.from_numpy(np.asarray(sd[key.replace(".lora_A.", ".lora_B.")], np.float32))
+            d = coef * (b @ a)
+            deltas[name] = deltas[name] + d if name in deltas else d
+    with torch.no_grad():
+        for name, d in deltas.items():
+            if name not in modules:
+                raise ValueError(f"{adapter}: module '{name}' is not in the base model")
+            if not torch.isfinite(d).all():
+                raise ValueError(f"{adapter}: the merged update of '{name}' is not finite")
+            weight = modules[name].weight
+            if tuple(weight.shape) != tuple(d.shape):
+                raise ValueError(f"{adapter}: '{name}' has shape {tuple(weight.shape)}, the update {tuple(d.shape)}")
+            weight.add_(d.to(weight.dtype))
+    return model
+
+
+def similarity_weights(target_prompts: Sequence[str], candidates: dict[str, Sequence[str]],
+                       embed: Embedder | None = None, temperature: float = 0.05,
+                       max_prompts: int = 256) -> tuple[dict[str, float], dict[str, float]]:
+    """Label-free merge weights: softmax over tasks of cos(mean prompt embedding) / ``temperature``.
+
+    ``temperature`` -> infinity is the uniform merge, -> 0 is ``nearest``. Returns (weights, cosines).
+    """
+    if temperature <= 0:
+        raise ValueError("the similarity temperature must be positive")
+    if not target_prompts or not candidates:
+        raise ValueError("a similarity-weighted merge needs target prompts and at least one candidate task")
+    embed = embed or minilm_embedder()
+    target = _mean_direction(embed, list(target_prompts)[:max_prompts])
+    names = sorted(candidates)
+    sims = np.array([float(target @ _mean_direction(embed, list(candidates[t])[:max_prompts])) for t in names])
+    z = np.exp((sims - sims.max()) / temperature)
+    w = z / z.sum()
+    return dict(zip(names, w.tolist(), strict=True)), dict(zip(names, sims.tolist(), strict=True))
 
 
 def _ckpt_id(ckpt: Path) -> str:
@@ -155,7 +277,7 @@ def nearest_task(target_prompts: Sequence[str], candidates: dict[str, Sequence[s
 def build_baselines(workdir: str | Path, task: str, names: Sequence[str] = BASELINES, *,
                     training_tasks: Sequence[str] | None = None, target_prompts: Sequence[str] | None = None,
                     adapter_root: str | Path | None = None, embed: Embedder | None = None,
-                    max_prompts: int = 256) -> list[System]:
+                    max_prompts: int = 256, oracle_task: str | None = None) -> list[System]:
     """The requested baseline systems for held-out ``task`` (adapter folders from the zoo).
 
     ``training_tasks`` defaults to every zoo task but ``task``; ``target_prompts`` (unlabeled, e.g.
@@ -191,15 +313,15 @@ def build_baselines(workdir: str | Path, task: str, names: Sequence[str] = BASEL
             systems.append(System("nearest", "nearest", str(finals[best]),
                                   {"source_task": best, "cosine": sims, "num_target_prompts":
                                    min(len(target_prompts), max_prompts)}))
-        elif name == "oracle":
+        elif name == "oracle":  # ``oracle_task``: a zoo task standing in for T (HumanEval -> Python's LoRA)
             try:
-                ckpt = zoo.final_checkpoint(workdir, task)
-                manifest = zoo.task_manifest(workdir, task)
+                ckpt = zoo.final_checkpoint(workdir, oracle_task or task)
+                manifest = zoo.task_manifest(workdir, oracle_task or task)
             except FileNotFoundError as e:
                 warnings.warn(f"skipping the oracle baseline: {e}", stacklevel=2)
                 continue
             systems.append(System("oracle", "oracle", str(ckpt), {
-                "source_task": task, "train_wall_time_s": manifest.get("train_wall_time_s"),
+                "source_task": oracle_task or task, "train_wall_time_s": manifest.get("train_wall_time_s"),
                 "total_steps": manifest.get("total_steps"), "train_examples_used": manifest.get("train_examples_used"),
             }))
     return systems

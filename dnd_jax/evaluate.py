@@ -46,6 +46,8 @@ def adapter_hash(adapter: str | Path | None) -> str:
     if adapter is None:
         return "none"
     adapter = Path(adapter)
+    if baselines.is_merge_spec(adapter):
+        return baselines.merge_spec_hash(adapter)
     cfg = json.loads((adapter / zoo.ADAPTER_CONFIG).read_text())
     for k in _VOLATILE_CONFIG_KEYS:
         cfg.pop(k, None)
@@ -95,6 +97,14 @@ def model_with_adapter(ref: base_model.BaseModelRef, adapter: str | Path | None)
     base, tok = _load_base(ref)
     if adapter is None:
         yield base, tok
+        return
+    if baselines.is_merge_spec(adapter):  # a merge recipe of many LoRAs: folded into a copy of the base
+        model = baselines.fold_merge_spec(copy.deepcopy(base), adapter)
+        model.eval()
+        try:
+            yield model, tok
+        finally:
+            del model
         return
     from peft import PeftModel
 

@@ -1,0 +1,138 @@
+"""The task-scaling curve: merge recipes fold exactly, similarity weights, and the verb end to end (tiny)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from configs import tiny
+from dnd_jax import baselines, evaluate, scaling, zoo
+from dnd_jax.testing import make_synthetic_zoo
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    return make_synthetic_zoo(tmp_path_factory.mktemp("synth"), tasks=("arc_e", "piqa", "boolq"))
+
+
+def _logits(ref, adapter):
+    with evaluate.model_with_adapter(ref, adapter) as (model, tok):
+        ids = torch.tensor([tok("The sky is blue and the grass is green.")["input_ids"]])
+        with torch.no_grad():
+            return model(input_ids=ids).logits.double().numpy()
+
+
+def test_merge_recipe_folds_exactly_like_the_merged_adapter(synth, tiny_base, tmp_path):
+    ckpts = [zoo.final_checkpoint(synth, t) for t in ("arc_e", "piqa", "boolq")]
+    for weights in (None, [0.6, 0.3, 0.1]):
+        spec = baselines.write_merge_spec(ckpts, tmp_path / f"spec{weights is None}", weights)
+        exact = baselines.merge_adapters(ckpts, tmp_path / f"exact{weights is None}", weights)
+        assert baselines.is_merge_spec(spec) and not baselines.is_merge_spec(exact)
+        base, got, want = _logits(tiny_base, None), _logits(tiny_base, spec), _logits(tiny_base, exact)
+        assert np.abs(got - base).max() > 1e-3  # the merge changes the model
+        np.testing.assert_allclose(got, want, rtol=0, atol=2e-5)
+    # W + sum_k w_k s_k B_k A_k, checked directly on one weight matrix
+    spec = tmp_path / "specFalse"
+    with evaluate.model_with_adapter(tiny_base, spec) as (model, _):
+        folded = model.model.layers[0].self_attn.q_proj.weight.detach().double().numpy()
+    with evaluate.model_with_adapter(tiny_base, None) as (model, _):
+        w0 = model.model.layers[0].self_attn.q_proj.weight.detach().double().numpy()
+    key = "base_model.model.model.layers.0.self_attn.q_proj"
+    want = w0.copy()
+    for wk, c in zip([0.6, 0.3, 0.1], ckpts, strict=True):
+        sd, s = zoo.load_state_dict(c), baselines.lora_scaling(zoo.adapter_config(c))
+        want += wk * s * sd[f"{key}.lora_B.weight"].astype(np.float64) @ sd[f"{key}.lora_A.weight"].astype(np.float64)
+    np.testing.assert_allclose(folded, want, atol=1e-5)
+    # same recipe elsewhere -> same evaluation-cache identity; other weights -> another
+    assert evaluate.adapter_hash(spec) == baselines.merge_spec_hash(spec) != evaluate.adapter_hash(tmp_path / "specTrue")
+
+
+def test_merge_recipe_refuses_bad_weights_and_changed_sources(synth, tiny_base, tmp_path):
+    ckpts = [zoo.final_checkpoint(synth, t) for t in ("arc_e", "piqa")]
+    for bad in ([0.5], [0.7, 0.7], [1.5, -0.5], [float("nan"), 1.0]):
+        with pytest.raises(ValueError, match="merge weights"):
+            baselines.write_merge_spec(ckpts, tmp_path / "bad", bad)
+    spec = baselines.write_merge_spec(ckpts, tmp_path / "spec")
+    data = bytearray((ckpts[1] / zoo.ADAPTER_WEIGHTS).read_bytes())
+    data[-8:] = b"\x00\x00\xc0\x7f\x00\x00\xc0\x7f"  # two NaNs at the end of the last tensor
+    (ckpts[1] / zoo.ADAPTER_WEIGHTS).write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="changed since"):
+        with evaluate.model_with_adapter(tiny_base, spec):
+            pass
+
+
+def test_similarity_weights_interpolate_between_merged_and_nearest():
+    vecs = {"a": [1.0, 0.0], "b": [0.0, 1.0], "t": [0.9, 0.1]}
+
+    def embed(texts):
+        return np.array([vecs[t[0]] for t in texts], float)
+
+    cands = {"a": ["a1", "a2"], "b": ["b1"]}
+    w, sims = baselines.similarity_weights(["t1"], cands, embed, temperature=0.05)
+    assert sims["a"] > sims["b"] and w["a"] > 0.99 and abs(sum(w.values()) - 1) < 1e-12
+    w_hot, _ = baselines.similarity_weights(["t1"], cands, embed, temperature=1e6)
+    assert abs(w_hot["a"] - 0.5) < 1e-6
+    with pytest.raises(ValueError, match="temperature"):
+        baselines.similarity_weights(["t1"], cands, embed, temperature=0)
+
+
+def test_stratified_bootstrap_and_training_sample():
+    a = [[1, 1, 0, 1], [0, 1, 1, 1, 1, 0]]
+    b = [[0, 1, 0, 1], [0, 0, 1, 1, 1, 0]]
+    res = scaling.stratified_paired_bootstrap(list(zip(a, b, strict=True)), n_boot=500)
+    assert res["diff"] == pytest.approx((0.25 + 1 / 6) / 2) and res["ci"][0] <= res["diff"] <= res["ci"][1]
+    same = scaling.stratified_paired_bootstrap([(a[0], a[0])], n_boot=100)
+    assert same["diff"] == 0 and same["ci"] == [0, 0]
+    pool = [f"t{i}" for i in range(30)]
+    s = scaling.training_sample(pool, 12, 0)
+    assert len(s) == 12 and s == scaling.training_sample(pool, 12, 0) and s == [t for t in pool if t in s]
+    assert scaling.training_sample(pool[:5], 12, 0) == pool[:5]
+
+
+def _config():
+    config = tiny.get_config()
+    config.tasks = ("piqa", "arc_e", "boolq", "hellaswag", "obqa")
+    config.experiment.holdouts = ("piqa",)
+    config.experiment.cross_domain = ()
+    config.experiment.pool_order = ("arc_e", "boolq", "hellaswag", "obqa")
+    config.experiment.pool_sizes = (2, 4)
+    config.total_steps = 10
+    config.ckpt_steps = 10
+    config.eval_steps = 10
+    config.eval.limit = 6
+    config.eval.bootstrap = 100
+    config.scaling = dict(metrics=("cloze",), temperature=0.05, mean_sample=3, seed=0, geometry=True)
+    return config
+
+
+def test_scaling_curve_end_to_end_and_resume(tmp_path):
+    from dnd_jax import collect
+
+    workdir, docs = tmp_path / "w", tmp_path / "docs"
+    config = _config()
+    collect.collect(config, workdir, only=["piqa", "arc_e", "boolq"])  # K=4's pool is not collected yet
+    res = scaling.run(config, workdir, str(docs))
+    assert list(res["pools"]) == [2] and "2 of 4" in res["skipped"][4]
+    row = res["pools"][2]["targets"]["piqa"]
+    for name in ("dnd", "merged", "simmerge", "nearest", "train_mean"):
+        assert row["systems"][name]["cloze"]["n"] == 6
+    assert row["nearest_task"] in ("arc_e", "boolq") and row["train_mean_sample"] == ["arc_e", "boolq"]
+    merged = json.loads((workdir / "scaling/K002/adapters/merged" / baselines.MERGE_SPEC).read_text())
+    assert [s["weight"] for s in merged["sources"]] == [0.5, 0.5]
+    cmp = res["comparisons"][2]["cloze"]
+    assert set(cmp["mean"]) == set(scaling.COMPARISONS) and cmp["mean"]["merged"]["targets"] == 1
+    geo = res["pools"][2]["geometry"]["piqa"]
+    assert 0.0 <= geo["span_fraction"] <= 1.0 + 1e-9 and -1 <= geo["dnd_cos_to_offset"] <= 1
+    for f in ("results.json", "results.md", "curve.png"):
+        assert (docs / f).is_file()
+    assert "correct" not in (docs / "results.json").read_text()
+    assert "| piqa | 2 |" in (docs / "results.md").read_text()
+
+    collect.collect(config, workdir, only=["hellaswag", "obqa"])
+    again = scaling.run(config, workdir, str(docs))
+    assert sorted(again["pools"]) == [2, 4] and not again["skipped"]
+    # K=2 was resumed from disk: the same generated adapter and the same (cached) numbers
+    assert again["pools"][2]["targets"]["piqa"]["systems"]["dnd"]["cloze"]["correct"] == \
+        row["systems"]["dnd"]["cloze"]["correct"]
+    with pytest.raises(scaling.InputError, match="not among"):
+        scaling.run(config, workdir, only_sizes=[3])
