@@ -254,6 +254,45 @@ def pool_geometry(config, workdir: Path, k: int, pool: list[str]) -> dict:
                 "offset_rel_norm": r["offset_rel_norm"]} for t, r in res["targets"].items()}
 
 
+def zoo_status(config, workdir: str | Path) -> dict:
+    """Which targets and pool tasks are collected, which pools are ready, and the measured unit costs."""
+    workdir = Path(workdir)
+    order = list(config.experiment.pool_order)
+    targets = list(config.experiment.holdouts)
+    done = {t: zoo.task_manifest(workdir, t) for t in targets + order if is_collected(workdir, t)}
+    walls = [m["train_wall_time_s"] for m in done.values()]
+    steps = [m["total_steps"] for m in done.values()]
+    prefix = next((i for i, t in enumerate(order) if t not in done), len(order))
+    return {"targets_collected": [t for t in targets if t in done], "pool_collected_prefix": prefix,
+            "pool_tasks_collected": sum(t in done for t in order), "pool_size": len(order),
+            "ready_pool_sizes": [k for k in config.experiment.pool_sizes
+                                 if k <= prefix and len(done) >= len(targets)],
+            "lora_step_wall_s": {"min": min(w / s for w, s in zip(walls, steps, strict=True)) if walls else None,
+                                 "median": float(np.median([w / s for w, s in zip(walls, steps, strict=True)]))
+                                 if walls else None},
+            "task_train_wall_s": {"min": min(walls) if walls else None,
+                                  "median": float(np.median(walls)) if walls else None,
+                                  "max": max(walls) if walls else None},
+            "tasks": {t: {"train_wall_time_s": round(m["train_wall_time_s"], 1), "final_loss": m["final_loss"],
+                          "first_loss": m["first_loss"]} for t, m in done.items()}}
+
+
+def status_markdown(st: dict) -> str:
+    lines = ["# Many-task zoo: collection status", "",
+             f"Targets collected: {len(st['targets_collected'])} of 8; pool tasks collected: "
+             f"{st['pool_tasks_collected']} of {st['pool_size']} (first {st['pool_collected_prefix']} in pool order); "
+             f"pools ready: {st['ready_pool_sizes'] or 'none'}.", ""]
+    if st["tasks"]:
+        c, w = st["lora_step_wall_s"], st["task_train_wall_s"]
+        lines += [f"Unit costs measured on this machine while it was shared with other jobs: LoRA step "
+                  f"{c['min']:.2f} s (min) / {c['median']:.2f} s (median); per task {w['min']:.0f} / {w['median']:.0f} / "
+                  f"{w['max']:.0f} s (min/median/max LoRA training wall).", "",
+                  "| task | train wall (s) | first loss | final loss |", "|---|---|---|---|"]
+        for t, m in st["tasks"].items():
+            lines.append(f"| {t} | {m['train_wall_time_s']} | {m['first_loss']:.3f} | {m['final_loss']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
 # --- reports --------------------------------------------------------------------------------------------
 
 
@@ -366,10 +405,20 @@ def define_flags() -> dict:
         "workdir": flags.DEFINE_string("workdir", None, "The many-task zoo's working directory."),
         "docs": flags.DEFINE_string("docs", "", "Also write results.json/.md and curve.png here (docs/scaling)."),
         "sizes": flags.DEFINE_list("sizes", None, "Only these pool sizes (default: every collected pool)."),
+        "status": flags.DEFINE_bool("status", False, "Only report the zoo's collection status (to --docs too)."),
     }
 
 
 def main(fl: dict) -> None:
+    if fl["status"].value:
+        st = zoo_status(fl["config"].value, fl["workdir"].value)
+        md = status_markdown(st)
+        if fl["docs"].value:
+            Path(fl["docs"].value).mkdir(parents=True, exist_ok=True)
+            assets.write_json_atomic(Path(fl["docs"].value) / "zoo_status.json", st)
+            (Path(fl["docs"].value) / "zoo_status.md").write_text(md)
+        print(md)
+        return
     sizes = [int(s) for s in fl["sizes"].value or ()]
     results = run(fl["config"].value, fl["workdir"].value, fl["docs"].value, sizes)
     print(markdown(results))

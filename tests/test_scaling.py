@@ -111,6 +111,9 @@ def test_scaling_curve_end_to_end_and_resume(tmp_path):
     workdir, docs = tmp_path / "w", tmp_path / "docs"
     config = _config()
     collect.collect(config, workdir, only=["piqa", "arc_e", "boolq"])  # K=4's pool is not collected yet
+    st = scaling.zoo_status(config, workdir)
+    assert st["targets_collected"] == ["piqa"] and st["pool_collected_prefix"] == 2 and st["ready_pool_sizes"] == [2]
+    assert st["lora_step_wall_s"]["min"] > 0 and "| arc_e |" in scaling.status_markdown(st)
     res = scaling.run(config, workdir, str(docs))
     assert list(res["pools"]) == [2] and "2 of 4" in res["skipped"][4]
     row = res["pools"][2]["targets"]["piqa"]
