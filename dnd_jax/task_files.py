@@ -18,8 +18,9 @@ record is a multiple-choice example:
 - optional ``id`` (default ``<task>-<row>``), ``labels`` (mc labels, default A, B, C, ...),
   ``split`` (``train``/``test``: the file's own split, used like an official test set).
 
-A record with a gold ``completion`` instead of ``choices`` is a generative example; those need the
-registry's generative task kind, and are refused with a clear error until it exists.
+A record with a gold ``completion`` instead of ``choices`` and ``answer`` is a generative example
+(prompt + gold continuation; the registry's ``generative`` kind: trained on the completion, scored by
+bits per byte). A file is all choice or all generative; ``kind`` in the declaration may say which.
 
 Splits follow the built-in rules (:mod:`dnd_jax.tasks`): a ``test_path`` or ``split`` column gives
 the test set, otherwise a seeded split puts ``test_size`` (default ``tasks.TEST_SIZE``, at most half)
@@ -45,7 +46,8 @@ from dnd_jax.errors import InputError
 
 DEFAULT_TEMPLATE = "{prompt}\nAnswer:"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_OPTIONS = ("path", "test_path", "family", "test_size", "template", "title")
+_OPTIONS = ("path", "test_path", "family", "test_size", "template", "title", "kind")
+KINDS = ("choice", "generative")
 _REGISTERED: dict[str, str] = {}  # task name -> fingerprint of (options, file contents) registered
 
 
@@ -64,6 +66,7 @@ class FileTask:
     test_size: int = 0
     template: str = DEFAULT_TEMPLATE
     title: str = ""
+    kind: str = ""  # '' = from the records
 
 
 def _declaration(name: str, value: Any) -> FileTask:
@@ -92,7 +95,10 @@ def _declaration(name: str, value: Any) -> FileTask:
     test_size = opts.get("test_size") or 0
     if not isinstance(test_size, int) or isinstance(test_size, bool) or test_size < 0:
         raise TaskFileError(f"task_files['{name}']: test_size must be a non-negative int, got {test_size!r}")
-    return FileTask(name=name, path=Path(opts["path"]).resolve(),
+    kind = str(opts.get("kind") or "")
+    if kind and kind not in KINDS:
+        raise TaskFileError(f"task_files['{name}']: kind must be one of {KINDS}, got {kind!r}")
+    return FileTask(name=name, path=Path(opts["path"]).resolve(), kind=kind,
                     test_path=Path(opts["test_path"]).resolve() if opts.get("test_path") else None,
                     family=str(opts.get("family") or ""), test_size=test_size, template=template,
                     title=str(opts.get("title") or name))
@@ -212,12 +218,23 @@ def _gold(answer: Any, choices: tuple[str, ...], labels: tuple[str, ...], where:
     raise TaskFileError(f"{where}: 'answer' is missing or empty")
 
 
+def record_kind(rec: dict) -> str:
+    return "generative" if "completion" in rec and "choices" not in rec else "choice"
+
+
 def record_example(name: str, rec: dict, where: str, row: int) -> tasks.Example:
     """One validated :class:`tasks.Example` (raises :class:`TaskFileError` naming ``where``)."""
     prompt = _text(rec, "prompt", where)
-    if "choices" not in rec and "completion" in rec:
-        raise TaskFileError(f"{where}: a generative example (prompt + completion) needs the generative task kind, "
-                            "which this version's registry does not have; give 'choices' and 'answer'")
+    ex_id = rec.get("id")
+    ex_id = f"{name}-{row}" if ex_id in (None, "") else str(ex_id)
+    if record_kind(rec) == "generative":
+        extra = sorted(set(rec) & {"answer", "labels"})
+        if extra:
+            raise TaskFileError(f"{where}: a generative example (prompt + completion) has no {extra}")
+        completion = rec["completion"]
+        if not isinstance(completion, str) or not completion.strip():
+            raise TaskFileError(f"{where}: 'completion' must be a non-empty text, got {completion!r}")
+        return tasks.Example("", ex_id, prompt, (completion,), 0)  # the registry's generative form
     choices = rec.get("choices")
     if not isinstance(choices, (list, tuple)) or len(choices) < 2:
         raise TaskFileError(f"{where}: 'choices' must be a list of at least 2 texts, got {choices!r}")
@@ -229,14 +246,12 @@ def record_example(name: str, rec: dict, where: str, row: int) -> tasks.Example:
                    or not all(isinstance(x, str) and x for x in labels)):
         raise TaskFileError(f"{where}: 'labels' must be a list of {len(choices)} texts, got {labels!r}")
     labels = tuple(labels)
-    ex_id = rec.get("id")
-    ex_id = f"{name}-{row}" if ex_id in (None, "") else str(ex_id)
     gold = _gold(rec.get("answer"), choices, labels or tuple("ABCDEFGHIJKLMNOPQRSTUVWXYZ"[: len(choices)]), where)
     return tasks.Example("", ex_id, prompt, choices, gold, labels)
 
 
-def load_task_file(decl: FileTask) -> tuple[list[tasks.Example], list[tasks.Example] | None]:
-    """(pool, official test or None) of a declaration: every row checked, ids unique."""
+def load_task_file(decl: FileTask) -> tuple[list[tasks.Example], list[tasks.Example] | None, str]:
+    """(pool, official test or None, kind) of a declaration: every row checked, ids unique, one kind."""
     parts = read_records(decl.path)
     train_rows = list(parts.get("", [])) + list(parts.get("train", []))
     test_rows = list(parts.get("test", []))
@@ -248,6 +263,14 @@ def load_task_file(decl: FileTask) -> tuple[list[tasks.Example], list[tasks.Exam
     pool: list[tasks.Example] = []
     test: list[tasks.Example] = []
     has_split = False
+    kind = decl.kind
+    for where, rec in (*train_rows, *test_rows):
+        k = record_kind(rec)
+        if not kind:
+            kind = k
+        elif k != kind:
+            raise TaskFileError(f"{where}: a {k} example in a {kind} task (a file is all prompt + choices + answer, "
+                                "or all prompt + completion)")
     for row, (where, rec) in enumerate(train_rows):
         split = rec.get("split", "")
         if split not in ("", "train", "test"):
@@ -270,7 +293,7 @@ def load_task_file(decl: FileTask) -> tuple[list[tasks.Example], list[tasks.Exam
         raise TaskFileError(f"task '{decl.name}': {len(pool)} example(s) cannot be split into train and test")
     if official is not None and not official:
         raise TaskFileError(f"task '{decl.name}': the test split is empty")
-    return pool, official
+    return pool, official, kind or "choice"
 
 
 def _fingerprint(decl: FileTask) -> str:
@@ -293,12 +316,13 @@ def register_task(name: str, value: Any) -> tasks.TaskSpec:
         return tasks.TASKS[name]
     if name in tasks.TASKS and name not in _REGISTERED:
         raise TaskFileError(f"task_files: '{name}' is a built-in task name; choose another name")
-    pool, official = load_task_file(decl)
+    pool, official, kind = load_task_file(decl)
 
     def load_pool(pool=pool, official=official):
         return list(pool), (list(official) if official is not None else None)
 
-    spec = tasks.TaskSpec(name, decl.title, load_pool, decl.template, family=decl.family, test_size=decl.test_size)
+    spec = tasks.TaskSpec(name, decl.title, load_pool, decl.template, family=decl.family, test_size=decl.test_size,
+                          kind=kind)
     tasks.register(spec, replace=True)
     _REGISTERED[name] = fp
     return spec

@@ -115,7 +115,10 @@ def test_datasets_folder_with_train_and_test_splits(tmp_path):
     ('{"prompt": "a?", "choices": ["x"], "answer": 0}\n', r"'choices' must be a list of at least 2"),
     ('{"prompt": "a?", "choices": ["x", 3], "answer": 0}\n', r"every choice must be a non-empty text"),
     ('["a list"]\n', r"bad\.jsonl:1: expected a JSON object"),
-    ('{"prompt": "a?", "completion": " 42"}\n', r"generative example .* needs the generative task kind"),
+    ('{"prompt": "a?", "completion": " 42"}\n{"prompt": "b?", "choices": ["x", "y"], "answer": 0}\n',
+     r"bad\.jsonl:2: a choice example in a generative task"),
+    ('{"prompt": "a?", "completion": ""}\n', r"'completion' must be a non-empty text"),
+    ('{"prompt": "a?", "completion": "x", "answer": 0}\n', r"a generative example .* has no \['answer'\]"),
     ('{"id": 1, "prompt": "a?", "choices": ["x", "y"], "answer": 0}\n'
      '{"id": 1, "prompt": "b?", "choices": ["x", "y"], "answer": 0}\n', r"id '1' appears twice"),
     ('{"prompt": "a?", "choices": ["x", "y"], "answer": 0, "split": "dev"}\n', r"'split' must be 'train' or 'test'"),
@@ -127,6 +130,18 @@ def test_bad_task_files_name_file_row_and_problem(tmp_path, content, match):
     with pytest.raises(task_files.TaskFileError, match=match):
         task_files.register_config(_config(bad=str(path)))
     assert "bad" not in tasks.TASKS
+
+
+def test_generative_file_task_trains_on_the_completion(tmp_path):
+    rows = [{"prompt": f"Add {i} and {i}.", "completion": f" {2 * i}"} for i in range(12)]
+    path = _write_jsonl(tmp_path / "add.jsonl", rows)
+    task_files.register_config(_config(add=dict(path=str(path), test_size=4, template="Q: {prompt}\nA:")))
+    assert tasks.is_generative("add")
+    ex = tasks.load_examples("add", "test")[0]
+    i = int(ex.prompt.split()[1])
+    assert tasks.training_pair(ex, "cloze", None) == (f"Q: Add {i} and {i}.\nA:", f" {2 * i}")
+    with pytest.raises(task_files.TaskFileError, match="kind must be one of"):
+        task_files.register_config(_config(add2=dict(path=str(path), kind="open")))
 
 
 def test_bad_declarations(tmp_path):
@@ -155,10 +170,13 @@ def test_file_tasks_through_collect_train_generate_evaluate(tmp_path):
     rows_a = _quiz_rows(24)
     rows_b = [{"id": f"sky-{i}", "prompt": f"The sky at {6 + i % 18} o'clock on day {i} is",
                "choices": ["bright", "dark"], "answer": int(6 + i % 18 >= 20)} for i in range(36)]
+    rows_c = [{"prompt": f"Count from {i}:", "completion": f" {i}, {i + 1}, {i + 2}"} for i in range(20)]
     pa, pb = _write_jsonl(tmp_path / "apples.jsonl", rows_a), _write_jsonl(tmp_path / "sky.jsonl", rows_b)
+    pc = _write_jsonl(tmp_path / "count.jsonl", rows_c)
     config = tiny.get_config()
-    config.task_files = {"apples": dict(path=str(pa), test_size=8), "sky": dict(path=str(pb), test_size=8)}
-    config.tasks = ("apples", "sky")
+    config.task_files = {"apples": dict(path=str(pa), test_size=8), "sky": dict(path=str(pb), test_size=8),
+                         "count": dict(path=str(pc), test_size=4)}
+    config.tasks = ("apples", "count", "sky")
     config.holdout = ("sky",)
     config.total_steps = 4
     config.ckpt_steps = 4
@@ -186,3 +204,9 @@ def test_file_tasks_through_collect_train_generate_evaluate(tmp_path):
                           metrics=["cloze"], progress=False)
     res = report["results"]["cloze"]
     assert res["dnd"]["n"] == 8 and res["base"]["n"] == 8
+    # a generative file task (prompt + completion) is scored by bits per byte of its completion
+    report = evaluate.run(config, workdir, "count", baseline_names=["base", "oracle"], limit=4, metrics=["bpb"],
+                          progress=False)
+    res = report["results"]["bpb"]
+    assert res["base"]["n"] == res["oracle"]["n"] == 4
+    assert res["oracle"]["accuracy"] != res["base"]["accuracy"]  # count's own LoRA changed its likelihood
