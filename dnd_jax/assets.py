@@ -104,6 +104,8 @@ def atomic_dir(final: Path):
 
         @staticmethod
         def commit(replace: bool = False) -> Path:
+            for f in tmp.rglob("*"):  # writers such as safetensors create 0600 files: follow the umask
+                public_mode(f, directory=f.is_dir())
             if final.exists():
                 if not replace:
                     shutil.rmtree(tmp, ignore_errors=True)

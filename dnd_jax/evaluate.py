@@ -28,9 +28,32 @@ import numpy as np
 from absl import flags
 from tqdm import tqdm
 
-from dnd_jax import assets, base_model, baselines, cli, scoring, tasks, zoo
+from dnd_jax import assets, base_model, baselines, cli, scoring, task_files, tasks, zoo
+from dnd_jax.errors import InputError, MissingError, OutputError
 
-METRICS = ("cloze", "mc")
+METRICS = ("cloze", "mc", "bpb", "exact_match", "pass@1")
+CHOICE_METRICS = ("cloze", "mc")  # choice tasks; the others are for generative tasks (dnd_jax.generative)
+# bpb keeps *minus* bits per byte as its per-example "correct" vector, so higher is better for every metric
+# (means, best-of, paired p-values); displays multiply by this scale (percent for accuracies).
+METRIC_SCALE = {"bpb": -1.0}
+METRIC_TITLE = {"cloze": "accuracy (%)", "mc": "accuracy (%)", "bpb": "bits per byte (lower is better)",
+                "exact_match": "exact match (%)", "pass@1": "pass@1 (%)"}
+
+
+def metric_scale(metric: str) -> float:
+    return METRIC_SCALE.get(metric, 100.0)
+
+
+def applicable_metrics(task: str, metrics: Sequence[str]) -> list[str]:
+    """The metrics of ``metrics`` that apply to ``task`` (choice: cloze/mc; generative: bpb, and exact
+    match or pass@1 where the task has answers or tests)."""
+    if not tasks.is_generative(task):
+        return [m for m in metrics if m in CHOICE_METRICS]
+    from dnd_jax.task_sources import math_code
+
+    ok = {"bpb"} | ({"exact_match"} if task in math_code.EXACT_MATCH_TASKS else set()) | (
+        {"pass@1"} if task in math_code.PASS_AT_1_TASKS else set())
+    return [m for m in metrics if m in ok]
 SCORING_VERSION = 1  # bump when a change to scoring.py changes numbers (invalidates the cache)
 _VOLATILE_CONFIG_KEYS = ("base_model_name_or_path", "revision", "peft_version", "inference_mode")
 
@@ -66,8 +89,12 @@ def _cache_key(ref: base_model.BaseModelRef, ahash: str, task: str, split: str, 
                examples: Sequence[tasks.Example], max_new_tokens: int) -> dict:
     key = {"version": SCORING_VERSION, "base_model_sha": ref.sha, "adapter_hash": ahash, "task": task,
            "split": split, "metric": metric, "limit": limit, "examples": _examples_hash(examples)}
-    if metric == "mc":
+    if metric in ("mc", "exact_match", "pass@1"):
         key["max_new_tokens"] = max_new_tokens
+    if metric in ("bpb", "exact_match", "pass@1"):
+        from dnd_jax import generative
+
+        key["generative"] = generative.SETTINGS
     return key
 
 
@@ -124,6 +151,9 @@ def _score(model, tok, examples: Sequence[tasks.Example], metric: str, batch_siz
     if metric == "cloze":
         scores = scoring.cloze_scores(model, tok, examples, batch_size=batch_size, progress=progress)
         raw, norm = scoring.cloze_predictions(scores)
+        for i, sc in enumerate(scores):  # a NaN/inf log-likelihood is no prediction (np.argmax would pick it)
+            if not np.isfinite(np.asarray(sc["loglik"], np.float64)).all():
+                raw[i] = norm[i] = -1
         return {
             "pred": norm, "correct": [int(p == e.gold) for p, e in zip(norm, examples, strict=True)],
             "pred_unnorm": raw, "correct_unnorm": [int(p == e.gold) for p, e in zip(raw, examples, strict=True)],
@@ -135,6 +165,10 @@ def _score(model, tok, examples: Sequence[tasks.Example], metric: str, batch_siz
         pred = [scoring.parse_mc_answer(t, e.mc_labels()) for t, e in zip(texts, examples, strict=True)]
         return {"pred": pred, "correct": [int(p == e.gold) for p, e in zip(pred, examples, strict=True)],
                 "valid": [int(p is not None) for p in pred], "texts": texts}
+    if metric in ("bpb", "exact_match", "pass@1"):
+        from dnd_jax import generative
+
+        return generative.score(model, tok, examples, metric, max_new_tokens=max_new_tokens, progress=progress)
     raise ValueError(f"unknown metric '{metric}'; use one of {METRICS}")
 
 
@@ -265,8 +299,15 @@ def evaluate_systems(model_ref: base_model.BaseModelRef, systems: Sequence[basel
     return report
 
 
-def _fmt_ci(ci: Sequence[float]) -> str:
-    return f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+def _fmt_ci(ci: Sequence[float], scale: float = 100.0) -> str:
+    lo, hi = sorted((scale * ci[0], scale * ci[1]))
+    digits = 1 if abs(scale) >= 10 else 3
+    return f"[{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def _fmt(x: float, scale: float = 100.0, sign: bool = False) -> str:
+    digits = 1 if abs(scale) >= 10 else 3
+    return f"{scale * x:{'+' if sign else ''}.{digits}f}"
 
 
 def markdown(report: dict) -> str:
@@ -276,14 +317,16 @@ def markdown(report: dict) -> str:
     for m in report["metrics"]:
         res = report["results"][m]
         vs_base = {c["a"]: c for c in report["comparisons"] if c["metric"] == m and c["b"] == "base"}
-        desc = "acc_norm (log-likelihood per character)" if m == "cloze" else "generated [label] accuracy"
+        desc = {"cloze": "acc_norm (log-likelihood per character)", "mc": "generated [label] accuracy"}.get(
+            m, METRIC_TITLE.get(m, m))
+        sc = metric_scale(m)
         lines += [f"## {m}: {desc}", "",
-                  "| system | accuracy (%) | 95% CI | n | valid (%) | vs base (pp) | p(diff<=0) | note |",
+                  f"| system | {METRIC_TITLE.get(m, m)} | 95% CI | n | valid (%) | vs base | p(diff<=0) | note |",
                   "|---|---|---|---|---|---|---|---|"]
         for name, r in res.items():
             valid = f"{100 * r['valid_rate']:.1f}" if "valid_rate" in r else ""
             c = vs_base.get(name)
-            diff = f"{100 * c['diff']:+.1f} {_fmt_ci(c['ci'])}" if c else ""
+            diff = f"{_fmt(c['diff'], sc, True)} {_fmt_ci(c['ci'], sc)}" if c else ""
             p = f"{c['p']:.3f}" if c else ""
             sysinfo = info.get(name, {}).get("info", {})
             note = []
@@ -293,17 +336,22 @@ def markdown(report: dict) -> str:
                 note.append(f"trained {sysinfo['train_wall_time_s']:.0f} s")
             if "acc_unnorm" in r:
                 note.append(f"acc {100 * r['acc_unnorm']:.1f}")
-            lines.append(f"| {name} | {100 * r['accuracy']:.1f} | {_fmt_ci(r['ci'])} | {r['n']} | {valid} | "
+            lines.append(f"| {name} | {_fmt(r['accuracy'], sc)} | {_fmt_ci(r['ci'], sc)} | {r['n']} | {valid} | "
                          f"{diff} | {p} | {'; '.join(note)} |")
         lines.append("")
     others = [c for c in report["comparisons"] if c["b"] != "base"]
     if others:
         lines += ["## adapters vs baselines (paired bootstrap)", "",
-                  "| metric | adapter | baseline | diff (pp) | 95% CI | p(diff<=0) | n |", "|---|---|---|---|---|---|---|"]
+                  "| metric | adapter | baseline | diff (pp; bpb: bits) | 95% CI | p(diff<=0) | n |",
+                  "|---|---|---|---|---|---|---|"]
         for c in others:
-            lines.append(f"| {c['metric']} | {c['a']} | {c['b']} | {100 * c['diff']:+.1f} | {_fmt_ci(c['ci'])} | "
+            sc = metric_scale(c["metric"])
+            lines.append(f"| {c['metric']} | {c['a']} | {c['b']} | {_fmt(c['diff'], sc, True)} | {_fmt_ci(c['ci'], sc)} | "
                          f"{c['p']:.3f} | {c['n']} |")
         lines.append("")
+    if "bpb" in report["metrics"]:
+        lines.append("bpb: bits per byte of the gold solution; p(diff<=0) is computed on minus bpb, so small p "
+                     "means the adapter's bpb is lower (better).")
     if any("oracle" in report["results"][m] for m in report["metrics"]):
         lines.append("oracle = a LoRA trained on the task's own labeled train split (an upper reference).")
     return "\n".join(lines) + "\n"
@@ -325,18 +373,19 @@ def plot(report: dict, path: str | Path) -> None:
     for ax, m in zip(axes[0], metrics, strict=True):
         res = report["results"][m]
         names = list(res)
-        acc = np.array([100 * res[n]["accuracy"] for n in names])
-        lo = np.array([100 * res[n]["ci"][0] for n in names])
-        hi = np.array([100 * res[n]["ci"][1] for n in names])
-        err = np.nan_to_num(np.stack([acc - lo, hi - acc]), nan=0.0)
+        sc = metric_scale(m)
+        acc = np.array([sc * res[n]["accuracy"] for n in names])
+        ends = np.sort(np.array([[sc * res[n]["ci"][0], sc * res[n]["ci"][1]] for n in names]), axis=1)
+        err = np.nan_to_num(np.stack([acc - ends[:, 0], ends[:, 1] - acc]), nan=0.0)
         ax.bar(range(len(names)), acc, yerr=err, capsize=3,
                color=[colors.get(kinds.get(n, ""), "#756bb1") for n in names])
         if "base" in res:
-            ax.axhline(100 * res["base"]["accuracy"], color="k", lw=0.8, ls="--")
+            ax.axhline(sc * res["base"]["accuracy"], color="k", lw=0.8, ls="--")
         ax.set_xticks(range(len(names)))
         ax.set_xticklabels(names, rotation=35, ha="right", fontsize=8)
-        ax.set_ylabel("accuracy (%)")
-        ax.set_ylim(0, 100)
+        ax.set_ylabel(METRIC_TITLE.get(m, m))
+        if sc == 100.0:
+            ax.set_ylim(0, 100)
         n = max((res[x]["n"] for x in names), default=0)
         ax.set_title(f"{report['task']} — {m} (n={n}, 95% CI)")
     fig.tight_layout()
@@ -358,48 +407,112 @@ def write_reports(report: dict, out_dir: str | Path) -> Path:
 
 
 def _adapter_systems(specs: Sequence[str]) -> list[baselines.System]:
+    """``--adapter`` folders, each read and checked (a LoRA, finite, rank as configured) before any compute."""
+    from dnd_jax.weights import peft_io
+
     out = []
     for spec in specs:
         name, sep, path = spec.partition("=")
         if not sep:
             name, path = Path(spec).name, spec
         if not (Path(path) / zoo.ADAPTER_WEIGHTS).is_file():
-            raise FileNotFoundError(f"--adapter {path}: no {zoo.ADAPTER_WEIGHTS} there")
+            raise MissingError(f"--adapter {path}: no {zoo.ADAPTER_WEIGHTS} there")
+        peft_io.read_adapter(path)  # AdapterFormatError / IntegrityError name the problem
         out.append(baselines.System(name, "adapter", str(Path(path))))
     return out
+
+
+def check_adapters_fit(ref: base_model.BaseModelRef, systems: Sequence[baselines.System]) -> None:
+    """Every adapter's LoRA tensors fit a linear layer of the base model (same names, in/out sizes)."""
+    from safetensors import safe_open
+
+    adapters = [s for s in systems if s.adapter and (Path(s.adapter) / zoo.ADAPTER_WEIGHTS).is_file()]
+    if not adapters:
+        return
+    base, _ = _load_base(ref)
+    shapes = {n: tuple(m.weight.shape) for n, m in base.named_modules() if hasattr(m, "weight")
+              and getattr(m.weight, "ndim", 0) == 2}
+    for s in adapters:
+        with safe_open(str(Path(s.adapter) / zoo.ADAPTER_WEIGHTS), "numpy") as f:
+            for key in f.keys():
+                module = key.removeprefix("base_model.model.").rsplit(".lora_", 1)[0]
+                shape = tuple(f.get_slice(key).get_shape())
+                if module not in shapes:
+                    raise InputError(f"adapter {s.adapter} ({s.name}) does not fit base model {ref.name}: it has no "
+                                     f"layer '{module}' (an adapter for another base model?)")
+                out_f, in_f = shapes[module]
+                if (".lora_A." in key and shape[1] != in_f) or (".lora_B." in key and shape[0] != out_f):
+                    raise InputError(f"adapter {s.adapter} ({s.name}) does not fit base model {ref.name}: '{key}' "
+                                     f"has shape {shape}, the layer is {out_f}x{in_f} (an adapter for another base "
+                                     f"model?)")
+
+
+def _check_writable(out_dir: Path) -> None:
+    import os
+
+    parent = out_dir.absolute()
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write results to {out_dir}: {parent} is not a writable folder")
+
+
+def _default_training_tasks(config, workdir: Path, task: str, systems: Sequence[baselines.System]) -> list[str]:
+    """The baselines' training tasks: those of the evaluated generated adapter's generator (its card), else
+    the plan's for ``task`` (:func:`dnd_jax.plan.target_training_tasks`) that the zoo has."""
+    from dnd_jax import plan
+
+    for s in systems:
+        card = Path(s.adapter) / "dnd_generation.json" if s.adapter else None
+        if card is not None and card.is_file():
+            trained = json.loads(card.read_text()).get("train_tasks")
+            if trained:
+                return list(trained)
+    have = set(zoo.tasks(workdir))
+    return [t for t in plan.target_training_tasks(config, task) if t in have]
 
 
 def run(config, workdir: str | Path, task: str, *, adapters: Sequence[str] = (), baseline_names=None,
         training_tasks: Sequence[str] | None = None, limit: int | None = None, metrics: Sequence[str] | None = None,
         split: str = "test", out_dir: str | Path | None = None, nearest_prompts: str = "test",
-        progress: bool = True) -> dict:
+        progress: bool = True, oracle_task: str | None = None) -> dict:
     """The CLI's work: resolve the base model, build systems, evaluate, write and print the reports.
 
-    ``training_tasks`` (the generator's training tasks) defaults to the zoo's tasks minus ``task``
-    and ``config.holdout``. ``nearest`` sees all of the split's unlabeled prompts (what a generator
+    ``training_tasks`` (the generator's training tasks) defaults to those recorded in a generated
+    adapter's ``dnd_generation.json``, else :func:`dnd_jax.plan.target_training_tasks` (the same split
+    the experiment trains ``task``'s generator on). ``nearest`` sees all of the split's unlabeled prompts (what a generator
     is conditioned on) or, with ``nearest_prompts='zoo'``, the task's zoo prompts.jsonl.
     """
     workdir = Path(workdir)
+    task_files.register_config(config)  # tasks declared as files in config.task_files
     tasks.get_task(task)
     ec = config.eval
     limit = int(ec.limit) if limit is None else int(limit)
-    metrics = list(metrics or ec.metrics)
+    if limit < 0:
+        raise InputError(f"--limit must be >= 0 (0 = all examples), got {limit}")
+    out_dir = Path(out_dir) if out_dir else workdir / "eval" / task
+    _check_writable(out_dir)
+    unknown = [m for m in (metrics or ()) if m not in METRICS]
+    if unknown:
+        raise InputError(f"unknown metric(s) {unknown}; use {list(METRICS)}")
+    metrics = applicable_metrics(task, list(metrics or ec.metrics))
+    if not metrics:
+        raise InputError(f"none of the metrics {list(metrics or ec.metrics)} applies to task '{task}'")
     names = list(config.experiment.baselines if baseline_names is None else baseline_names)
     ref = base_model.resolve(config.base_model, workdir)
     systems = _adapter_systems(adapters)
     if names:
         if training_tasks is None:
-            holdout = set(config.get("holdout", ()) or ())
-            training_tasks = [t for t in zoo.tasks(workdir) if t != task and t not in holdout]
+            training_tasks = _default_training_tasks(config, workdir, task, systems)
         target = None
         if "nearest" in names:
             target = ([e.prompt for e in tasks.load_examples(task, split)] if nearest_prompts == "test"
                       else zoo.prompts(workdir, task))
         systems = baselines.build_baselines(workdir, task, names, training_tasks=training_tasks,
-                                            target_prompts=target) + systems
+                                            target_prompts=target, oracle_task=oracle_task) + systems
     if not systems:
-        raise ValueError("nothing to evaluate: give --adapter and/or --baselines")
-    out_dir = Path(out_dir) if out_dir else workdir / "eval" / task
+        raise InputError("nothing to evaluate: give --adapter and/or --baselines")
+    check_adapters_fit(ref, systems)
     report = evaluate_systems(ref, systems, task, metrics=metrics, limit=limit, batch_size=int(ec.batch_size),
                               cache_dir=workdir / "eval_cache", out_dir=out_dir, split=split,
                               max_new_tokens=int(ec.max_new_tokens), n_boot=int(ec.bootstrap),
@@ -437,8 +550,11 @@ def summarize(report: dict, adapter: str = "dnd") -> dict:
 def evaluate_target(config, workdir: str | Path, target: str, *, training_tasks: Sequence[str] | None = None,
                     dnd_adapter: str | Path | None = None, out_dir: str | Path | None = None,
                     baseline_names: Sequence[str] | None = None, limit: int | None = None,
-                    metrics: Sequence[str] | None = None, split: str = "test", progress: bool = True) -> dict:
+                    metrics: Sequence[str] | None = None, split: str = "test", progress: bool = True,
+                    oracle_task: str | None = None) -> dict:
     """A generated adapter (system ``dnd``) and the config's baselines on ``target``: :func:`summarize`d.
+
+    ``oracle_task``: the zoo task whose LoRA is the oracle when ``target`` has no zoo LoRA of its own.
 
     The full report (per-example vectors, every comparison) is written to ``out_dir`` (default
     ``<workdir>/eval/<target>``) and its path returned as ``report_dir``.
@@ -447,7 +563,7 @@ def evaluate_target(config, workdir: str | Path, target: str, *, training_tasks:
     adapters = [f"dnd={dnd_adapter}"] if dnd_adapter is not None else []
     report = run(config, workdir, target, adapters=adapters, baseline_names=baseline_names,
                  training_tasks=training_tasks, limit=limit, metrics=metrics, split=split, out_dir=out_dir,
-                 progress=progress)
+                 progress=progress, oracle_task=oracle_task)
     return summarize(report, "dnd") | {"report_dir": str(out_dir)}
 
 

@@ -74,10 +74,11 @@ def update_gram(adapters: Sequence[Factors]) -> np.ndarray:
     n = len(adapters)
     gram = np.zeros((n, n), np.float64)
     for module in modules:
-        a_all = np.concatenate([ad[module][0] for ad in adapters], axis=0)  # (R, in)
-        b_all = np.concatenate([ad[module][1] for ad in adapters], axis=1)  # (out, R)
+        # Cast first: the products are accumulated in float64 (nearly orthogonal updates need it).
+        a_all = np.concatenate([ad[module][0] for ad in adapters], axis=0).astype(np.float64)  # (R, in)
+        b_all = np.concatenate([ad[module][1] for ad in adapters], axis=1).astype(np.float64)  # (out, R)
         starts = np.cumsum([0] + [ad[module][0].shape[0] for ad in adapters])[:-1]
-        m = (a_all @ a_all.T).astype(np.float64) * (b_all.T @ b_all).astype(np.float64)
+        m = (a_all @ a_all.T) * (b_all.T @ b_all)
         gram += np.add.reduceat(np.add.reduceat(m, starts, axis=0), starts, axis=1)
     return gram
 

@@ -58,13 +58,30 @@ def test_generated_adapter_loads_in_peft_and_changes_logits(trained, tmp_path):
 
 
 def test_generated_weights_match_the_decoder_output(trained):
+    """The adapter is exactly: encode the chosen prompts -> decoder forward -> denormalize -> detokenize."""
+    from dnd_jax import conditions
+    from dnd_jax.weights import layout as layout_lib
+
     _, gen_dir = trained
     gen = generate.Generator.load(gen_dir)
-    adapter = gen.generate(_prompts())
+    prompts = _prompts()
+    adapter = gen.generate(prompts, seed=3)
     assert set(adapter.state_dict) == set(gen.layout.keys)
+
+    chosen = generate.choose_prompts(prompts, gen.num_prompts, seed=3)
+    cond = conditions.encode_prompts([p[: gen.config.conditions.max_len * generate.MAX_PROMPT_CHARS_PER_TOKEN]
+                                      for p in chosen], gen.config)[None]
+    raw = np.asarray(gen.model.apply(gen.params, cond), np.float32)[0]
+    tokens = np.asarray(gen.normalizer.denormalize(raw), np.float32) * gen.layout.mask()
+    expected = layout_lib.detokenize(gen.layout, tokens)
     for entry in gen.layout.entries:
-        assert adapter.state_dict[entry.key].shape == tuple(entry.shape)
-        assert np.isfinite(adapter.state_dict[entry.key]).all()
+        got = adapter.state_dict[entry.key]
+        assert got.shape == tuple(entry.shape)
+        np.testing.assert_allclose(got, expected[entry.key], rtol=1e-5, atol=1e-6)  # jit vs eager rounding only
+    # and the tokens of the adapter are the decoder's (padding zero)
+    back, _ = layout_lib.tokenize(gen.layout, adapter.state_dict)
+    np.testing.assert_allclose(back, tokens, rtol=1e-5, atol=1e-6)
+    assert np.abs(tokens).max() > 0
 
 
 def test_batch_generation_equals_one_by_one(trained):

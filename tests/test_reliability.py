@@ -1,0 +1,469 @@
+"""Nothing corrupt, nothing silent, nothing lost (issue 16): integrity, fingerprints, locks, errors.
+
+Each test reproduces a fault a hostile user found and asserts the clear refusal (or the safe
+behaviour) that replaced it. Generators train a few steps on a synthetic zoo (seconds).
+"""
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from configs import tiny
+from dnd_jax import checkpoint, cli, errors, generate, locking, testing, train, zoo
+from dnd_jax.weights import peft_io
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def zoo_dir(tmp_path_factory) -> Path:
+    return testing.make_synthetic_zoo(tmp_path_factory.mktemp("zoo"), tasks=("arc_e", "piqa", "boolq"))
+
+
+def _config(zoo_dir: Path, **overrides):
+    c = tiny.get_config()
+    c.zoo_workdir = str(zoo_dir)
+    c.total_steps, c.ckpt_steps, c.log_steps, c.eval_steps = 6, 3, 3, 3
+    for k, v in overrides.items():
+        c[k] = v
+    return c
+
+
+@pytest.fixture(scope="module")
+def gen_dir(zoo_dir, tmp_path_factory) -> Path:
+    w = tmp_path_factory.mktemp("gen") / "g"
+    train.train_and_evaluate(_config(zoo_dir), w)
+    return w
+
+
+def _copy(src: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "copy"
+    shutil.copytree(src, dst)
+    (dst / locking.LOCK_FILE).unlink(missing_ok=True)
+    return dst
+
+
+def _largest(root: Path) -> Path:
+    return max((p for p in root.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+
+
+def _cli(module: str, *args, cwd=REPO):
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                          env=ENV, timeout=300)
+
+
+def _one_line_error(proc) -> str:
+    assert proc.returncode == errors.EXIT_USER_ERROR, (proc.returncode, proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(lines) == 1, proc.stderr[-2000:]
+    return lines[0]
+
+
+# --- 1. corrupt generators, non-finite weights, NaN predictions ---------------------------------------
+
+
+def test_flipped_bytes_in_a_generator_checkpoint_are_refused(gen_dir, tmp_path):
+    w = _copy(gen_dir, tmp_path)
+    target = _largest(w / "generator" / "6" / "params")
+    data = bytearray(target.read_bytes())
+    data[len(data) // 3: len(data) // 3 + 400] = bytes(b ^ 0x5A for b in data[len(data) // 3: len(data) // 3 + 400])
+    target.write_bytes(bytes(data))
+    with pytest.raises(errors.IntegrityError, match="does not match its checksum"):
+        generate.Generator.load(w)
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("What is the boiling point of water?\n")
+    line = _one_line_error(_cli("dnd_jax.generate", "--checkpoint", w, "--prompts", prompts, "--out", tmp_path / "a"))
+    assert "corrupt" in line and not (tmp_path / "a").exists()
+
+
+def test_deleted_truncated_and_edited_checkpoint_files_are_named(gen_dir, tmp_path):
+    w = _copy(gen_dir, tmp_path)
+    sdir = w / "generator" / "6"
+    victim = _largest(sdir / "params")
+    victim.unlink()
+    with pytest.raises(errors.IntegrityError, match="incomplete.*missing"):
+        checkpoint.load_generator(w)
+    shutil.rmtree(w)
+    w = _copy(gen_dir, tmp_path)
+    victim = _largest(w / "generator" / "6" / "params")
+    victim.write_bytes(victim.read_bytes()[:10])
+    with pytest.raises(errors.IntegrityError, match="does not match its checksum"):
+        checkpoint.load_generator(w)
+    shutil.rmtree(w)
+    w = _copy(gen_dir, tmp_path)
+    meta = next(p for p in (w / "generator" / "6" / "meta").rglob("*") if p.is_file() and b"format" in p.read_bytes())
+    doc = json.loads(meta.read_text())
+    doc["lora"]["r"] = 99
+    meta.write_text(json.dumps(doc))
+    with pytest.raises(errors.IntegrityError, match="meta.*checksum"):
+        checkpoint.load_generator(w)
+
+
+def test_edited_metadata_without_checksums_is_caught_by_consistency(gen_dir, tmp_path):
+    w = _copy(gen_dir, tmp_path)
+    sdir = w / "generator" / "6"
+    (sdir / checkpoint.CHECKSUMS).unlink()  # a checkpoint from before checksums
+    checkpoint.load_generator(w)  # loads (with a warning)
+    meta = next(p for p in (sdir / "meta").rglob("*") if p.is_file() and b"format" in p.read_bytes())
+    doc = json.loads(meta.read_text())
+    doc["out_shape"][0] += 1
+    meta.write_text(json.dumps(doc))
+    with pytest.raises(errors.IntegrityError, match="inconsistent"):
+        checkpoint.load_generator(w)
+
+
+def test_non_finite_weights_are_refused_on_load_and_on_generate(gen_dir, tmp_path, monkeypatch):
+    import jax
+
+    w = _copy(gen_dir, tmp_path)
+    loaded = checkpoint.load_generator(w)
+    nan_params = jax.tree.map(lambda x: np.full(x.shape, np.nan, np.float32), loaded.params)
+    with checkpoint.manager(w) as mngr:
+        import orbax.checkpoint as ocp
+
+        train_item = mngr.restore(6, args=ocp.args.Composite(train=ocp.args.StandardRestore()))["train"]
+        norm = {"mean": np.asarray(loaded.normalizer.mean), "std": np.asarray(loaded.normalizer.std)}
+        checkpoint.save(mngr, 7, {"params": nan_params, **train_item}, norm, loaded.metadata)
+    with pytest.raises(errors.IntegrityError, match="non-finite"):
+        checkpoint.load_generator(w)  # latest = 7, checksums fine, weights NaN
+
+    gen = generate.Generator.load(gen_dir)
+    gen.params = nan_params  # a generator that diverged
+    out = tmp_path / "adapter"
+    with pytest.raises(errors.IntegrityError, match="non-finite"):
+        gen.generate(["a prompt"] * 4).save(out)
+    assert not out.exists()
+
+
+def test_nan_loglik_is_never_a_prediction(monkeypatch):
+    from dnd_jax import evaluate, scoring, tasks
+
+    ex = [tasks.Example(task="t", id="1", prompt="q", choices=("a", "b"), gold=0),
+          tasks.Example(task="t", id="2", prompt="q", choices=("a", "b"), gold=1)]
+    fake = [{"loglik": [float("nan"), -1.0], "chars": [1, 1]}, {"loglik": [-2.0, -1.0], "chars": [1, 1]}]
+    monkeypatch.setattr(scoring, "cloze_scores", lambda *a, **k: fake)
+    rec = evaluate._score(None, None, ex, "cloze", 2, 4, False)
+    assert rec["pred"][0] == -1 and rec["correct"] == [0, 1] and rec["correct_unnorm"] == [0, 1]
+
+
+def test_weights_and_zoo_readers_refuse_nan(zoo_dir, tmp_path):
+    ckpt = zoo.checkpoints(zoo_dir, "arc_e")[0]
+    sd, cfg = peft_io.read_adapter(ckpt)
+    key = next(iter(sd))
+    sd[key] = sd[key].copy()
+    sd[key][0, 0] = np.nan
+    with pytest.raises(errors.IntegrityError, match="NaN"):
+        peft_io.write_adapter(tmp_path / "nan", sd, **peft_io.write_kwargs_from_config(cfg))
+    assert not (tmp_path / "nan").exists()
+    from safetensors.numpy import save_file
+
+    bad = tmp_path / "bad"
+    shutil.copytree(ckpt, bad)
+    save_file(sd, str(bad / zoo.ADAPTER_WEIGHTS))
+    with pytest.raises(errors.IntegrityError, match="NaN"):
+        peft_io.read_adapter(bad)
+    with pytest.raises(errors.IntegrityError, match="non-finite"):
+        zoo.load_state_dict(bad)
+    # the CLI: a NaN adapter is refused before anything is written
+    line = _one_line_error(_cli("dnd_jax.weights", "roundtrip", bad, "--out", tmp_path / "rt", "--token-shape",
+                                "4,16"))
+    assert "NaN" in line and not (tmp_path / "rt").exists()
+
+
+def test_zoo_reader_refuses_an_invalid_checkpoint_of_a_finished_task(zoo_dir, tmp_path):
+    z = tmp_path / "z"
+    shutil.copytree(zoo_dir, z)
+    ckpt = zoo.checkpoints(z, "piqa")[1]
+    (ckpt / zoo.ADAPTER_WEIGHTS).write_bytes((ckpt / zoo.ADAPTER_WEIGHTS).read_bytes()[:-8])
+    with pytest.raises(errors.IntegrityError, match=f"piqa.*{ckpt.name}"):
+        zoo.checkpoints(z, "piqa")
+    with pytest.raises(errors.IntegrityError, match=ckpt.name):
+        train.validate(_config(z), tmp_path / "w")
+
+
+# --- 2. resume fingerprint ---------------------------------------------------------------------------------
+
+
+def test_finished_run_with_other_training_tasks_is_refused_then_started_over(zoo_dir, tmp_path):
+    w = tmp_path / "w"
+    first = train.train_and_evaluate(_config(zoo_dir), w)
+    other = _config(zoo_dir)
+    other.experiment.cross_domain = ("boolq",)  # another training split: arc_e, piqa only
+    with pytest.raises(errors.ResumeMismatchError, match="train_tasks"):
+        train.train_and_evaluate(other, w)
+    again = train.train_and_evaluate(other, w, start_over=True)
+    assert again["metadata"]["train_tasks"] == ["arc_e", "piqa"]
+    old = list(w.glob("replaced-*"))
+    assert len(old) == 1 and (old[0] / "generator").is_dir() and (old[0] / "metrics.jsonl").is_file()
+    assert first["metadata"]["train_tasks"] == ["arc_e", "piqa", "boolq"]
+
+
+def test_killed_run_resumed_on_another_zoo_is_refused(zoo_dir, tmp_path):
+    w = tmp_path / "w"
+    train.train_and_evaluate(_config(zoo_dir), w, max_steps=4)  # a checkpoint at step 3, then "killed"
+    z2 = tmp_path / "z2"
+    shutil.copytree(zoo_dir, z2)
+    prompts = zoo.task_dir(z2, "piqa") / "prompts.jsonl"
+    prompts.write_text(prompts.read_text() + json.dumps({"prompt": "one more prompt"}) + "\n")
+    with pytest.raises(errors.ResumeMismatchError, match=r"zoo content of \['piqa'\]"):
+        train.train_and_evaluate(_config(z2), w)
+    # the same zoo content at another path resumes fine
+    z3 = tmp_path / "z3"
+    shutil.copytree(zoo_dir, z3)
+    assert train.train_and_evaluate(_config(z3), w)["step"] == 6
+
+
+# --- 3. overwrite only replaces adapter folders --------------------------------------------------------------
+
+
+def test_overwrite_never_replaces_a_folder_with_user_files(gen_dir, tmp_path):
+    out = tmp_path / "mine"
+    (out / "sub").mkdir(parents=True)
+    (out / "notes.txt").write_text("precious")
+    with pytest.raises(errors.OutputError, match="not an adapter folder.*notes.txt"):
+        peft_io.check_output_dir(out, overwrite=True)
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("Why is the sky blue?\n")
+    line = _one_line_error(_cli("dnd_jax.generate", "--checkpoint", gen_dir, "--prompts", prompts, "--out", out,
+                                "--overwrite"))
+    assert "not an adapter folder" in line
+    assert (out / "notes.txt").read_text() == "precious" and (out / "sub").is_dir()
+    # an adapter folder is replaced, only once the new one is complete
+    gen = generate.Generator.load(gen_dir)
+    a = gen.generate(["Why is the sky blue?"] * 4)
+    first = a.save(tmp_path / "ad")
+    before = (first / peft_io.ADAPTER_WEIGHTS).read_bytes()
+    b = gen.generate(["How do magnets work?"] * 4)
+    b.save(tmp_path / "ad", overwrite=True)
+    assert (first / peft_io.ADAPTER_WEIGHTS).read_bytes() != before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_written_files_follow_the_umask(gen_dir, tmp_path):
+    old = os.umask(0o022)
+    try:
+        gen = generate.Generator.load(gen_dir)
+        out = gen.generate(["Why is the sky blue?"] * 4).save(tmp_path / "ad")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    for f in out.iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o644, f
+
+
+def test_read_only_out_is_refused_before_compute(gen_dir, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        if os.access(ro, os.W_OK):
+            pytest.skip("running as root: permissions are not enforced")
+        with pytest.raises(errors.OutputError, match="not a writable folder"):
+            peft_io.check_output_dir(ro / "adapter")
+    finally:
+        ro.chmod(0o755)
+
+
+# --- 4. one writer per workdir -------------------------------------------------------------------------------
+
+
+def test_second_writer_is_refused_naming_the_holder(zoo_dir, tmp_path):
+    w = tmp_path / "w"
+    with locking.workdir_lock(w, "train"):
+        with locking.workdir_lock(w, "experiment"):  # re-entrant within a process
+            pass
+        proc = _cli("dnd_jax.train", "--config", REPO / "configs/tiny.py", "--workdir", w,
+                    f"--config.zoo_workdir={zoo_dir}")
+        line = _one_line_error(proc)
+        assert f"pid {os.getpid()}" in line and "in use" in line
+        assert (w / locking.LOCK_FILE).is_file()
+    assert not (w / locking.LOCK_FILE).exists()
+
+
+def test_stale_lock_is_taken_over_and_foreign_host_is_not(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    w = tmp_path / "w"
+    w.mkdir()
+    import socket
+
+    (w / locking.LOCK_FILE).write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "verb": "train"}))
+    with locking.workdir_lock(w, "collect"):
+        assert locking.holder(w)["pid"] == os.getpid()
+    (w / locking.LOCK_FILE).write_text(json.dumps({"pid": 1, "host": "elsewhere", "verb": "train"}))
+    with pytest.raises(errors.LockedError, match="elsewhere.*delete"):
+        with locking.workdir_lock(w, "collect"):
+            pass
+
+
+# --- 5-6. clear errors, no silent acceptance -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("line,match", [
+    ('{"prompt": null}', "must be a string"),
+    ('{"prompt": 3}', "must be a string"),
+    ('{"prompt": ["a", "b"]}', "must be a string"),
+    ('["a"]', "'prompt' field"),
+    ("not json", "not valid JSON"),
+])
+def test_jsonl_prompts_must_be_strings(tmp_path, line, match):
+    p = tmp_path / "p.JSONL"  # the suffix is case-insensitive
+    p.write_text(line + "\n")
+    with pytest.raises(generate.GenerateError, match=match):
+        generate.read_prompts(p)
+
+
+def test_huge_prompt_is_cut_before_tokenizing(gen_dir, monkeypatch):
+    from dnd_jax import conditions
+
+    seen = []
+    real = conditions.encode_prompts
+    monkeypatch.setattr(conditions, "encode_prompts", lambda ps, c, *a, **k: seen.append(max(map(len, ps))) or
+                        real(ps, c, *a, **k))
+    gen = generate.Generator.load(gen_dir)
+    with pytest.warns(UserWarning, match="truncated"):
+        gen.generate(["word " * 1_000_000] * 4)
+    assert seen and seen[0] <= gen.config.conditions.max_len * generate.MAX_PROMPT_CHARS_PER_TOKEN
+
+
+def test_adapter_checks_non_lora_rank_and_pairs(zoo_dir, tmp_path):
+    from safetensors.numpy import save_file
+
+    ckpt = zoo.checkpoints(zoo_dir, "arc_e")[0]
+    sd, cfg = peft_io.read_adapter(ckpt)
+    for name, tensors, conf, match in [
+        ("full", {"model.layers.0.mlp.up_proj.weight": np.zeros((4, 4), np.float32)}, cfg, "not a LoRA adapter"),
+        ("rank", sd, dict(cfg, r=8), "disagree.*r=8"),
+        ("pair", {k: v for i, (k, v) in enumerate(sd.items()) if i}, cfg, "partner"),
+    ]:
+        d = tmp_path / name
+        d.mkdir()
+        save_file(tensors, str(d / peft_io.ADAPTER_WEIGHTS))
+        (d / peft_io.ADAPTER_CONFIG).write_text(json.dumps(conf))
+        with pytest.raises(peft_io.AdapterFormatError, match=match):
+            peft_io.read_adapter(d)
+    line = _one_line_error(_cli("dnd_jax.weights", "inspect", tmp_path / "rank", "--token-shape", "4,16"))
+    assert "r=8" in line
+
+
+def test_evaluate_refuses_negative_limit_and_foreign_adapters(zoo_dir, tiny_base, tmp_path):
+    from dnd_jax import baselines, evaluate
+
+    cfg = _config(zoo_dir)
+    with pytest.raises(errors.InputError, match="--limit"):
+        evaluate.run(cfg, zoo_dir, "arc_e", baseline_names=["base"], limit=-1, progress=False)
+    ckpt = zoo.checkpoints(zoo_dir, "arc_e")[0]
+    sd, conf = peft_io.read_adapter(ckpt)
+    wide = {k: (np.zeros((v.shape[0], v.shape[1] * 2), np.float32) if ".lora_A." in k else v) for k, v in sd.items()}
+    peft_io.write_adapter(tmp_path / "other_base", wide, **peft_io.write_kwargs_from_config(conf))
+    systems = [baselines.System("other", "adapter", str(tmp_path / "other_base"))]
+    with pytest.raises(errors.InputError, match="does not fit base model"):
+        evaluate.check_adapters_fit(tiny_base, systems)
+    evaluate.check_adapters_fit(tiny_base, [baselines.System("ok", "adapter", str(ckpt))])
+
+
+def test_evaluate_baselines_follow_the_one_training_split(zoo_dir, tmp_path):
+    from dnd_jax import baselines, evaluate, plan
+
+    cfg = _config(zoo_dir)
+    cfg.experiment.cross_domain = ("boolq",)
+    assert evaluate._default_training_tasks(cfg, zoo_dir, "arc_e", []) == plan.target_training_tasks(cfg, "arc_e")
+    assert "boolq" not in evaluate._default_training_tasks(cfg, zoo_dir, "arc_e", [])
+    card_dir = tmp_path / "gen_adapter"
+    card_dir.mkdir()
+    (card_dir / "dnd_generation.json").write_text(json.dumps({"train_tasks": ["piqa"]}))
+    sys_ = [baselines.System("dnd", "adapter", str(card_dir))]
+    assert evaluate._default_training_tasks(cfg, zoo_dir, "arc_e", sys_) == ["piqa"]
+
+
+def test_user_errors_exit_2_in_one_line_and_bugs_keep_their_traceback(tmp_path):
+    script = tmp_path / "verb.py"
+    script.write_text(
+        "from absl import flags\n"
+        "from dnd_jax import cli, errors\n"
+        "def define():\n"
+        "    return {'mode': flags.DEFINE_string('mode', 'bug', '')}\n"
+        "def body(fl):\n"
+        "    if fl['mode'].value == 'user':\n"
+        "        raise errors.InputError('bad\\ninput')\n"
+        "    if fl['mode'].value == 'missing':\n"
+        "        open('/nonexistent/file')\n"
+        "    return {}['bug']\n"
+        "cli.run(define, body, required=())\n")
+    run = lambda *a: subprocess.run([sys.executable, str(script), *a], capture_output=True, text=True, env=ENV,  # noqa: E731
+                                    cwd=REPO, timeout=120)
+    assert _one_line_error(run("--mode=user")) == "error: bad input"
+    assert "No such file" in _one_line_error(run("--mode=missing"))
+    assert "nope" in _one_line_error(run("--nope"))
+    bug = run("--mode=bug")
+    assert bug.returncode == 1 and "Traceback" in bug.stderr and "KeyError: 'bug'" in bug.stderr
+    assert cli.is_user_error(errors.UnknownTaskError("x")) and not cli.is_user_error(KeyError("x"))
+
+
+# --- 9. smaller correctness items ------------------------------------------------------------------------------
+
+
+def test_weight_decay_is_masked_by_name(zoo_dir):
+    import jax
+    import optax
+
+    params = {"params": {"stage_0": {"bias": np.ones((4, 8), np.float32), "norm": {"scale": np.ones((4, 8), np.float32)},
+                                     "p1_width": {"kernel": np.ones((3, 3, 4, 8), np.float32)}}}}
+    cfg = _config(zoo_dir, weight_decay=0.5, grad_clip_norm=0.0, warmup_steps=0, lr=1.0)
+    tx, _ = train.make_optimizer(cfg)
+    zeros = jax.tree.map(np.zeros_like, params)
+    updates, _ = tx.update(zeros, tx.init(params), params)
+    new = optax.apply_updates(params, updates)
+    p = new["params"]["stage_0"]
+    assert np.all(p["bias"] == 1.0) and np.all(p["norm"]["scale"] == 1.0)  # 2-D, but not kernels: no decay
+    assert np.all(p["p1_width"]["kernel"] < 1.0)
+    mults = train.decay_multipliers(params, (("params/stage_0/bias", 2.0), (".*/kernel", 1.0)))
+    assert mults["params"]["stage_0"]["bias"] == 2.0 and mults["params"]["stage_0"]["norm"]["scale"] == 0.0
+    cfg.wd_mults = (("params/stage_0/bias", 2.0), (".*/kernel", 1.0))  # general multipliers
+    tx, _ = train.make_optimizer(cfg)
+    updates, _ = tx.update(zeros, tx.init(params), params)
+    p = optax.apply_updates(params, updates)["params"]["stage_0"]
+    assert np.all(p["bias"] < p["p1_width"]["kernel"][0, 0, :, :]) and np.all(p["norm"]["scale"] == 1.0)
+
+
+def test_gram_is_float64_from_the_factors():
+    from dnd_jax import geometry
+
+    rng = np.random.default_rng(0)
+    a1 = rng.normal(size=(4, 64)).astype(np.float32) * 1e3
+    b1 = rng.normal(size=(32, 4)).astype(np.float32)
+    a2 = (a1 + rng.normal(size=a1.shape).astype(np.float32) * 1e-2).astype(np.float32)
+    gram = geometry.update_gram([{"m": (a1, b1)}, {"m": (a2, b1)}])
+    d1 = b1.astype(np.float64) @ a1.astype(np.float64)
+    d2 = b1.astype(np.float64) @ a2.astype(np.float64)
+    exact = np.array([[np.sum(d1 * d1), np.sum(d1 * d2)], [np.sum(d2 * d1), np.sum(d2 * d2)]])
+    np.testing.assert_allclose(gram, exact, rtol=1e-12)
+
+
+def test_no_verb_imports_another_verbs_module():
+    """collect, train, generate, evaluate, geometry and weights (its __main__) import no other verb.
+
+    (The experiment is the orchestrator of all of them and the one exception.)
+    """
+    import ast
+
+    verbs = {"collect", "train", "generate", "evaluate", "geometry"}
+    for verb in (*verbs, "weights"):
+        path = REPO / "dnd_jax" / (f"{verb}/__main__.py" if verb == "weights" else f"{verb}.py")
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "dnd_jax":
+                imported |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("dnd_jax."):
+                imported.add(node.module.split(".")[1] + (".__main__" if node.module.endswith("__main__") else ""))
+            elif isinstance(node, ast.Import):
+                imported |= {a.name.split(".")[1] for a in node.names if a.name.startswith("dnd_jax.")}
+        assert not (imported & ((verbs | {"weights.__main__"}) - {verb})), (verb, imported & verbs)
