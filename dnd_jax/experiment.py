@@ -88,6 +88,7 @@ def run(config, workdir: str | Path, only: list[str] | None = None, docs: str = 
     for t in targets:
         if t not in config.tasks:
             raise InputError(f"experiment target '{t}' is not in config.tasks {tuple(config.tasks)}")
+    _check_extra_targets(config)
     with locking.workdir_lock(workdir, "experiment"):
         t0 = time.perf_counter()
         collect.collect(config, workdir)
@@ -101,32 +102,107 @@ def run(config, workdir: str | Path, only: list[str] | None = None, docs: str = 
             for extra in config.experiment.get("also_evaluate", {}).get(target, ()):
                 results["targets"][extra] = run_also_evaluate(config, workdir, target, extra)
                 write_report(results, output_root(config, workdir) / "results", docs)
+            for name, gen_dir in config.experiment.get("foreign_generators", {}).items():
+                results["targets"][target].setdefault("foreign", {})[name] = run_foreign_generator(
+                    config, workdir, target, name, gen_dir)
+                write_report(results, output_root(config, workdir) / "results", docs)
+        for ftarget, source in config.experiment.get("foreign_targets", {}).items():
+            if source in targets:
+                results["targets"][f"{ftarget}<-{source}"] = run_foreign_target(config, workdir, ftarget, source)
+                write_report(results, output_root(config, workdir) / "results", docs)
     return results
 
 
-def run_also_evaluate(config, workdir: Path, target: str, extra: str) -> dict:
-    """``config.experiment.also_evaluate[target]``: evaluation-only tasks of held-out ``target`` (HumanEval
-    and MBPP for a held-out Python). ``target``'s generator makes an adapter from ``extra``'s own
-    unlabeled test prompts; the baselines are ``target``'s (its zoo LoRA is the oracle)."""
-    from dnd_jax import evaluate, generate
+def _check_extra_targets(config) -> None:
+    """Evaluation-only and cross-domain targets name registered tasks and held-out sources (before compute)."""
+    from dnd_jax import tasks
 
-    root = output_root(config, workdir)
-    adapter_dir = root / "adapters" / f"dnd_{extra}_from_{target}"
+    holdouts = tuple(config.experiment.holdouts) + tuple(config.experiment.cross_domain)
+    for target, extras in config.experiment.get("also_evaluate", {}).items():
+        if target not in holdouts:
+            raise InputError(f"experiment.also_evaluate: '{target}' is not a held-out target {holdouts}")
+        for e in extras:
+            tasks.get_task(e)
+    for ftarget, source in config.experiment.get("foreign_targets", {}).items():
+        tasks.get_task(ftarget)
+        if source not in holdouts:
+            raise InputError(f"experiment.foreign_targets: '{source}' is not a held-out target {holdouts}")
+
+
+def _generate_to(config, gen_dir: Path, prompt_tasks: tuple[str, ...], adapter_dir: Path) -> dict:
+    """The adapter of generator ``gen_dir`` from the unscored prompts (:func:`plan.condition_prompts`) of the
+    first of ``prompt_tasks`` that has enough of them; skipped if already written."""
+    from dnd_jax import generate
+    from dnd_jax.errors import ConfigError
+
     timing_path = adapter_dir / "dnd_generation_timing.json"
     if not timing_path.is_file():
         wall0 = time.perf_counter()
-        gen = generate.Generator.load(root / "generators" / target)
-        timings = {"load_s": gen.load_time_s}
-        prompts = plan.condition_prompts(config, extra)  # never the scored questions
+        prompts, source, errors = None, None, []
+        for task in prompt_tasks:
+            try:
+                prompts, source = plan.condition_prompts(config, task), task
+                break
+            except ConfigError as e:
+                errors.append(str(e))
+        if prompts is None:
+            raise ConfigError("; ".join(errors))
+        gen = generate.Generator.load(gen_dir)
+        timings = {"load_s": gen.load_time_s, "conditions_from": source}
         adapter = gen.generate_many([prompts], seed=int(config.generate.seed), timings=timings)[0]
         adapter.save(adapter_dir, overwrite=True)
         timings["wall_s"] = time.perf_counter() - wall0
         assets.write_json_atomic(timing_path, timings)
+    return json.loads(timing_path.read_text())
+
+
+def run_foreign_generator(config, workdir: Path, target: str, name: str, gen_dir: str) -> dict:
+    """Cross-domain: another experiment's generator (e.g. the commonsense one) makes an adapter from
+    ``target``'s prompts; it is evaluated next to this domain's DnD adapter and the base model."""
+    from dnd_jax import evaluate
+
+    if not (Path(gen_dir) / "config.json").is_file() and not Path(gen_dir).is_dir():
+        print(f"[experiment] foreign generator '{name}' not found at {gen_dir}: skipped (run its experiment first)")
+        return {"skipped": f"no generator at {gen_dir}"}
+    root = output_root(config, workdir)
+    adapter_dir = root / "adapters" / f"dnd_{target}_from_{name}"
+    timing = _generate_to(config, Path(gen_dir), (target,), adapter_dir)
+    report = evaluate.run(config, workdir, target, adapters=[f"dnd={root / 'adapters' / f'dnd_{target}'}",
+                                                             f"dnd_from_{name}={adapter_dir}"],
+                          baseline_names=["base"], out_dir=root / "results" / f"{target}_from_{name}")
+    out = evaluate.summarize(report, f"dnd_from_{name}")
+    return out | {"generator": str(gen_dir), "generate_wall_s": timing["wall_s"]}
+
+
+def run_foreign_target(config, workdir: Path, ftarget: str, source: str) -> dict:
+    """Cross-domain, the reverse: held-out ``source``'s generator (trained on this domain) makes an
+    adapter for another domain's task ``ftarget`` from its prompts; evaluated against the base model."""
+    from dnd_jax import evaluate
+
+    root = output_root(config, workdir)
+    adapter_dir = root / "adapters" / f"dnd_{ftarget}_from_{source}"
+    timing = _generate_to(config, root / "generators" / source, (ftarget,), adapter_dir)
+    result = evaluate.evaluate_target(config, workdir, ftarget, dnd_adapter=adapter_dir, baseline_names=["base"],
+                                      out_dir=root / "results" / f"{ftarget}_from_{source}")
+    return result | {"generator_of": source, "generate_wall_s": timing["wall_s"]}
+
+
+def run_also_evaluate(config, workdir: Path, target: str, extra: str) -> dict:
+    """``config.experiment.also_evaluate[target]``: evaluation-only tasks of held-out ``target`` (HumanEval
+    and MBPP for a held-out Python). ``target``'s generator makes an adapter from ``extra``'s unscored
+    prompts (or, where it has none left, ``target``'s); the baselines are ``target``'s (its zoo LoRA is
+    the oracle)."""
+    from dnd_jax import evaluate
+
+    root = output_root(config, workdir)
+    adapter_dir = root / "adapters" / f"dnd_{extra}_from_{target}"
+    # HumanEval scores all its 164 problems: its conditions are then the held-out language's unscored prompts.
+    timing = _generate_to(config, root / "generators" / target, (extra, target), adapter_dir)
     t0 = time.perf_counter()
     result = evaluate.evaluate_target(config, workdir, extra, training_tasks=training_tasks(config, target),
                                       dnd_adapter=adapter_dir, out_dir=root / "results" / extra, oracle_task=target)
     _stage_log(root, f"evaluate/{extra}", time.perf_counter() - t0)
-    return result | {"held_out": target}
+    return result | {"held_out": target, "conditions_from": timing["conditions_from"]}
 
 
 def write_report(results: dict, out_dir: Path, docs: str = "") -> None:

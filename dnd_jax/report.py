@@ -20,11 +20,21 @@ COLUMNS = (
 )
 
 
-def _cell(entry: dict | None) -> str:
+def _scale(metric: str) -> tuple[float, int]:
+    """Display scale and digits: accuracies in percent; bpb (stored as minus bits per byte) as bits."""
+    from dnd_jax.evaluate import metric_scale
+
+    s = metric_scale(metric)
+    return s, (1 if abs(s) >= 10 else 3)
+
+
+def _cell(entry: dict | None, metric: str = "cloze") -> str:
     if not entry or entry.get("acc") is None:
         return "–"
+    s, d = _scale(metric)
     ci = entry.get("ci")
-    return f"{100 * entry['acc']:.1f}" + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else "")
+    lo, hi = sorted((s * ci[0], s * ci[1])) if ci else (0, 0)
+    return f"{s * entry['acc']:.{d}f}" + (f" [{lo:.{d}f}, {hi:.{d}f}]" if ci else "")
 
 
 def markdown(results: dict) -> str:
@@ -32,13 +42,14 @@ def markdown(results: dict) -> str:
     metrics = sorted({m for t in results["targets"].values() for s in t["systems"].values() for m in s
                       if isinstance(s.get(m), dict)})
     for metric in metrics:
-        lines.append(f"### {metric} accuracy (%) with 95% bootstrap CI\n")
+        what = "bits per byte of the gold solution (lower is better)" if metric == "bpb" else f"{metric} (%)"
+        lines.append(f"### {what} with 95% bootstrap CI\n")
         lines.append("| target | n | " + " | ".join(title for _, title in COLUMNS) + " |")
         lines.append("|---" * (len(COLUMNS) + 2) + "|")
         for target, res in results["targets"].items():
             systems = res["systems"]
             n = (systems.get("dnd") or systems.get("base") or {}).get(metric, {}).get("n", "")
-            row = [_cell((systems.get(key) or {}).get(metric)) for key, _ in COLUMNS]
+            row = [_cell((systems.get(key) or {}).get(metric), metric) for key, _ in COLUMNS]
             lines.append(f"| {target} | {n} | " + " | ".join(row) + " |")
         lines.append("")
     lines.append("\\* best training LoRA is chosen on the test set itself: an optimistic reference, not a method.\n")
@@ -58,8 +69,10 @@ def markdown(results: dict) -> str:
         for t, comps in paired.items():
             for name, per_metric in comps.items():
                 for metric, d in per_metric.items():
-                    lines.append(f"| {t} | {name} | {metric} | {100 * d['diff']:+.1f} | "
-                                 f"[{100 * d['ci'][0]:+.1f}, {100 * d['ci'][1]:+.1f}] | {d['p_le_0']:.3f} |")
+                    s, k = _scale(metric)
+                    lo, hi = sorted((s * d["ci"][0], s * d["ci"][1]))
+                    lines.append(f"| {t} | {name} | {metric} | {s * d['diff']:+.{k}f} | "
+                                 f"[{lo:+.{k}f}, {hi:+.{k}f}] | {d['p_le_0']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -80,13 +93,15 @@ def figure(results: dict, path: Path, metric: str = "cloze") -> None:
             e = (results["targets"][t]["systems"].get(key) or {}).get(metric) or {}
             a = e.get("acc", np.nan)
             ci = e.get("ci") or (a, a)
-            accs.append(100 * a)
-            lo.append(100 * (a - ci[0]))
-            hi.append(100 * (ci[1] - a))
+            s = _scale(metric)[0]
+            ends = sorted((s * ci[0], s * ci[1]))
+            accs.append(s * a)
+            lo.append(s * a - ends[0])
+            hi.append(ends[1] - s * a)
         x = np.arange(len(targets)) + (j - (len(keys) - 1) / 2) * width
         ax.bar(x, accs, width, yerr=[lo, hi], capsize=2, label=title)
     ax.set_xticks(np.arange(len(targets)), targets)
-    ax.set_ylabel(f"{metric} accuracy (%)")
+    ax.set_ylabel("bits per byte (lower is better)" if metric == "bpb" else f"{metric} accuracy (%)")
     ax.set_title(f"Held-out tasks: DnD vs baselines ({metric}, 95% CI)")
     ax.legend(fontsize=7, ncol=4)
     fig.tight_layout()
@@ -106,7 +121,8 @@ def write(results: dict, out_dir: str | Path) -> None:
     tmp.write_text(md)
     tmp.replace(out_dir / "results.md")
     if slim["targets"]:
-        figure(slim, out_dir / "results.png")
+        present = {m for t in slim["targets"].values() for s in t["systems"].values() for m in s}
+        figure(slim, out_dir / "results.png", "cloze" if "cloze" in present or not present else sorted(present)[0])
 
 
 def slim_results(results: dict) -> dict:

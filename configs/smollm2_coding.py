@@ -1,0 +1,71 @@
+"""SmolLM2-135M-Instruct, coding: a zoo of LoRAs on MBPP in 8 programming languages, leave-one-language-out.
+
+Zoo: rank-8 all-linear LoRAs trained on the MBPP problems of the ``train`` ids (299 per language;
+the 200 ``test`` ids are never trained on in any language, see ``dnd_jax.task_sources.math_code``),
+prompt "<problem>\\n```<language>\\n", loss on the solution (code + closing fence) only, sequences
+cut to 256 tokens (the problem keeps its last <= 128 tokens, the solution loses its tail; 2-6% of
+the examples are longer). 40 steps of batch 8, then 20 more keeping a checkpoint at each.
+
+Held out in turn: Python (evaluated on mt_mbpp_python, and on HumanEval and MBPP in Python, where the
+Python generator makes an adapter from those benchmarks' own unlabeled prompts and Python's zoo LoRA
+is the oracle), JavaScript (TypeScript is in the zoo) and Rust. Metrics: bits per byte of the gold
+solution (primary; n = 200 test problems, HumanEval all 164), pass@1 for HumanEval and MBPP (greedy,
+at most ``eval.max_new_tokens`` new tokens, executed against the tests in ``dnd_jax.sandbox``).
+
+    python -m dnd_jax.experiment --config configs/smollm2_coding.py --workdir workdir/coding --docs docs/results/coding
+
+Resumable: rerun the same command after an interruption. Unit costs and projected times are in
+``docs/results/coding/README.md``.
+"""
+import ml_collections
+
+from configs import common
+
+LANGUAGES = ("python", "javascript", "typescript", "java", "cpp", "go", "rust", "php")
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    config = common.get_config()
+    config.base_model = dict(kind="smollm2")
+    config.tasks = tuple(f"mt_mbpp_{lang}" for lang in LANGUAGES)
+    config.answer_format = "cloze"  # ignored by generative tasks (the answer is the gold solution)
+
+    # --- zoo (collect) ---
+    config.lora = dict(r=8, alpha=16, dropout=0.0, target_modules=common.LLAMA_ALL_LINEAR)
+    config.zoo.max_train_examples = 0
+    config.zoo.max_len = 256
+    config.zoo.batch_size = 8
+    config.zoo.lr = 3e-4
+    config.zoo.warmup_steps = 5
+    config.zoo.pretrain_steps = 40
+    config.zoo.save_steps = 20
+    config.zoo.save_every = 1
+    config.zoo.num_prompts_saved = 512
+
+    # --- generator (train): the commonsense architecture (same LoRA shapes -> same 1590 x (192, 8) tokens) ---
+    config.conditions.num_prompts = 32
+    config.conditions.max_len = 32  # coding prompts are 20-25 tokens: whole
+    config.conditions.noise = 0.0
+    config.layout.token_shape = (192, 8)
+    config.layout.normalization = "per_element"
+    config.model.hidden_shapes = ((32, 32, 64), (64, 64, 32))
+    config.model.kernel_size = 3
+    config.batch_size = 4
+    config.total_steps = 400
+    config.lr = 1e-2
+    config.warmup_steps = 50
+    config.weight_decay = 1e-4
+    config.log_steps = 10
+    config.eval_steps = 100
+    config.ckpt_steps = 100
+    config.keep_ckpts = 2
+    config.val_checkpoints_per_task = 1
+
+    # --- experiment ---
+    config.experiment.holdouts = ("mt_mbpp_python", "mt_mbpp_javascript", "mt_mbpp_rust")
+    config.experiment.also_evaluate = {"mt_mbpp_python": ("codex_humaneval", "codex_mbpp")}
+    config.eval.limit = 200
+    config.eval.batch_size = 8
+    config.eval.metrics = ("bpb", "pass@1")
+    config.eval.max_new_tokens = 128  # greedy pass@1 generation budget (HumanEval gold bodies: median 48 tokens)
+    return common.apply_arg(config, arg)

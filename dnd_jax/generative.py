@@ -1,0 +1,181 @@
+"""Metrics of generative tasks (math, code): bits per byte, greedy solutions, exact match, pass@1.
+
+- ``bpb``: bits per byte of the **gold** solution under the model, per example:
+  ``-sum(log p(gold tokens | context)) / (ln 2 * UTF-8 bytes of the scored gold text)``. Lower is
+  better. It moves even where a 135M model solves nothing, and it is per example, so the registry's
+  paired bootstrap compares two systems exactly as for accuracy. Sequences longer than ``max_len``
+  tokens: the context keeps its last ``min(len, max_len // 2)`` tokens, the gold solution fills the
+  rest and loses its tail; the bytes counted are those of the scored prefix (decoded), and the
+  number of truncated examples is reported.
+- ``exact_match`` (GSM8K; the MATH subjects): greedy decoding (``max_new_tokens``), cut at the task's
+  stop sequences, final answer parsed (GSM8K: the number after "the answer is", else the last number;
+  MATH: the last ``\\boxed{}``) and compared with the gold answer.
+- ``pass@1`` (HumanEval, MBPP in Python): the greedy solution, cut at the stop sequences, run with
+  the task's tests in :mod:`dnd_jax.sandbox`; 1 if it exits cleanly within the limits.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from dnd_jax import sandbox, scoring
+from dnd_jax import tasks as tasks_lib
+
+LN2 = math.log(2.0)
+BPB_MAX_LEN = 1024  # tokens per scored sequence (context + gold)
+MAX_PROMPT_LEN = 768  # prompt tokens kept for generation
+SANDBOX_LIMITS = sandbox.Limits(timeout_s=5.0, memory_mb=512)
+# Everything besides the model and examples that decides a result (goes into the evaluation cache key).
+SETTINGS = {"version": 1, "bpb_max_len": BPB_MAX_LEN, "max_prompt_len": MAX_PROMPT_LEN,
+            "sandbox": dataclasses.asdict(SANDBOX_LIMITS)}
+
+
+def encode_gold(tokenizer, ex: tasks_lib.Example, max_len: int) -> tuple[list[int], int, int, bool]:
+    """(context + kept gold ids, number of kept gold tokens, bytes of the kept gold text, truncated?)."""
+    ctx = tokenizer(tasks_lib.cloze_context(ex), add_special_tokens=False)["input_ids"]
+    gold_text = tasks_lib.gold_continuation(ex)
+    gold = tokenizer(gold_text, add_special_tokens=False)["input_ids"]
+    if not gold:
+        raise ValueError(f"{ex.task}/{ex.id}: empty gold continuation")
+    truncated = len(ctx) + len(gold) > max_len
+    if truncated:
+        gold = gold[: max_len - min(len(ctx), max_len // 2)]
+        ctx = ctx[max(0, len(ctx) - (max_len - len(gold))):]
+        n_bytes = len(tokenizer.decode(gold).encode("utf-8"))
+    else:
+        n_bytes = len(gold_text.encode("utf-8"))
+    if not ctx:
+        raise ValueError(f"{ex.task}/{ex.id}: no context left after truncation to {max_len} tokens")
+    return list(ctx) + list(gold), len(gold), max(1, n_bytes), truncated
+
+
+def bits_per_byte(model, tokenizer, examples: Sequence[tasks_lib.Example], max_len: int = 1024,
+                  token_budget: int = 4096, progress: bool = True) -> dict:
+    """Per example ``bpb``, ``loglik`` (nats), ``bytes``, ``tokens`` and ``truncated`` (lists, input order).
+
+    Examples are batched by length until a batch holds ``token_budget`` padded tokens.
+    """
+    import torch
+
+    max_len = min(max_len, getattr(getattr(model, "config", None), "max_position_embeddings", None) or max_len)
+    encoded = [encode_gold(tokenizer, ex, max_len) for ex in examples]
+    order = sorted(range(len(examples)), key=lambda i: -len(encoded[i][0]))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    loglik = [0.0] * len(examples)
+    bar = tqdm(total=len(examples), desc="bpb", disable=not progress, leave=False)
+    with torch.inference_mode():
+        b = 0
+        while b < len(order):
+            width = len(encoded[order[b]][0])
+            k = max(1, token_budget // width)
+            idx = order[b : b + k]
+            sums = scoring._continuation_logprobs(model, [(encoded[i][0], encoded[i][1]) for i in idx], pad_id)
+            for i, s in zip(idx, sums, strict=True):
+                loglik[i] = s
+            bar.update(len(idx))
+            b += k
+    bar.close()
+    n_bytes = [e[2] for e in encoded]
+    bpb = [-ll / (LN2 * nb) for ll, nb in zip(loglik, n_bytes, strict=True)]
+    if not all(np.isfinite(bpb)):
+        raise FloatingPointError("non-finite bits per byte: the model's log-probabilities are not finite")
+    return {"bpb": bpb, "loglik": loglik, "bytes": n_bytes, "tokens": [e[1] for e in encoded],
+            "truncated": [int(e[3]) for e in encoded]}
+
+
+def greedy_solutions(model, tokenizer, examples: Sequence[tasks_lib.Example], stops: Sequence[str],
+                     max_new_tokens: int, batch_size: int = 8, max_prompt_len: int = 768,
+                     progress: bool = True) -> list[str]:
+    """Greedy continuations of each example's context, cut at the first stop sequence.
+
+    Left padding (every row's last prompt token at the same position); prompts longer than
+    ``max_prompt_len`` tokens keep their last ``max_prompt_len`` tokens.
+    """
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    prompts = [tokenizer(tasks_lib.cloze_context(ex), add_special_tokens=False)["input_ids"][-max_prompt_len:]
+               for ex in examples]
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    out: list[str] = [""] * len(prompts)
+    bar = tqdm(total=len(prompts), desc="generate", disable=not progress, leave=False)
+
+    class StopOnStrings(StoppingCriteria):
+        """A row is done once its new text contains a stop sequence."""
+
+        def __init__(self, prompt_width: int):
+            self.width = prompt_width
+
+        def __call__(self, input_ids, scores, **kwargs):
+            texts = tokenizer.batch_decode(input_ids[:, self.width:], skip_special_tokens=True)
+            return torch.tensor([any(s in t for s in stops) for t in texts], dtype=torch.bool)
+
+    with torch.inference_mode():
+        for b in range(0, len(order), batch_size):
+            idx = order[b : b + batch_size]
+            width = max(len(prompts[i]) for i in idx)
+            input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+            attention = torch.zeros((len(idx), width), dtype=torch.long)
+            for r, i in enumerate(idx):
+                input_ids[r, width - len(prompts[i]):] = torch.tensor(prompts[i])
+                attention[r, width - len(prompts[i]):] = 1
+            gen = model.generate(
+                input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens, do_sample=False,
+                num_beams=1, temperature=None, top_p=None, top_k=None, pad_token_id=pad_id,
+                stopping_criteria=StoppingCriteriaList([StopOnStrings(width)]),
+            )
+            texts = tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)
+            for r, i in enumerate(idx):
+                out[i] = truncate_at_stop(texts[r], stops)
+            bar.update(len(idx))
+    bar.close()
+    return out
+
+
+def truncate_at_stop(text: str, stops: Sequence[str]) -> str:
+    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=len(text))
+    return text[:cut]
+
+
+def exact_match_scores(examples: Sequence[tasks_lib.Example], texts: Sequence[str]) -> dict:
+    from dnd_jax.task_sources import math_code
+
+    rows = [math_code.exact_match(ex.task, ex.id, t) for ex, t in zip(examples, texts, strict=True)]
+    return {"correct": [c for c, _ in rows], "pred": [p for _, p in rows],
+            "valid": [int(p is not None) for _, p in rows]}
+
+
+def pass_at_1_scores(examples: Sequence[tasks_lib.Example], texts: Sequence[str],
+                     limits: sandbox.Limits = sandbox.Limits(), workers: int = 2) -> dict:
+    from dnd_jax.task_sources import math_code
+
+    programs = [math_code.python_program(ex.task, ex.id, t) for ex, t in zip(examples, texts, strict=True)]
+    results = sandbox.run_many(programs, limits, workers)
+    return {"correct": [int(r.passed) for r in results], "status": [r.status for r in results]}
+
+
+def score(model, tokenizer, examples: Sequence[tasks_lib.Example], metric: str, *, max_new_tokens: int,
+          batch_size: int = 8, progress: bool = True) -> dict:
+    """The per-example record of one metric (``correct`` is higher-is-better: minus bpb for ``bpb``)."""
+    from dnd_jax.task_sources import math_code
+
+    if metric == "bpb":
+        r = bits_per_byte(model, tokenizer, examples, BPB_MAX_LEN, progress=progress)
+        return {"correct": [-x for x in r["bpb"]], **r}
+    if not examples:
+        return {"correct": [], "texts": []}
+    task = examples[0].task
+    if any(ex.task != task for ex in examples):
+        raise ValueError("generation metrics score one task at a time")
+    texts = greedy_solutions(model, tokenizer, examples, math_code.stop_sequences(task), max_new_tokens,
+                             batch_size=batch_size, max_prompt_len=MAX_PROMPT_LEN, progress=progress)
+    if metric == "exact_match":
+        return exact_match_scores(examples, texts) | {"texts": texts}
+    if metric == "pass@1":
+        return pass_at_1_scores(examples, texts, SANDBOX_LIMITS) | {"texts": texts}
+    raise ValueError(f"unknown generative metric '{metric}' (bpb, exact_match, pass@1)")

@@ -1,0 +1,263 @@
+"""Generative math/code tasks: registry and splits, answer parsing, gold programs pass, bpb by hand,
+truncation, LoRA loss on solution tokens only, and the evaluation of bpb / exact match / pass@1."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dnd_jax import base_model, evaluate, generative, lora_train, sandbox, tasks
+from dnd_jax.task_sources import math_code
+
+# --- registry and splits (real data files; reading them takes ~1 s) -----------------------------------
+
+
+def test_generative_tasks_are_registered_with_documented_splits():
+    sizes = tasks.split_sizes(["gsm8k", "minerva_math_algebra", "minerva_math_counting_and_probability",
+                               "basic_skills_arithmetic_gen", "mt_mbpp_rust", "codex_mbpp", "codex_humaneval"])
+    assert sizes["gsm8k"] == {"train": 819, "test": 500}
+    assert sizes["minerva_math_algebra"] == {"train": 987, "test": 200}
+    assert sizes["minerva_math_counting_and_probability"] == {"train": 274, "test": 200}
+    assert sizes["codex_humaneval"] == {"train": 0, "test": 164}
+    assert sizes["mt_mbpp_rust"]["test"] == sizes["codex_mbpp"]["test"] == 200
+    for name in math_code.MATH_TASKS + math_code.CODE_TASKS:
+        assert tasks.get_task(name).kind == "generative"
+    assert tasks.get_task("arc_e").kind == "choice"  # existing tasks unchanged
+    assert {tasks.family(t) for t in ("mt_mbpp_python", "codex_mbpp", "codex_humaneval")} == {"python"}
+    assert tasks.family("mt_mbpp_rust") == "mt_mbpp_rust"
+
+
+def test_mbpp_problems_split_by_id_across_languages():
+    test_ids = math_code.mbpp_test_ids()
+    assert len(test_ids) == math_code.MBPP_TEST_SIZE
+    for name in ("codex_mbpp", "mt_mbpp_python", "mt_mbpp_rust", "mt_mbpp_haskell"):
+        train = {int(e.id) for e in tasks.load_examples(name, "train")}
+        test = {int(e.id) for e in tasks.load_examples(name, "test")}
+        assert test == set(test_ids) and not train & set(test_ids)
+
+
+def test_training_pair_is_the_gold_solution_verbatim():
+    ex = tasks.load_examples("mt_mbpp_rust", "train")[0]
+    ctx, ans = tasks.training_pair(ex, "cloze", None)
+    assert ctx == ex.prompt + "\n" and ctx.endswith("```rust\n")
+    assert ans == ex.choices[0] and ans.endswith("\n```") and "\r" not in ans
+    he = tasks.load_examples("codex_humaneval", "test")[0]
+    assert tasks.training_pair(he, "mc", None) == (he.prompt, he.choices[0])  # answer_format is ignored
+    assert he.choices[0].startswith("    ")  # indentation kept
+    g = tasks.load_examples("gsm8k", "test")[0]
+    ctx, ans = tasks.training_pair(g, "cloze", None)
+    assert ctx.startswith("Question: ") and ctx.endswith("\nAnswer:") and ans.startswith(" ") and "answer is" in ans
+
+
+# --- answers --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("She has 3 + 4 = 7 apples. So the answer is 7.", "7"),
+    ("So the answer is $1,250.", "1250"),
+    ("The answer is -3.50 dollars", "-3.5"),
+    ("#### 42", "42"),
+    ("first 12 then 15", "15"),
+    ("no numbers here", None),
+])
+def test_gsm8k_prediction(text, expected):
+    assert math_code.gsm8k_prediction(text) == expected
+
+
+def test_math_answers():
+    assert math_code.boxed_answer("so $\\boxed{\\frac{1}{2}}$.") == "\\frac{1}{2}"
+    assert math_code.boxed_answer("no box") is None
+    assert math_code.math_prediction("thus \\boxed{ \\dfrac{1}{2} }") == "\\frac{1}{2}"
+    assert math_code.math_prediction("Final Answer: The final answer is $24$. I hope") == "24"
+    g = tasks.load_examples("gsm8k", "test")[0]
+    gold_num = math_code.problem_info("gsm8k")[g.id]["answer"]
+    assert math_code.exact_match("gsm8k", g.id, g.choices[0]) == (1, math_code.normalize_number(gold_num))
+    assert math_code.exact_match("gsm8k", g.id, "So the answer is 123456789.")[0] == 0
+    m = tasks.load_examples("minerva_math_algebra", "test")[0]
+    assert math_code.exact_match("minerva_math_algebra", m.id, m.choices[0])[0] == 1
+
+
+def test_gold_python_solutions_pass_and_wrong_ones_fail():
+    limits = sandbox.Limits(timeout_s=10.0)
+    for task in ("codex_humaneval", "codex_mbpp"):
+        exs = tasks.load_examples(task, "test", limit=8)
+        gold = [math_code.python_program(task, e.id, generative.truncate_at_stop(e.choices[0], ("\n```",)))
+                for e in exs]
+        assert all(r.passed for r in sandbox.run_many(gold, limits)), task
+        wrong = [math_code.python_program(task, e.id, "    return None\n" if task == "codex_humaneval" else
+                                          "def nothing():\n    pass\n") for e in exs]
+        assert not any(r.passed for r in sandbox.run_many(wrong, limits)), task
+
+
+# --- bpb and truncation on a tiny random model --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_base):
+    return base_model.load(tiny_base)
+
+
+def _hand_bpb(model, tok, ex):
+    ctx = tok(tasks.cloze_context(ex), add_special_tokens=False)["input_ids"]
+    gold = tok(tasks.gold_continuation(ex), add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([ctx + gold])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits[0].double(), -1)
+    ll = sum(float(logp[len(ctx) + j - 1, t]) for j, t in enumerate(gold))
+    return -ll / (math.log(2) * len(tasks.gold_continuation(ex).encode()))
+
+
+def test_bpb_equals_hand_computation_batched(tiny):
+    model, tok = tiny
+    exs = tasks.load_examples("mt_mbpp_rust", "test", limit=3) + tasks.load_examples("gsm8k", "test", limit=2)
+    r = generative.bits_per_byte(model, tok, exs, max_len=4096, token_budget=700, progress=False)
+    assert r["truncated"] == [0] * 5
+    np.testing.assert_allclose(r["bpb"], [_hand_bpb(model, tok, e) for e in exs], rtol=1e-4)
+    assert all(b > 0 for b in r["bpb"])
+
+
+def test_bpb_truncation_keeps_context_and_scores_the_solution_head(tiny):
+    model, tok = tiny
+    ex = tasks.load_examples("minerva_math_algebra", "test")[0]
+    ids, n_gold, n_bytes, truncated = generative.encode_gold(tok, ex, max_len=64)
+    assert truncated and len(ids) == 64 and n_gold == 32  # context keeps max_len // 2 tokens
+    gold_ids = tok(tasks.gold_continuation(ex), add_special_tokens=False)["input_ids"]
+    assert ids[-n_gold:] == gold_ids[:n_gold]
+    assert n_bytes == len(tok.decode(gold_ids[:n_gold]).encode())
+    r = generative.bits_per_byte(model, tok, [ex], max_len=64, progress=False)
+    assert r["truncated"] == [1] and r["bytes"] == [n_bytes] and np.isfinite(r["bpb"][0])
+
+
+def test_encode_pairs_truncation_rules():
+    from dnd_jax.base_model import byte_tokenizer
+
+    tok = byte_tokenizer()
+    ctx, ans = "c" * 50, "a" * 100
+    [(ids, n)] = lora_train.encode_pairs(tok, [(ctx, ans)], max_len=64)  # choice rule: answer first
+    assert n == 64 and len(ids) == 64
+    [(ids, n)] = lora_train.encode_pairs(tok, [(ctx, ans)], max_len=64, min_context=32)  # generative rule
+    assert n == 32 and len(ids) == 64 and ids[:32] == tok(ctx, add_special_tokens=False)["input_ids"][-32:]
+    [(ids, n)] = lora_train.encode_pairs(tok, [("c" * 10, ans)], max_len=64, min_context=32)
+    assert n == 54 and len(ids) == 64  # a short context leaves the rest to the solution
+    [(ids2, n2)] = lora_train.encode_pairs(tok, [("c" * 10, "a" * 20)], max_len=64, min_context=32)
+    [(ids3, n3)] = lora_train.encode_pairs(tok, [("c" * 10, "a" * 20)], max_len=64)
+    assert (ids2, n2) == (ids3, n3)  # both rules agree when everything fits
+
+
+def test_lora_on_generative_task_trains_on_solution_tokens_only(tiny_base):
+    model, tok = base_model.load(tiny_base)
+    exs = tasks.load_examples("mt_mbpp_rust", "train", limit=4)
+    pairs = [tasks.training_pair(e, "cloze", tok) for e in exs]
+    enc = lora_train.encode_pairs(tok, pairs, max_len=128, min_context=64)
+    batch = lora_train.collate(enc, tok.pad_token_id)
+    for row, (ids, n) in zip(batch.labels, enc, strict=True):
+        assert int((row != -100).sum()) == n
+        assert row[len(ids) - n : len(ids)].tolist() == ids[len(ids) - n :]
+    lora = lora_train.make_lora_model(model, 4, 8, 0.0, ("q_proj", "v_proj", "up_proj", "down_proj"), seed=0)
+    before = generative.bits_per_byte(lora, tok, exs, max_len=128, progress=False)["bpb"]
+    out = lora_train.train_lora(lora, tok, exs, answer_format="cloze", max_len=128, batch_size=4, lr=1e-2,
+                                weight_decay=0.0, warmup_steps=1, total_steps=15, seed=0,
+                                keep_step=lambda s: False, on_keep=lambda *a: None)
+    after = generative.bits_per_byte(lora, tok, exs, max_len=128, progress=False)["bpb"]
+    assert out["losses"][-1] < out["losses"][0]
+    assert np.mean(after) < np.mean(before)
+
+
+# --- evaluation -------------------------------------------------------------------------------------------
+
+
+def test_applicable_metrics():
+    ms = ["cloze", "mc", "bpb", "exact_match", "pass@1"]
+    assert evaluate.applicable_metrics("arc_e", ms) == ["cloze", "mc"]
+    assert evaluate.applicable_metrics("gsm8k", ms) == ["bpb", "exact_match"]
+    assert evaluate.applicable_metrics("codex_humaneval", ms) == ["bpb", "pass@1"]
+    assert evaluate.applicable_metrics("mt_mbpp_rust", ms) == ["bpb"]
+
+
+def test_evaluate_generative_metrics_cached_and_reported(tiny_base, tmp_path):
+    cache = tmp_path / "cache"
+    res = evaluate.evaluate_adapter_metrics(tiny_base, None, "codex_humaneval", ["bpb", "pass@1"], limit=3,
+                                            batch_size=4, cache_dir=cache, max_new_tokens=6, progress=False)
+    bpb, p1 = res["bpb"], res["pass@1"]
+    assert bpb["n"] == p1["n"] == 3 and not bpb["cached"]
+    assert all(c < 0 for c in bpb["correct"]) and np.allclose(bpb["correct"], [-b for b in bpb["bpb"]])
+    assert p1["correct"] == [0, 0, 0] and len(p1["texts"]) == 3  # a random model writes no working code
+    again = evaluate.evaluate_adapter_metrics(tiny_base, None, "codex_humaneval", ["bpb", "pass@1"], limit=3,
+                                              batch_size=4, cache_dir=cache, max_new_tokens=6, progress=False)
+    assert again["bpb"]["cached"] and again["bpb"]["correct"] == bpb["correct"]
+    em = evaluate.evaluate_adapter(tiny_base, None, "gsm8k", "exact_match", limit=2, batch_size=2, cache_dir=None,
+                                   max_new_tokens=4, progress=False)
+    assert em["n"] == 2 and set(em["correct"]) <= {0, 1}
+    from dnd_jax import baselines
+
+    report = evaluate.evaluate_systems(tiny_base, [baselines.System("base", "base")], "codex_humaneval",
+                                       metrics=["bpb"], limit=3, cache_dir=cache, out_dir=tmp_path / "out",
+                                       progress=False)
+    md = (tmp_path / "out" / "results.md").read_text()
+    mean_bpb = float(np.mean(bpb["bpb"]))
+    assert f"| base | {mean_bpb:.3f} |" in md and "bits per byte" in md
+    assert report["results"]["bpb"]["base"]["accuracy"] == pytest.approx(-mean_bpb)
+
+
+# --- the experiment on generative tasks, tiny model -------------------------------------------------
+
+
+def test_coding_experiment_end_to_end_tiny(tmp_path):
+    """Leave-one-language-out on a tiny model: zoo, generator, DnD adapter, baselines, bpb + pass@1,
+    HumanEval evaluated with Python's generator and Python's LoRA as oracle; a rerun is free."""
+    from configs import tiny
+    from dnd_jax import experiment
+
+    config = tiny.get_config()
+    config.tasks = ("mt_mbpp_python", "mt_mbpp_rust", "mt_mbpp_go")
+    config.total_steps = 10
+    config.ckpt_steps = 10
+    config.experiment.holdouts = ("mt_mbpp_python",)
+    config.experiment.also_evaluate = {"mt_mbpp_python": ("codex_humaneval",)}
+    # cross-domain both ways: a "foreign" generator (here: this run's own, so its adapter must score the
+    # same as DnD's) on the coding target, and the Python generator on a commonsense task
+    config.experiment.foreign_generators = {"same": str(tmp_path / "w" / "generators" / "mt_mbpp_python")}
+    config.experiment.foreign_targets = {"piqa": "mt_mbpp_python"}
+    config.eval.metrics = ("bpb", "pass@1", "cloze")  # cloze applies to piqa only, bpb to the code tasks
+    config.experiment.baselines = ("base", "merged", "oracle")  # every baseline: tests/test_experiment.py
+    config.eval.limit = 4
+    config.eval.max_new_tokens = 4
+    config.eval.bootstrap = 100
+    docs = tmp_path / "docs"
+    results = experiment.run(config, tmp_path / "w", docs=str(docs))
+    py, he = results["targets"]["mt_mbpp_python"], results["targets"]["codex_humaneval"]
+    for name in ("base", "merged", "oracle", "dnd"):
+        assert py["systems"][name]["bpb"]["n"] == 4 and py["systems"][name]["bpb"]["acc"] < 0, name
+        assert "pass@1" not in py["systems"][name] and "cloze" not in py["systems"][name]
+        assert he["systems"][name]["pass@1"]["acc"] == 0.0 and he["systems"][name]["bpb"]["n"] == 4, name
+    assert he["system_info"]["oracle"]["source_task"] == "mt_mbpp_python" and he["held_out"] == "mt_mbpp_python"
+    assert he["conditions_from"] == "codex_humaneval"  # its unscored problems (limit 4); see the next test
+    same = py["foreign"]["same"]["systems"]
+    assert same["dnd_from_same"]["bpb"]["correct"] == same["dnd"]["bpb"]["correct"] == py["systems"]["dnd"]["bpb"]["correct"]
+    piqa = results["targets"]["piqa<-mt_mbpp_python"]["systems"]
+    assert set(piqa) == {"base", "dnd"} and piqa["dnd"]["cloze"]["n"] == 4 and "bpb" not in piqa["dnd"]
+    assert set(he["system_info"]["merged"]["source_tasks"]) == {"mt_mbpp_rust", "mt_mbpp_go"}
+    md = (docs / "results.md").read_text()
+    assert "bits per byte" in md and "| codex_humaneval |" in md
+    again = experiment.run(config, tmp_path / "w")
+    for t in ("mt_mbpp_python", "codex_humaneval"):
+        entry = again["targets"][t]["systems"]["dnd"]["bpb"]
+        assert entry["cached"] and entry["correct"] == results["targets"][t]["systems"]["dnd"]["bpb"]["correct"]
+    print(json.loads((tmp_path / "w" / "experiment_stages.json").read_text()))
+
+
+def test_condition_prompts_never_scored_for_code_targets():
+    """With the coding config's limit (200), HumanEval scores all 164 problems: it has no unscored prompts,
+    so its adapter is conditioned on the held-out language's (Python's) unscored prompts instead."""
+    from configs import smollm2_coding
+    from dnd_jax import plan
+    from dnd_jax.errors import ConfigError
+
+    config = smollm2_coding.get_config()
+    with pytest.raises(ConfigError):
+        plan.condition_prompts(config, "codex_humaneval")
+    py = plan.condition_prompts(config, "mt_mbpp_python")
+    assert py == [e.prompt for e in tasks.load_examples("mt_mbpp_python", "train")]  # no test problem
+    mbpp = plan.condition_prompts(config, "codex_mbpp")
+    assert not set(mbpp) & {e.prompt for e in tasks.load_examples("codex_mbpp", "test")}
