@@ -143,8 +143,8 @@ class BertEncoder:
     def __call__(self, prompts: Sequence[str], max_len: int, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
         """``(P, max_len, C)`` float32 token embeddings (zeros past each prompt) and ``(P,)`` lengths.
 
-        Batches are padded to power-of-two shapes (masked: padding changes no real token's value),
-        so a handful of compiled programs serve every call.
+        Batches are padded to power-of-two rows and a multiple of 8 tokens (masked: padding changes
+        no real token's value beyond float rounding), so a handful of compiled programs serve every call.
         """
         ids = self.token_ids(prompts, max_len)
         c = self.weights["embeddings.word_embeddings.weight"].shape[1]
@@ -154,7 +154,7 @@ class BertEncoder:
         rows = min(_pow2(len(ids)), _pow2(batch_size))
         for s in range(0, len(order), rows):
             idx = order[s:s + rows]
-            t = min(_pow2(int(counts[idx].max())), int(max_len))
+            t = min(-(-int(counts[idx].max()) // 8) * 8, int(max_len))  # tokens: a multiple of 8
             batch = np.zeros((rows, t), np.int32)
             mask = np.zeros((rows, t), np.float32)
             for j, i in enumerate(idx):
