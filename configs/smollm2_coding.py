@@ -66,6 +66,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.experiment.also_evaluate = {"mt_mbpp_python": ("codex_humaneval", "codex_mbpp")}
     config.eval.limit = 200
     config.eval.batch_size = 8
-    config.eval.metrics = ("bpb", "pass@1")
+    config.eval.metrics = ("bpb", "pass@1", "cloze")  # cloze: the commonsense cross-domain target only
     config.eval.max_new_tokens = 128  # greedy pass@1 generation budget (HumanEval gold bodies: median 48 tokens)
+    # Cross-domain, both ways: the commonsense generator (trained on all 7 commonsense tasks: the SciQ
+    # cross-domain generator of configs/smollm2_commonsense.py; skipped with a message if absent) makes
+    # adapters for this domain's held-out targets, and Python's generator (trained on this domain's
+    # other tasks) makes one for ARC-Challenge, scored by cloze accuracy against the base model.
+    config.experiment.foreign_generators = {"commonsense": "workdir/smollm2/generators/sciq"}
+    config.experiment.foreign_targets = {"arc_c": "mt_mbpp_python"}
     return common.apply_arg(config, arg)

@@ -64,6 +64,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.experiment.holdouts = ("gsm8k", "minerva_math_prealgebra")
     config.eval.limit = 200
     config.eval.batch_size = 8
-    config.eval.metrics = ("bpb", "exact_match")
+    config.eval.metrics = ("bpb", "exact_match", "cloze")  # cloze: the commonsense cross-domain target only
     config.eval.max_new_tokens = 192  # GSM8K gold solutions: median 91, p90 153 tokens
+    # Cross-domain, both ways: the commonsense generator (trained on all 7 commonsense tasks: the SciQ
+    # cross-domain generator of configs/smollm2_commonsense.py; skipped with a message if absent) makes
+    # adapters for this domain's held-out targets, and GSM8K's generator (trained on this domain's
+    # other tasks) makes one for ARC-Challenge, scored by cloze accuracy against the base model.
+    config.experiment.foreign_generators = {"commonsense": "workdir/smollm2/generators/sciq"}
+    config.experiment.foreign_targets = {"arc_c": "gsm8k"}
     return common.apply_arg(config, arg)

@@ -161,7 +161,7 @@ def run_foreign_generator(config, workdir: Path, target: str, name: str, gen_dir
     ``target``'s prompts; it is evaluated next to this domain's DnD adapter and the base model."""
     from dnd_jax import evaluate
 
-    if not (Path(gen_dir) / "config.json").is_file() and not Path(gen_dir).is_dir():
+    if not Path(gen_dir).is_dir():
         print(f"[experiment] foreign generator '{name}' not found at {gen_dir}: skipped (run its experiment first)")
         return {"skipped": f"no generator at {gen_dir}"}
     root = output_root(config, workdir)

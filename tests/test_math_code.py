@@ -261,3 +261,22 @@ def test_condition_prompts_never_scored_for_code_targets():
     assert py == [e.prompt for e in tasks.load_examples("mt_mbpp_python", "train")]  # no test problem
     mbpp = plan.condition_prompts(config, "codex_mbpp")
     assert not set(mbpp) & {e.prompt for e in tasks.load_examples("codex_mbpp", "test")}
+
+
+def test_bad_extra_targets_fail_before_compute(tmp_path):
+    from configs import tiny
+    from dnd_jax import experiment
+    from dnd_jax.errors import InputError
+
+    config = tiny.get_config()
+    config.experiment.holdouts = ("piqa",)
+    config.experiment.also_evaluate = {"arc_e": ("codex_humaneval",)}  # arc_e is not held out
+    with pytest.raises(InputError, match="also_evaluate"):
+        experiment.run(config, tmp_path / "w")
+    config.experiment.also_evaluate = {}
+    config.experiment.foreign_targets = {"gsm8k": "boolq"}  # boolq's generator is never trained
+    with pytest.raises(InputError, match="foreign_targets"):
+        experiment.run(config, tmp_path / "w")
+    assert not (tmp_path / "w" / "zoo").exists()
+    skipped = experiment.run_foreign_generator(config, tmp_path / "w", "piqa", "cs", str(tmp_path / "absent"))
+    assert "skipped" in skipped
