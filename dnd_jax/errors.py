@@ -37,6 +37,10 @@ class OutputError(UserError, OSError):
     """An output path that cannot be written (exists, read-only, not a folder)."""
 
 
+class ExistsError(OutputError, FileExistsError):
+    """An output that exists and may not be replaced."""
+
+
 class IntegrityError(UserError, ValueError):
     """A file on disk is corrupt: checksum mismatch, truncated or deleted parts, non-finite weights."""
 

@@ -200,7 +200,7 @@ def evaluate_adapter_metrics(model_ref: base_model.BaseModelRef, adapter: str | 
     todo = []
     for metric in metrics:
         if metric not in METRICS:
-            raise ValueError(f"unknown metric '{metric}'; use one of {METRICS}")
+            raise InputError(f"unknown metric '{metric}'; use one of {METRICS}")
         key = _cache_key(model_ref, ahash, task, split, metric, limit, examples, max_new_tokens)
         path = _cache_path(cache, key) if cache else None
         if path is not None and path.is_file():
@@ -267,7 +267,7 @@ def evaluate_systems(model_ref: base_model.BaseModelRef, systems: Sequence[basel
     """
     names = [s.name for s in systems]
     if len(set(names)) != len(names):
-        raise ValueError(f"system names must be unique: {names}")
+        raise InputError(f"system names must be unique: {names}")
     results: dict[str, dict[str, dict]] = {m: {} for m in metrics}
     for s in tqdm(systems, desc=f"eval {task}", disable=not progress):
         res = evaluate_adapter_metrics(model_ref, s.adapter, task, metrics, limit, batch_size, cache_dir,

@@ -120,7 +120,7 @@ class Adapter:
         model = get_peft_model(base_model, cfg)
         result = set_peft_model_state_dict(model, {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in self.state_dict.items()})
         if getattr(result, "unexpected_keys", None):
-            raise ValueError(f"adapter keys do not fit the base model: {result.unexpected_keys[:3]}")
+            raise InputError(f"adapter keys do not fit the base model: {result.unexpected_keys[:3]}")
         model.eval()
         return model
 

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from dnd_jax import assets, zoo
+from dnd_jax.errors import InputError, MissingError
 
 A_SUFFIX, B_SUFFIX = ".lora_A.weight", ".lora_B.weight"
 Factors = dict[str, tuple[np.ndarray, np.ndarray]]  # module -> (A (r, in), s * B (out, r))
@@ -43,14 +44,14 @@ def lora_factors(state_dict: Mapping[str, np.ndarray], scaling: float) -> Factor
             module = key[: -len(A_SUFFIX)]
             b_key = module + B_SUFFIX
             if b_key not in state_dict:
-                raise ValueError(f"{key} has no matching {b_key}")
+                raise InputError(f"{key} has no matching {b_key}")
             b = np.asarray(state_dict[b_key], np.float32)
             a = np.asarray(a, np.float32)
             if b.shape[1] != a.shape[0]:
-                raise ValueError(f"{module}: lora_B {b.shape} does not match lora_A {a.shape}")
+                raise InputError(f"{module}: lora_B {b.shape} does not match lora_A {a.shape}")
             out[module] = (a, scaling * b)
     if not out:
-        raise ValueError("no lora_A/lora_B pairs in the state dict")
+        raise InputError("no lora_A/lora_B pairs in the state dict")
     return out
 
 
@@ -70,7 +71,7 @@ def update_gram(adapters: Sequence[Factors]) -> np.ndarray:
     modules = sorted(adapters[0])
     for i, ad in enumerate(adapters):
         if sorted(ad) != modules:
-            raise ValueError(f"adapter {i} targets other modules than adapter 0")
+            raise InputError(f"adapter {i} targets other modules than adapter 0")
     n = len(adapters)
     gram = np.zeros((n, n), np.float64)
     for module in modules:
@@ -120,7 +121,7 @@ def sample_checkpoints(workdir: str | Path, task: str, k: int) -> list[Path]:
     """``k`` of the task's zoo checkpoints, evenly spaced and always including the final one."""
     ckpts = zoo.checkpoints(workdir, task)
     if not ckpts:
-        raise FileNotFoundError(f"no checkpoints for '{task}' in {zoo.zoo_dir(workdir)}")
+        raise MissingError(f"no checkpoints for '{task}' in {zoo.zoo_dir(workdir)}")
     if k <= 0 or k >= len(ckpts):
         return ckpts
     idx = np.unique(np.round(np.linspace(len(ckpts) - 1, 0, k)).astype(int))
@@ -354,7 +355,7 @@ def _labelled_paths(items: Sequence[str], flag: str) -> dict[str, Path]:
     for item in items:
         label, sep, folder = item.partition("=")
         if not sep or not label or not folder:
-            raise ValueError(f"--{flag} expects label=folder, got '{item}'")
+            raise InputError(f"--{flag} expects label=folder, got '{item}'")
         out[label] = Path(folder)
     return out
 

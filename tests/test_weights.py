@@ -405,17 +405,29 @@ def test_write_refuses_existing_and_cleans_up(peft_adapter, tmp_path, monkeypatc
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
+    import safetensors.numpy
+
     monkeypatch.setattr(safetensors.torch, "save_file", boom)
+    monkeypatch.setattr(safetensors.numpy, "save_file", boom)  # float32 is written with safetensors.numpy
     with pytest.raises(OSError, match="disk full"):
         peft_io.write_adapter(tmp_path / "new", sd, **kw)
-    with pytest.raises(OSError, match="disk full"):
+    # overwrite replaces only an adapter folder: a folder holding a user's file is refused
+    with pytest.raises(OSError, match="not an adapter folder.*keep.txt"):
         peft_io.write_adapter(target, sd, overwrite=True, **kw)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]  # no temp folders, no partial "new"
-    assert [p.name for p in target.iterdir()] == ["keep.txt"]  # a failed overwrite keeps the old folder
+    assert [p.name for p in target.iterdir()] == ["keep.txt"]
     monkeypatch.undo()
-    peft_io.write_adapter(target, sd, overwrite=True, **kw)
-    assert sorted(p.name for p in target.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
+    adapter = peft_io.write_adapter(tmp_path / "adapter2", sd, **kw)
+    before = (adapter / "adapter_model.safetensors").read_bytes()
+    monkeypatch.setattr(safetensors.torch, "save_file", boom)
+    monkeypatch.setattr(safetensors.numpy, "save_file", boom)
+    with pytest.raises(OSError, match="disk full"):
+        peft_io.write_adapter(adapter, sd, overwrite=True, **kw)
+    assert (adapter / "adapter_model.safetensors").read_bytes() == before  # a failed overwrite keeps the old one
+    monkeypatch.undo()
+    peft_io.write_adapter(adapter, sd, overwrite=True, **kw)
+    assert sorted(p.name for p in adapter.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter", "adapter2"]
 
 
 def test_read_adapter_errors(tmp_path):

@@ -3,17 +3,20 @@
     python -m dnd_jax.weights inspect ADAPTER_DIR [--token-shape 8,128]
     python -m dnd_jax.weights roundtrip ADAPTER_DIR --out DIR [--token-shape 8,128] [--overwrite]
 
-Exit codes: 0 ok, 1 round trip not exact, 2 bad input (nothing is written).
+Exit codes as for every verb (:mod:`dnd_jax.cli`): 0 ok, 2 a user error (bad input, an existing or
+unwritable --out, a NaN or non-LoRA adapter, an inexact round trip: nothing is written), 1 a bug.
+(Subcommands with positional folders: argparse here, with the same error policy as the absl verbs.)
 """
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
+from dnd_jax import cli
+from dnd_jax.errors import EXIT_USER_ERROR, IntegrityError
 from dnd_jax.weights import layout as layout_lib
 from dnd_jax.weights import peft_io
 
@@ -67,24 +70,24 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _roundtrip(args: argparse.Namespace) -> int:
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise FileExistsError(f"--out {out} already exists (add --overwrite to replace it)")
-    sd, config = peft_io.read_adapter(args.adapter_dir)
+    peft_io.check_output_dir(args.out, args.overwrite)  # before reading or computing anything
+    sd, config = peft_io.read_adapter(args.adapter_dir)  # LoRA keys only, finite, rank as configured
     layout = layout_lib.build_layout({k: v.shape for k, v in sd.items()}, args.token_shape)
     tokens, mask = layout_lib.tokenize(layout, sd)
     back = layout_lib.detokenize(layout, tokens)
-    peft_io.write_adapter(out, back, overwrite=args.overwrite, **peft_io.write_kwargs_from_config(config))
+    diff = max(float(np.max(np.abs(back[k] - sd[k]), initial=0.0)) for k in sd)
+    if diff != 0.0:  # checked in memory: nothing is written for an inexact round trip
+        raise IntegrityError(f"the token round trip of {args.adapter_dir} is not exact (max abs diff {diff:.1e}); "
+                             f"nothing written")
+    out = peft_io.write_adapter(args.out, back, overwrite=args.overwrite, **peft_io.write_kwargs_from_config(config))
     written, _ = peft_io.read_adapter(out)
     layout_lib.validate(layout, written)
     diff = max(float(np.max(np.abs(written[k] - sd[k]), initial=0.0)) for k in sd)
+    assert diff == 0.0, f"written adapter differs from its source by {diff}"  # a bug, not an input problem
     print(f"{len(sd)} tensors, {layout.num_params:,} parameters -> {layout.num_tokens:,} tokens of "
           f"{layout.token_shape[0]}x{layout.token_shape[1]} (padding {layout.padding_fraction:.4f}, "
           f"{int(mask.sum()):,} real positions) -> {out}")
     print(f"max abs diff {diff:.1e}")
-    if diff != 0.0:
-        print("error: the round trip is not exact", file=sys.stderr)
-        return 1
     return 0
 
 
@@ -106,12 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)  # bad usage: argparse exits 2, as every verb does
     try:
         return args.func(args)
-    except (OSError, ValueError) as e:  # missing folder/file, existing --out, bad adapter, layout mismatch
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except Exception as e:  # user errors: one line, exit 2 (dnd_jax.cli's policy); bugs keep their traceback
+        if not cli.is_user_error(e):
+            raise
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return EXIT_USER_ERROR
 
 
 if __name__ == "__main__":

@@ -27,13 +27,15 @@ from typing import Any
 
 import numpy as np
 
+from dnd_jax.errors import InputError
+
 LAYOUT_VERSION = 1
 _DIGITS = re.compile(r"(\d+)")
 # peft's down-projection factor: lora_A (and lora_embedding_A) is (r, in); transposed to rank-last.
 _RANK_FIRST = re.compile(r"(?:^|\.)lora_(?:embedding_)?A(?:\.|$)")
 
 
-class LayoutMismatchError(ValueError):
+class LayoutMismatchError(InputError):
     """A state dict does not fit a layout (missing/unexpected key or a different shape)."""
 
 
@@ -177,7 +179,7 @@ class WeightLayout:
 def _check_token_shape(token_shape: Sequence[int]) -> tuple[int, int]:
     ts = tuple(int(t) for t in token_shape)
     if len(ts) != 2 or min(ts) < 1:
-        raise ValueError(f"token_shape must be two positive integers (h, w), got {tuple(token_shape)}")
+        raise InputError(f"token_shape must be two positive integers (h, w), got {tuple(token_shape)}")
     return ts  # type: ignore[return-value]
 
 
@@ -185,12 +187,12 @@ def build_layout(shapes: Mapping[str, Sequence[int]], token_shape: Sequence[int]
     """The layout for tensors of these shapes (a state dict's ``{key: shape}``) and token shape."""
     h, w = _check_token_shape(token_shape)
     if not shapes:
-        raise ValueError("cannot build a layout from an empty state dict")
+        raise InputError("cannot build a layout from an empty state dict")
     entries, offset = [], 0
     for key in natural_sorted(shapes):
         shape = tuple(int(s) for s in shapes[key])
         if any(s < 0 for s in shape):
-            raise ValueError(f"tensor '{key}' has a negative dimension: {shape}")
+            raise InputError(f"tensor '{key}' has a negative dimension: {shape}")
         numel = math.prod(shape)
         n = -(-numel // (h * w))
         entries.append(LayoutEntry(key, shape, is_rank_first(key, shape), offset, n, numel))

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from dnd_jax import assets
-from dnd_jax.errors import InputError, IntegrityError, OutputError
+from dnd_jax.errors import ExistsError, InputError, IntegrityError, MissingError, OutputError
 from dnd_jax.weights.layout import natural_sorted, to_numpy_f32
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -51,9 +51,9 @@ def check_output_dir(out_dir: str | Path, overwrite: bool = False) -> Path:
     out_dir = Path(out_dir)
     if out_dir.exists() or out_dir.is_symlink():
         if not out_dir.is_dir():
-            raise OutputError(f"{out_dir} exists and is not a folder; refusing to replace it")
+            raise ExistsError(f"{out_dir} exists and is not a folder; refusing to replace it")
         if not overwrite:
-            raise OutputError(f"adapter folder {out_dir} already exists (pass --overwrite / overwrite=True to "
+            raise ExistsError(f"adapter folder {out_dir} already exists (pass --overwrite / overwrite=True to "
                               f"replace it)")
         entries = sorted(p.name for p in out_dir.iterdir())
         foreign = [n for n in entries if n not in REPLACEABLE]
@@ -182,14 +182,14 @@ def write_adapter(out_dir: str | Path, state_dict: Mapping[str, Any], *, r: int,
 def _adapter_files(adapter_dir: str | Path) -> tuple[Path, Path]:
     d = Path(adapter_dir)
     if not d.is_dir():
-        raise FileNotFoundError(f"adapter folder {d} does not exist")
+        raise MissingError(f"adapter folder {d} does not exist")
     weights, config = d / ADAPTER_WEIGHTS, d / ADAPTER_CONFIG
     if not weights.is_file():
         hint = f" (found {PICKLE_WEIGHTS}: pickled weights are not read; re-save with safetensors)" if (
             d / PICKLE_WEIGHTS).exists() else ""
-        raise FileNotFoundError(f"no {ADAPTER_WEIGHTS} in {d}{hint}")
+        raise MissingError(f"no {ADAPTER_WEIGHTS} in {d}{hint}")
     if not config.is_file():
-        raise FileNotFoundError(f"no {ADAPTER_CONFIG} in {d}")
+        raise MissingError(f"no {ADAPTER_CONFIG} in {d}")
     return weights, config
 
 
