@@ -5,7 +5,7 @@
 Three measurements on a real-shaped generator (``bench/fixtures.py``: the config's decoder and LoRA
 shapes, trained 2 steps on a synthetic zoo; speed does not depend on what it learned):
 
-- ``first``: a new process with empty caches (``DND_JAX_CACHE`` pointed at a fresh folder): the
+- ``first``: a new process with empty caches (``DND_JAX_RUNTIME_CACHE`` pointed at a fresh folder): the
   first generation on a machine (compiles the encoder and decoder, imports peft once).
 - ``cold``: a new process with the caches filled: what every later command-line call costs.
 - ``warm``: ``Generator.generate`` + ``Adapter.save`` again in a process that has already generated.
@@ -69,7 +69,7 @@ def run_process(gen: str, prompts: str, cache: str, extra: tuple[str, ...] = ())
     """One ``python -m dnd_jax.generate`` process: wall, CPU, peak RSS, stage timings, adapter digest."""
     tmp = Path(tempfile.mkdtemp(prefix="dnd_cold_"))
     out = tmp / "adapter"
-    env = dict(os.environ, DND_JAX_CACHE=cache, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+    env = dict(os.environ, DND_JAX_RUNTIME_CACHE=cache, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                TOKENIZERS_PARALLELISM="false")
     cmd = [sys.executable, *extra, "-m", "dnd_jax.generate", "--checkpoint", gen, "--prompts", prompts, "--out",
            str(out), "--json"]
@@ -115,7 +115,7 @@ def _stage_summary(rows: list[dict]) -> dict:
 
 
 def warm(gen: str, prompt_list: list[str], repeats: int, cache: str) -> dict:
-    os.environ["DND_JAX_CACHE"] = cache
+    os.environ["DND_JAX_RUNTIME_CACHE"] = cache
     from dnd_jax import generate
 
     g = generate.Generator.load(gen)

@@ -41,7 +41,7 @@ def main(argv) -> None:
     config = _CONFIG.value
     cfg_name = Path(config_flags.get_config_filename(flags.FLAGS["config"])).stem
     gen_dir = str(fixtures.make_generator(config, common.ROOT / "workdir" / "bench" / f"gen_{cfg_name}"))
-    os.environ.setdefault("DND_JAX_CACHE", tempfile.mkdtemp(prefix="dnd_cache_"))
+    os.environ.setdefault("DND_JAX_RUNTIME_CACHE", tempfile.mkdtemp(prefix="dnd_cache_"))
     from dnd_jax import generate, zoo
 
     gen = generate.Generator.load(gen_dir)

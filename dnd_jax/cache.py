@@ -1,8 +1,9 @@
 """Per-user caches that make a new process fast: XLA executables and small derived JSON.
 
-``cache_dir()`` is ``$DND_JAX_CACHE``, else ``$XDG_CACHE_HOME/dnd_jax``, else ``~/.cache/dnd_jax``
-(``DND_JAX_CACHE=off`` disables both caches). Everything here is derived and safe to delete: a
-missing, unreadable or mismatching entry is recomputed, never trusted.
+``cache_dir()`` is ``$DND_JAX_RUNTIME_CACHE`` when set (``off`` disables both caches), else
+``runtime/`` under the assets cache (``$DND_JAX_CACHE``, default ``~/.cache/dnd_jax``). Everything
+here is derived and safe to delete: a missing, unreadable or mismatching entry is recomputed, never
+trusted.
 
 - :func:`enable_compilation_cache`: JAX's persistent compilation cache under ``cache_dir()/xla``,
   so a new process loads the encoder's and decoder's compiled programs instead of compiling them.
@@ -19,18 +20,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-_ENV = "DND_JAX_CACHE"
+_ENV = "DND_JAX_RUNTIME_CACHE"
 
 
 def cache_dir() -> Path | None:
-    """The cache folder (``None`` when disabled with ``DND_JAX_CACHE=off``)."""
+    """The cache folder (``None`` when disabled with ``DND_JAX_RUNTIME_CACHE=off``)."""
     env = os.environ.get(_ENV, "")
     if env.lower() in ("off", "0", "none", "false"):
         return None
     if env:
         return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "dnd_jax"
+    from dnd_jax import assets
+
+    return assets.default_cache_dir() / "runtime"
 
 
 def enable_compilation_cache() -> Path | None:

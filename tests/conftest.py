@@ -7,10 +7,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # dnd_jax.cache (compiled programs, memoized peft configs): per test session, never the user's ~/.cache
-if "DND_JAX_CACHE" not in os.environ:
+if "DND_JAX_RUNTIME_CACHE" not in os.environ:
     import tempfile
 
-    os.environ["DND_JAX_CACHE"] = tempfile.mkdtemp(prefix="dnd_jax_test_cache_")
+    os.environ["DND_JAX_RUNTIME_CACHE"] = tempfile.mkdtemp(prefix="dnd_jax_test_cache_")
 
 import pytest  # noqa: E402
 

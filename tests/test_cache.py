@@ -11,7 +11,7 @@ from dnd_jax.weights import peft_io
 @pytest.fixture
 def cache_root(tmp_path, monkeypatch):
     root = tmp_path / "cache"
-    monkeypatch.setenv("DND_JAX_CACHE", str(root))
+    monkeypatch.setenv("DND_JAX_RUNTIME_CACHE", str(root))
     return root
 
 
@@ -35,7 +35,7 @@ def test_json_memo_computes_once_and_checks_its_key(cache_root):
 
 
 def test_cache_off(monkeypatch):
-    monkeypatch.setenv("DND_JAX_CACHE", "off")
+    monkeypatch.setenv("DND_JAX_RUNTIME_CACHE", "off")
     assert cache.cache_dir() is None
     calls = []
     cache.json_memo("ns", 1, lambda: calls.append(1))
