@@ -425,5 +425,10 @@ def main(fl: dict) -> None:
     print(json.dumps(results.get("skipped", {})))
 
 
-if __name__ == "__main__":
+def cli_main() -> None:
+    """Console script ``dnd-scaling`` (= ``python -m dnd_jax.scaling``)."""
     cli.run(define_flags, main, required=("config", "workdir"))
+
+
+if __name__ == "__main__":
+    cli_main()
