@@ -1,0 +1,211 @@
+"""Render docs/benchmarks.md from docs/bench/*.json (every figure with the command that made it).
+
+    python bench/report.py
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+OUT = common.ROOT / "docs" / "benchmarks.md"
+NOTES = common.ROOT / "bench" / "notes.md"
+
+
+def _load(name: str) -> dict | None:
+    p = common.DOCS / f"{name}.json"
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def _mmm(s: dict, scale: float = 1.0, fmt: str = "{:.2f}") -> str:
+    return " / ".join(fmt.format(s[k] * scale) for k in ("min", "median", "max"))
+
+
+def _cond(d: dict) -> str:
+    h = d["host"]
+    return (f"`{d['command']}` — {d['date']}, {h['cpus']} CPUs ({h['cpu']}), load average "
+            f"{h['load_avg'][0]:.1f} at start, {h.get('load_avg_end', ['?'])[0]} at end")
+
+
+def _missing(cmd: str) -> list[str]:
+    return [f"_Not measured yet: `{cmd}`._", ""]
+
+
+def matmul_section(d: dict | None) -> list[str]:
+    out = ["## The machine's limit: matmul throughput", ""]
+    if d is None:
+        return out + _missing("python bench/matmul.py")
+    out += [_cond(d), "", "| n | JAX f32 GFLOP/s best (median) | JAX bf16 | torch f32 |", "|---|---|---|---|"]
+    bf = {r["n"]: r for r in d.get("jax_bfloat16", [])}
+    th = {r["n"]: r for r in d.get("torch_float32", [])}
+    for r in d["jax_float32"]:
+        n = r["n"]
+
+        def cell(x):
+            return f"{x['gflops_best']:.0f} ({x['gflops_median']:.0f})" if x else "-"
+        out.append(f"| {n} | {cell(r)} | {cell(bf.get(n))} | {cell(th.get(n))} |")
+    out += ["", f"Peak JAX float32 (best size, best run): **{d['peak_f32_gflops']:.0f} GFLOP/s** "
+            f"(median runs: {d['peak_f32_gflops_median']:.0f}).", ""]
+    return out
+
+
+def decoder_section(d: dict | None, title: str, cmd: str) -> list[str]:
+    out = [f"### {title}", ""]
+    if d is None:
+        return out + _missing(cmd)
+    m = d["matmul_reference"]
+    out += [_cond(d), "",
+            f"Decoder: {d['param_count']:,} parameters, conditions {tuple(d['in_shape'])} -> tokens "
+            f"{tuple(d['out_shape'])}; reference: a {m['n']}x{m['n']} float32 matmul timed in the same rounds: "
+            f"{m['gflops_best']:.0f} GFLOP/s best, {m['gflops_median']:.0f} median, "
+            f"{m.get('gflop_per_cpu_s', 0):.0f} GFLOP per CPU-second.", "",
+            "| program | time s (min / median / max) | XLA GFLOP | GFLOP/s best (median) | fraction of matmul: best / median / per CPU-s |",
+            "|---|---|---|---|---|"]
+    for k, p in d["programs"].items():
+        out.append(f"| {k} | {_mmm(p['time_s'], fmt='{:.3f}')} | {p['xla_flops'] / 1e9:.2f} | "
+                   f"{p['gflops_best']:.0f} ({p['gflops_median']:.0f}) | {100 * p['fraction_of_matmul_best']:.0f}% / "
+                   f"{100 * p['fraction_of_matmul_median']:.0f}% / {100 * p['fraction_of_matmul_per_cpu_s']:.0f}% |")
+    out.append("")
+    rows = d.get("breakdown_b1")
+    if rows:
+        out += ["Where the time goes (batch 1; every operation compiled and timed alone, interleaved; ms min):", "",
+                "| stage | op | ms (min / median) | GFLOP | GFLOP/s best | same contraction as one dot_general (im2col): ms min |",
+                "|---|---|---|---|---|---|"]
+        by = {(r["stage"], r["op"]): r for r in rows}
+        diffs = [r["max_abs_diff_over_max"] for r in rows if "max_abs_diff_over_max" in r]
+        for r in rows:
+            if "time_s" not in r or "im2col" in r["op"]:
+                continue
+            alt = by.get((r["stage"], r["op"].replace(" conv", " im2col dot")))
+            alt_s = f"{alt['time_s']['min'] * 1e3:.2f}" if alt and r["op"].endswith("conv") else ""
+            out.append(f"| {r['stage']} {tuple(r['in'])}->{tuple(r['out'])} | {r['op']} | "
+                       f"{r['time_s']['min'] * 1e3:.2f} / {r['time_s']['median'] * 1e3:.2f} | "
+                       f"{r['flops'] / 1e9:.3f} | {r.get('gflops_best', 0):.0f} | {alt_s} |")
+        total = sum(r["time_s"]["min"] for r in rows if "time_s" in r and "im2col" not in r["op"])
+        fwd = d["programs"]["forward_b1"]["time_s"]["min"]
+        out += ["", f"Sum of the parts: {total * 1e3:.1f} ms vs the whole forward {fwd * 1e3:.1f} ms. im2col vs conv "
+                f"largest difference / largest value: {max(diffs):.1e}.", ""]
+    return out
+
+
+def xla_section(d: dict | None) -> list[str]:
+    out = ["### XLA CPU flags", ""]
+    if d is None:
+        return out + _missing("python bench/xla_flags.py")
+    out += [_cond(d), "", "| variant | XLA_FLAGS | forward b1 s (min / median / max) | fraction of matmul (best) | "
+            "output change (max abs diff / max) |", "|---|---|---|---|---|"]
+    for k, v in d["variants"].items():
+        if "error" in v:
+            out.append(f"| {k} | `{v['flags']}` | error: {v['error']} | | |")
+            continue
+        out.append(f"| {k} | `{v['flags'] or '(none)'}` | {_mmm(v['forward_b1_s'], fmt='{:.3f}')} | "
+                   f"{100 * v['fraction_of_matmul_best']:.0f}% | {v['max_abs_diff_over_max']:.1e} |")
+    return out + [""]
+
+
+def cold_section(d: dict | None) -> list[str]:
+    out = ["## Cold start: a new `python -m dnd_jax.generate` process to the adapter on disk", ""]
+    if d is None:
+        return out + _missing("python bench/cold_start.py")
+    out += [_cond(d), "", f"Generator: `{d['generator']}` (bench/fixtures.py: the SmolLM2 config's decoder and "
+            f"LoRA layout, trained 2 steps on a synthetic zoo), {d['num_prompts']} prompts. Adapters of every run "
+            f"byte-identical: {d['identical_adapters']}.", "",
+            "| run | wall s | CPU s | peak RSS MB | interpreter + imports s | load s | encode s | decode s | write s |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for k, label in (("first", "first (empty caches)"), ("cold", "new process, caches filled")):
+        r = d[k]
+        out.append(f"| {label} (n={r['wall_s']['n']}; min / median / max) | {_mmm(r['wall_s'])} | {_mmm(r['cpu_s'])} | "
+                   f"{_mmm(r['peak_rss_mb'], fmt='{:.0f}')} | {_mmm(r['startup_imports_s'])} | "
+                   f"{_mmm(r['stage_load_s'])} | {_mmm(r['stage_encode_s'])} | {_mmm(r['stage_decode_s'])} | "
+                   f"{_mmm(r['stage_write_s'])} |")
+    w = d["warm"]
+    out += ["", f"Warm (same process, after one generation; n={w['wall_s']['n']}): generate + write "
+            f"{_mmm(w['wall_s'])} s (encode {_mmm(w['encode_s'])}, decode {_mmm(w['decode_s'])}, write "
+            f"{_mmm(w['write_s'])}).", ""]
+    imp = d.get("imports_cold", {})
+    if imp:
+        out += ["Heavy packages imported by a cold process (cumulative import s, one `-X importtime` run): " +
+                ", ".join(f"{k} {v:.2f}" for k, v in sorted(imp["imported_s"].items(), key=lambda kv: -kv[1])) +
+                "; never imported: " + ", ".join(imp["not_imported"]) + ".", ""]
+    return out
+
+
+def throughput_section(d: dict | None) -> list[str]:
+    out = ["## Throughput: `generate_many`", ""]
+    if d is None:
+        return out + _missing("python bench/throughput.py")
+    out += [_cond(d), "", "| prompt sets | adapters/s best (median) | with writing (best) | encode s min | decode s min | "
+            "write s min |", "|---|---|---|---|---|---|"]
+    for n, s in d["sizes"].items():
+        out.append(f"| {n} | {s['adapters_per_s_best']:.2f} ({s['adapters_per_s_median']:.2f}) | "
+                   f"{s['adapters_per_s_with_write_best']:.2f} | {s['encode_s']['min']:.2f} | {s['decode_s']['min']:.2f} | "
+                   f"{s.get('write_s', {}).get('min', 0):.2f} |")
+    return out + [""]
+
+
+def speedup_section(d: dict | None) -> list[str]:
+    out = ["## An honest speedup: training time to reach DnD's own accuracy", ""]
+    if d is None:
+        return out + _missing("python bench/speedup.py --results docs/results/results.json")
+    out += [_cond(d), "",
+            f"From `{d['source']}` ({d['metric']}, n=200; step 0 = base model, step {d['total_steps']} = the oracle "
+            "LoRA; the generation time is the one stored with each result: ARC-c's was a cold process, the others warm).",
+            "", "| target | base | DnD | oracle | steps LoRA training needs to match DnD | training s to match | "
+            "speedup (generate vs that) | full-run speedup |", "|---|---|---|---|---|---|---|---|"]
+    for t, r in d["targets"].items():
+        hi, lo = r["steps_hi"], r["steps_lo_exclusive"]
+        if hi == 0:
+            steps, secs, sp = "0 (base already matches)", "0", "none: no training needed to match"
+        elif hi is None:
+            steps, secs, sp = f"> {lo}", f"> {r['train_s_lo']:.0f}", f"> {r['speedup_lo']:.0f}x"
+        else:
+            steps = f"{lo + 1}-{hi}"
+            secs = f"{r['train_s_lo']:.1f}-{r['train_s_hi']:.0f}"
+            sp = f"{r['speedup_lo']:.1f}x-{r['speedup_hi']:.0f}x"
+        out.append(f"| {t} | {100 * r['base']:.1f} | {100 * r['dnd']:.1f} | {100 * r['oracle']:.1f} | {steps} | {secs} | "
+                   f"{sp} | {r['full_run_speedup']:.0f}x |")
+    return out + [""]
+
+
+def scaling_section(d: dict | None) -> list[str]:
+    out = ["## How cost grows with the adapter", ""]
+    if d is None:
+        return out + _missing("python bench/scaling.py")
+    out += [_cond(d), "", "| base layout | targets | rank | LoRA params | tokens (shape) | decoder params | "
+            "forward GFLOP | forward memory MiB | forward s, batch 1 (min / median / max) |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for r in d["rows"]:
+        out.append(f"| {r['base'].split('_')[0]} | {r['targets']} | {r['rank']} | {r['lora_params']:,} | {r['tokens']} "
+                   f"({r['token_shape'][0]}x{r['token_shape'][1]}) | {r['decoder_params']:,} | "
+                   f"{r['forward_flops_xla'] / 1e9:.1f} | {r['memory_total_mb']:.0f} | {_mmm(r['forward_s'], fmt='{:.3f}')} |")
+    return out + ["", "![cost vs adapter size](bench/scaling.png)", ""]
+
+
+def write() -> Path:
+    head = ["# Benchmarks", "",
+            "Generated by `make bench` (`python bench/run_all.py`, then `python bench/report.py`) from "
+            "`docs/bench/*.json`; each section names the command that produced it, when, and how busy the machine "
+            "was. Times are min / median / max over repeats. Speed is measured here, never asserted in tests.", ""]
+    if NOTES.is_file():
+        head += [NOTES.read_text().strip(), ""]
+    parts = head + matmul_section(_load("matmul"))
+    parts += ["## The decoder against that limit", ""]
+    parts += decoder_section(_load("decoder_smollm2_commonsense"), "SmolLM2 config (`configs/smollm2_commonsense.py`)",
+                             "python bench/decoder.py --config configs/smollm2_commonsense.py")
+    parts += decoder_section(_load("decoder_qwen25_0p5b_commonsense"), "Qwen2.5-0.5B config (paper scale, bfloat16)",
+                             "python bench/decoder.py --config configs/qwen25_0p5b_commonsense.py --batch_size 1 "
+                             "--nobreakdown")
+    parts += xla_section(_load("xla_flags_smollm2_commonsense"))
+    parts += cold_section(_load("cold_start_smollm2_commonsense"))
+    parts += throughput_section(_load("throughput_smollm2_commonsense"))
+    parts += speedup_section(_load("speedup_bounds"))
+    parts += scaling_section(_load("scaling"))
+    OUT.write_text("\n".join(parts).rstrip() + "\n")
+    return OUT
+
+
+if __name__ == "__main__":
+    print(f"wrote {write()}")
