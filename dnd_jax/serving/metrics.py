@@ -19,6 +19,7 @@ class Metrics:
         self.batch_sizes: collections.Counter = collections.Counter()  # requests per decoder forward -> count
         self.counters: collections.Counter = collections.Counter()
         self.generate_s = 0.0
+        self.stage_s: collections.Counter = collections.Counter()  # encode / decode / write seconds, summed
 
     def observe(self, route: str, status: int, seconds: float) -> None:
         with self._lock:
@@ -29,6 +30,10 @@ class Metrics:
         with self._lock:
             self.batch_sizes[size] += 1
             self.generate_s += seconds
+
+    def stages(self, seconds: dict) -> None:
+        with self._lock:
+            self.stage_s.update({k: float(v) for k, v in seconds.items()})
 
     def count(self, name: str, n: int = 1) -> None:
         with self._lock:
@@ -48,7 +53,7 @@ class Metrics:
                 "latency": lat,
                 "batches": {"forwards": forwards, "sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
                             "mean_size": (sum(k * v for k, v in self.batch_sizes.items()) / forwards) if forwards else 0.0,
-                            "generate_s": self.generate_s},
+                            "generate_s": self.generate_s, "stage_s": dict(self.stage_s)},
                 "counters": dict(self.counters),
                 "queue_depth": queue_depth,
             }

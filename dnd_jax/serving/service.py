@@ -89,15 +89,19 @@ class AdapterService:
             for start in range(0, len(ids), self.max_batch):
                 chunk = ids[start:start + self.max_batch]
                 t0 = time.perf_counter()
+                timings: dict = {}
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # truncation/repetition warnings are per-request noise here
-                    adapters = self.gen.generate_many([group[a].prompts for a in chunk], seed=seed,
+                    adapters = self.gen.generate_many([group[a].prompts for a in chunk], seed=seed, timings=timings,
                                                       pad_to=bucket(len(chunk), self.max_batch))
+                t_write = time.perf_counter()
                 for aid, adapter in zip(chunk, adapters, strict=True):
                     info = {"num_prompts_given": len(group[aid].prompts), "seed": seed,
                             "generator_step": int(self.gen.step), "generator": self.fingerprint,
                             "prompts_sha256": hashlib.sha256(json.dumps(group[aid].prompts).encode()).hexdigest()}
                     out[aid] = self.store.put(aid, lambda folder, a=adapter: a.save(folder), info)
+                self.metrics.stages({"encode_s": timings.get("encode_s", 0.0), "decode_s": timings.get("decode_s", 0.0),
+                                     "write_s": time.perf_counter() - t_write})
                 self.metrics.batch(len(chunk), time.perf_counter() - t0)
                 self.metrics.count("adapters_generated", len(chunk))
         return [out[aid] for aid, _ in items]
