@@ -229,5 +229,10 @@ def main(fl: dict) -> None:
     collect(fl["config"].value, fl["workdir"].value, fl["tasks"].value)
 
 
-if __name__ == "__main__":
+def cli_main() -> None:
+    """Console script ``dnd-collect`` (= ``python -m dnd_jax.collect``)."""
     cli.run(define_flags, main, required=("config", "workdir"))
+
+
+if __name__ == "__main__":
+    cli_main()

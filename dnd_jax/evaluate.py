@@ -599,5 +599,10 @@ def main(fl: dict) -> None:
         nearest_prompts=fl["nearest_prompts"].value)
 
 
-if __name__ == "__main__":
+def cli_main() -> None:
+    """Console script ``dnd-evaluate`` (= ``python -m dnd_jax.evaluate``)."""
     cli.run(define_flags, main, required=("config", "workdir", "task"))
+
+
+if __name__ == "__main__":
+    cli_main()

@@ -230,5 +230,10 @@ def main(fl: dict) -> None:
     print(report.markdown(report.slim(results)))
 
 
-if __name__ == "__main__":
+def cli_main() -> None:
+    """Console script ``dnd-experiment`` (= ``python -m dnd_jax.experiment``)."""
     cli.run(define_flags, main, required=("config", "workdir"))
+
+
+if __name__ == "__main__":
+    cli_main()

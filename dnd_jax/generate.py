@@ -271,5 +271,10 @@ def main(fl: dict) -> None:
         print("timing: " + ", ".join(f"{k[:-2]} {v:.2f}s" for k, v in timings.items()))
 
 
-if __name__ == "__main__":
+def cli_main() -> None:
+    """Console script ``dnd-generate`` (= ``python -m dnd_jax.generate``)."""
     cli.run(define_flags, main, required=())
+
+
+if __name__ == "__main__":
+    cli_main()

@@ -375,7 +375,12 @@ def main(fl: dict) -> None:
     print(markdown(result))
 
 
-if __name__ == "__main__":
+def cli_main() -> None:
+    """Console script ``dnd-geometry`` (= ``python -m dnd_jax.geometry``)."""
     from dnd_jax import cli
 
     cli.run(define_flags, main, required=("config", "workdir"))
+
+
+if __name__ == "__main__":
+    cli_main()

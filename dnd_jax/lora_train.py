@@ -140,10 +140,12 @@ def train_lora(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, warmup_steps)))
     start, wall, losses = 0, 0.0, []
     if resume is not None:
-        model.load_state_dict(resume["lora"], strict=False)
+        load_lora_state(model, resume["lora"])
         opt.load_state_dict(resume["optimizer"])
         sched.load_state_dict(resume["scheduler"])
         start, wall, losses = int(resume["step"]), float(resume["wall_time_s"]), list(resume["losses"])
+        if "torch_rng" in resume:  # LoRA dropout draws from torch's global generator
+            torch.set_rng_state(resume["torch_rng"])
     model.train()
     bar = tqdm(range(start, total_steps), desc=desc, initial=start, total=total_steps, dynamic_ncols=True)
     for step in bar:
@@ -163,7 +165,7 @@ def train_lora(
             on_keep(done, losses[-1], wall)
         if save_resume is not None and (keep_step(done) or done % resume_every == 0) and done < total_steps:
             save_resume({"lora": trainable_state(model), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                         "step": done, "wall_time_s": wall, "losses": losses})
+                         "step": done, "wall_time_s": wall, "losses": losses, "torch_rng": torch.get_rng_state()})
     model.eval()
     return {"final_loss": losses[-1] if losses else float("nan"), "wall_time_s": wall, "losses": losses}
 
@@ -180,11 +182,35 @@ def save_resume_state(path: Path, state: dict) -> None:
 
 
 def load_resume_state(path: Path) -> dict | None:
+    """The resume state at ``path`` (None if there is none). Saved atomically, so a file that does not
+    load is corruption: an :class:`~dnd_jax.errors.IntegrityError` naming it, never a silent restart."""
+    import pickle
+
     import torch
+
+    from dnd_jax.errors import IntegrityError
 
     if not path.is_file():
         return None
     try:
-        return torch.load(path, weights_only=True)
-    except Exception:  # a torn or foreign file: start the task over rather than trust it
-        return None
+        state = torch.load(path, weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as e:
+        raise IntegrityError(f"resume state {path} cannot be read ({type(e).__name__}); delete it to redo that "
+                             f"task from the start") from None
+    if not isinstance(state, dict) or not {"lora", "optimizer", "scheduler", "step"} <= set(state):
+        raise IntegrityError(f"resume state {path} is not one dnd_jax wrote; delete it to redo that task")
+    return state
+
+
+def load_lora_state(model, lora: dict) -> None:
+    """Load saved LoRA tensors: exactly the model's trainable parameters, no more, no fewer."""
+    from dnd_jax.errors import IntegrityError
+
+    want = {k for k, v in model.named_parameters() if v.requires_grad}
+    if set(lora) != want:
+        extra, missing = sorted(set(lora) - want), sorted(want - set(lora))
+        raise IntegrityError(f"resume state does not fit this LoRA model (unexpected {extra[:2]}, missing "
+                             f"{missing[:2]})")
+    result = model.load_state_dict(lora, strict=False)  # strict=False only because the frozen base is not saved
+    if result.unexpected_keys:
+        raise IntegrityError(f"resume state has unexpected tensors {result.unexpected_keys[:2]}")

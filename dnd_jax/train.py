@@ -37,6 +37,7 @@ from dnd_jax.plan import MAX_PADDING, ConfigError, Plan, find_zoo_workdir, train
 METRICS = "metrics.jsonl"
 # Config keys that do not change the trained weights (cadence, paths, later stages).
 _NOT_RECIPE = ("log_steps", "ckpt_steps", "keep_ckpts", "eval_steps", "zoo_workdir", "mesh", "min_shard_size",
+               "sharding", "sharding_unsplit",
                "generate", "eval", "experiment", "zoo")
 # Recipe keys added later, with the value a recipe saved before them meant.
 _RECIPE_LEGACY = {"wd_mults": "ndim>1 (kernels, 2-D biases and norm scales)"}
@@ -353,7 +354,10 @@ def _train_and_evaluate(config, workdir: Path, *, devices, max_steps: int | None
         return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
 
     abstract = jax.eval_shape(init_state, jax.random.key(config.seed))
-    state_sh = sharding.param_shardings(mesh, abstract, sharding.DEFAULT_RULES, int(config.min_shard_size))
+    placement = place_state(config, mesh, abstract)
+    state_sh = placement.shardings
+    # Numerically the same model, its activations pinned where an XLA bug needs it (docs/scaleout/).
+    sharded_model = models.for_shardings(model, state_sh["params"])
     batch_sh, rep = sharding.batch_sharding(mesh, 4), sharding.replicated(mesh)
     batches = input_pipeline.Batches(data, config, batch_sh, batch_sh)
     val_batches = batches.val()
@@ -363,7 +367,7 @@ def _train_and_evaluate(config, workdir: Path, *, devices, max_steps: int | None
     meta = build_metadata(config, plan, data, in_shape, out_shape, param_count)
     norm_stats = {"mean": np.asarray(data.normalizer.mean, np.float64), "std": np.asarray(data.normalizer.std, np.float64)}
 
-    train_step, eval_step = make_steps(model, tx, schedule, config)
+    train_step, eval_step = make_steps(sharded_model, tx, schedule, config)
     p_train = jax.jit(train_step, in_shardings=(state_sh, batch_sh, batch_sh, rep), out_shardings=(state_sh, rep),
                       donate_argnums=(0,))
     p_eval = jax.jit(eval_step, in_shardings=(state_sh["params"], batch_sh, batch_sh, rep,
@@ -428,6 +432,25 @@ def _train_and_evaluate(config, workdir: Path, *, devices, max_steps: int | None
             "metadata": {**meta, "step": final_step}}
 
 
+def place_state(config, mesh, abstract_state) -> sharding.Placement:
+    """Placement of the train state under ``config.sharding``; logged (process 0); unsplit kernels
+    are warnings, or a :class:`ConfigError` with ``config.sharding_unsplit='error'``."""
+    try:
+        placement = sharding.place(mesh, abstract_state, sharding.config_rules(config), int(config.min_shard_size))
+    except sharding.ShardingRuleError as e:
+        raise ConfigError(f"config.sharding: {e}") from None
+    if jax.process_index() == 0:
+        logging.info("placement on mesh %s (params %.1f MiB/device, optimizer state %.1f MiB/device):\n%s",
+                     dict(mesh.shape), placement.bytes_per_device("params") / 2**20,
+                     placement.bytes_per_device("opt_state") / 2**20, placement.table())
+        for line in placement.unsplit:
+            logging.warning("not split as the rules ask: %s", line)
+    if placement.unsplit and config.get("sharding_unsplit", "warn") == "error":
+        raise ConfigError("config.sharding asks for splits that cannot be made (sharding_unsplit='error'): "
+                          + "; ".join(placement.unsplit))
+    return placement
+
+
 def init_distributed(coordinator_address: str | None, num_processes: int | None, process_id: int | None) -> None:
     """Join a multi-process run (CPU processes talk through gloo); no-op without a coordinator."""
     if not (coordinator_address or num_processes):
@@ -461,5 +484,10 @@ def main(fl: dict) -> None:
                           "loss": last.get("loss"), "val_loss": result["val_loss"]}))
 
 
-if __name__ == "__main__":
+def cli_main() -> None:
+    """Console script ``dnd-train`` (= ``python -m dnd_jax.train``)."""
     cli.run(_define_flags, main, required=("config", "workdir"))
+
+
+if __name__ == "__main__":
+    cli_main()

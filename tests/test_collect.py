@@ -109,7 +109,9 @@ def test_every_adapter_loads_and_changes_logits(clean_zoo):
 
 def test_recipe_change_is_refused(clean_zoo):
     config = _tiny_config(lr=1e-2)
-    with pytest.raises(SystemExit, match="another recipe"):
+    from dnd_jax import errors
+
+    with pytest.raises(errors.ResumeMismatchError, match="another recipe"):
         collect.collect(config, clean_zoo)
 
 

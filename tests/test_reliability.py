@@ -467,3 +467,71 @@ def test_no_verb_imports_another_verbs_module():
             elif isinstance(node, ast.Import):
                 imported |= {a.name.split(".")[1] for a in node.names if a.name.startswith("dnd_jax.")}
         assert not (imported & ((verbs | {"weights.__main__"}) - {verb})), (verb, imported & verbs)
+
+
+def test_lora_dropout_resume_is_exact(tiny_base, tmp_path):
+    """The torch RNG (LoRA dropout masks) travels in the resume state: resumed == uninterrupted."""
+    import torch
+
+    from dnd_jax import base_model, lora_train, tasks
+
+    examples = tasks.load_examples("arc_e", "train", limit=16)
+
+    def fresh():
+        model, tok = base_model.load(tiny_base)
+        return lora_train.make_lora_model(model, 4, 8, 0.3, ["q_proj", "v_proj"], 0), tok
+
+    kw = dict(answer_format="cloze", max_len=64, batch_size=4, lr=3e-3, weight_decay=0.0, warmup_steps=2,
+              total_steps=8, seed=0, keep_step=lambda s: False, on_keep=lambda *a: None)
+    m1, tok = fresh()
+    r1 = lora_train.train_lora(m1, tok, examples, **kw)
+
+    class Killed(Exception):
+        pass
+
+    path = tmp_path / "resume.pt"
+
+    def save(state):
+        lora_train.save_resume_state(path, state)
+        if state["step"] >= 4:
+            raise Killed
+
+    m2, tok = fresh()
+    with pytest.raises(Killed):
+        lora_train.train_lora(m2, tok, examples, **kw, save_resume=save, resume_every=4)
+    m3, tok = fresh()
+    torch.manual_seed(12345)  # a new process: its RNG is anywhere
+    r3 = lora_train.train_lora(m3, tok, examples, **kw, resume=lora_train.load_resume_state(path))
+    assert r3["losses"] == r1["losses"]
+    a, b = lora_train.trainable_state(m1), lora_train.trainable_state(m3)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_corrupt_resume_state_is_an_error_not_a_silent_restart(tmp_path):
+    from dnd_jax import lora_train
+
+    path = tmp_path / "resume.pt"
+    path.write_bytes(b"\x80\x04not a torch file")
+    with pytest.raises(errors.IntegrityError, match="resume.pt"):
+        lora_train.load_resume_state(path)
+
+
+def test_import_is_cheap_and_exports_the_public_api():
+    code = ("import sys, dnd_jax; heavy = [m for m in ('jax', 'torch', 'peft', 'flax', 'transformers') "
+            "if m in sys.modules]; assert not heavy, heavy; "
+            "assert dnd_jax.UserError.__module__ == 'dnd_jax.errors'; print(len(dnd_jax.__all__))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, cwd=REPO, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    import dnd_jax
+
+    import pkgutil
+
+    submodules = {m.name for m in pkgutil.iter_modules(dnd_jax.__path__)}
+    assert not set(dnd_jax.__all__) & submodules  # an export must never shadow a module
+    for name in dnd_jax.__all__:
+        assert getattr(dnd_jax, name) is not None
+    assert (REPO / "dnd_jax" / "py.typed").is_file()
+    setup = (REPO / "setup.py").read_text()
+    for verb in ("collect", "train", "generate", "evaluate", "experiment", "geometry"):
+        assert f"dnd-{verb}=dnd_jax.{verb}:cli_main" in setup
+        assert callable(__import__(f"dnd_jax.{verb}", fromlist=["cli_main"]).cli_main)

@@ -119,5 +119,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USER_ERROR
 
 
-if __name__ == "__main__":
+def cli_main() -> None:
+    """Console script ``dnd-weights`` (= ``python -m dnd_jax.weights``)."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli_main()
