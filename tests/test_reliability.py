@@ -522,9 +522,9 @@ def test_import_is_cheap_and_exports_the_public_api():
             "assert dnd_jax.UserError.__module__ == 'dnd_jax.errors'; print(len(dnd_jax.__all__))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, cwd=REPO, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    import dnd_jax
-
     import pkgutil
+
+    import dnd_jax
 
     submodules = {m.name for m in pkgutil.iter_modules(dnd_jax.__path__)}
     assert not set(dnd_jax.__all__) & submodules  # an export must never shadow a module
