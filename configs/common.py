@@ -54,6 +54,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.token_weights = ""  # '' = uniform; 'inverse_count' weights every matrix equally
     c.mesh = (("data", -1), ("model", 1))
     c.min_shard_size = 2**16  # parameters smaller than this (elements) are replicated
+    # (regex over 'params/stage_0/prompt/kernel' paths, tactic) rules; see dnd_jax/sharding.py.
+    # Default: every kernel's output channels over 'model'. FSDP: add "|fsdp(axis='data')".
+    c.sharding = (
+        (r".*/kernel", "shard_dim(axis='model', dim=-1)"),
+        (r".*", "replicate"),
+    )
+    c.sharding_unsplit = "warn"  # a requested split that cannot be made: 'warn' (logged) or 'error'
     c.log_steps = 10
     c.ckpt_steps = 200
     c.keep_ckpts = 2

@@ -14,7 +14,11 @@ with small kernels and no flattening (the parameter count stays far below a dens
        -- + x when the stage keeps its shape
 
 GELU between stages, nothing after the last. Everything is ``nn.Conv`` on NHWC views, so XLA sees
-plain convolutions; sharding lives outside the model (``dnd_jax.sharding``).
+plain convolutions; sharding lives outside the model (``dnd_jax.sharding``). The one exception is
+:func:`pin_activations`: when path kernels are split over a mesh axis, each path's output is pinned
+to the sharding its last kernel gives it, which works around an XLA SPMD bug (jax/jaxlib <= 0.10.2:
+without the pin, p2_height's gradient is multiplied by the data-axis size; see
+docs/scaleout/model_sharding_grad.md).
 """
 from __future__ import annotations
 
@@ -44,10 +48,12 @@ class Stage(nn.Module):
     out_shape: Shape3
     kernel_size: int = 3
     dtype: str = "float32"
+    pins: tuple | None = None  # (sharding of path 1's output or None, of path 2's) from pin_activations
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         n_out, h_out, w_out = self.out_shape
+        pin1, pin2 = self.pins or (None, None)
         k, dt = self.kernel_size, jnp.dtype(self.dtype)
         y = nn.LayerNorm(reduction_axes=(-2, -1), feature_axes=(-2, -1), dtype=dt, name="norm")(x)
         # Path 1: width then height.
@@ -56,6 +62,10 @@ class Stage(nn.Module):
         # Path 2: height then width.
         p2 = _swap(_conv_last(_swap(y), h_out, k, dt, "p2_height"))  # (B, n, h_out, w_in)
         p2 = _conv_last(p2, w_out, k, dt, "p2_width")  # (B, n, h_out, w_out)
+        if pin1 is not None:
+            p1 = jax.lax.with_sharding_constraint(p1, pin1)
+        if pin2 is not None:
+            p2 = jax.lax.with_sharding_constraint(p2, pin2)
         bias = self.param("bias", nn.initializers.zeros_init(), (h_out, w_out), jnp.float32)
         y = (p1 + p2) * 0.5 + bias.astype(dt)
         # Prompt axis: (B, n, h, w) -> (B, h, w, n) -> conv -> back.
@@ -74,6 +84,7 @@ class HyperConv(nn.Module):
     hidden_shapes: Sequence[Shape3] = ()
     kernel_size: int | Sequence[int] = 3
     dtype: str = "float32"
+    pins: tuple | None = None  # per stage, see pin_activations
 
     @nn.compact
     def __call__(self, cond: jax.Array) -> jax.Array:
@@ -83,7 +94,8 @@ class HyperConv(nn.Module):
         kernels = stage_kernels(self.kernel_size, len(shapes))
         x = cond.astype(jnp.dtype(self.dtype))
         for i, (shape, k) in enumerate(zip(shapes, kernels, strict=True)):
-            x = Stage(shape, k, self.dtype, name=f"stage_{i}")(x)
+            pins = self.pins[i] if self.pins else None
+            x = Stage(shape, k, self.dtype, pins, name=f"stage_{i}")(x)
             if i < len(shapes) - 1:
                 x = nn.gelu(x)
         return x.astype(jnp.float32)
@@ -111,6 +123,32 @@ def build(model_config, in_shape: Shape3, out_shape: Shape3) -> HyperConv:
     stage_kernels(ks, len(hidden) + 1)
     return HyperConv(out_shape=tuple(int(d) for d in out_shape), hidden_shapes=hidden, kernel_size=ks,
                      dtype=str(model_config.get("dtype", "float32")))
+
+
+def pin_activations(model: HyperConv, param_shardings, batch_axis: str = "data") -> HyperConv:
+    """``model`` with each path's output pinned to the sharding its last kernel gives it.
+
+    ``param_shardings``: NamedShardings like ``model.init``'s output. Path 1 ends with p1_height
+    (output channels = axis 2 of the path's output), path 2 with p2_width (axis 3). A path whose
+    last kernel keeps its output channels whole is left alone. Numerically a no-op; it keeps
+    XLA's SPMD partitioner off the buggy resharding of the paths' sum (see the module docstring).
+    """
+    tree = param_shardings.get("params", param_shardings)
+    pins = []
+    for i in range(len(model.hidden_shapes) + 1):
+        stage = tree.get(f"stage_{i}", {})
+        one = []
+        for conv, out_dim in (("p1_height", 2), ("p2_width", 3)):
+            sh = stage.get(conv, {}).get("kernel")
+            axis = sh.spec[-1] if sh is not None and len(sh.spec) == 4 else None
+            if axis is None or batch_axis in (axis if isinstance(axis, tuple) else (axis,)):
+                one.append(None)
+                continue
+            spec = [batch_axis if batch_axis in sh.mesh.axis_names else None, None, None, None]
+            spec[out_dim] = axis
+            one.append(jax.sharding.NamedSharding(sh.mesh, jax.sharding.PartitionSpec(*spec)))
+        pins.append(tuple(one))
+    return model.clone(pins=tuple(pins)) if any(p is not None for s in pins for p in s) else model
 
 
 def stage_shapes(model: HyperConv, in_shape: Shape3) -> list[tuple[Shape3, Shape3, int]]:
