@@ -10,7 +10,8 @@ load; the fractions compare best (minimum-time) rates and median rates. ``--brea
 operation of every stage on its own (LayerNorm, the four factorized convolutions with their axis
 swaps, the prompt convolution with its moveaxis) and, for each convolution, the same contraction
 written as one ``dot_general`` over shifted copies (im2col), with the largest difference between
-the two. Random weights and conditions (speed does not depend on values). Writes
+the two, and a plain matmul of the same (M, K, N) = (positions, k*k*in, out): the rate a GEMM of
+that shape reaches here. Random weights and conditions (speed does not depend on values). Writes
 ``docs/bench/decoder_<config>.json``.
 """
 from __future__ import annotations
@@ -128,12 +129,14 @@ def stage_ops(in_shape, out_shape, k: int, batch: int, dtype):
         flop = 2 * batch * shape[1] * shape[2] * kk * c * f
         ops.append((f"{name} conv", conv, (x, kern), flop))
         ops.append((f"{name} im2col dot", im2col, (x, kern), flop))
+        ops.append((f"{name} gemm", jnp.matmul, (arr(batch * shape[1] * shape[2], kk * c), arr(kk * c, f)), flop))
         if swapped:
             ops.append((f"{name} swaps", lambda x: swap(swap(x) * 1.0), (arr(*shape[:2], shape[3], shape[2]),), 0))
     x, kern = arr(batch, h2, w2, n), arr(k, k, n, n2)
     flop = 2 * batch * h2 * w2 * kk * n * n2
     ops.append(("prompt conv", conv, (x, kern), flop))
     ops.append(("prompt im2col dot", im2col, (x, kern), flop))
+    ops.append(("prompt gemm", jnp.matmul, (arr(batch * h2 * w2, kk * n), arr(kk * n, n2)), flop))
     ops.append(("prompt moveaxis", lambda y: jnp.moveaxis(jnp.moveaxis(y, 1, 3) * 1.0, 3, 1), (arr(batch, n, h2, w2),), 0))
     del np
     return ops, conv, im2col
