@@ -56,6 +56,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.weight_decay = 1e-4
     config.mesh = (("data", -1), ("model", 2))
     config.min_shard_size = 2**18
+    # Every kernel's output channels over 'model', and FSDP over 'data' for parameters and Adam state.
+    config.sharding = ((r".*/kernel", "shard_dim(axis='model', dim=-1)|fsdp(axis='data')"),
+                       (r".*", "fsdp(axis='data')"))
     config.log_steps = 50
     config.eval_steps = 500
     config.ckpt_steps = 500

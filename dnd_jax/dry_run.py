@@ -1,0 +1,173 @@
+"""Memory and compute of a generator train step on a mesh, without training (``train --dry_run``).
+
+Everything is abstract: ``jax.eval_shape`` gives the state's shapes, :func:`dnd_jax.sharding.place`
+its placement, and the jitted train step is ``.lower().compile()``d for ShapeDtypeStructs carrying
+the shardings, so no parameter is ever allocated. Reported:
+
+* parameters, parameter and optimizer-state bytes (total, and per device from the placement);
+* FLOPs per step (XLA's cost analysis of the partitioned program: per device, and x devices);
+* per-device memory of the compiled program (XLA's memory analysis): arguments, outputs, aliased
+  (donated state), temporaries, and ``peak = arguments + outputs - aliased + temporaries``.
+
+Meshes larger than this host use simulated CPU devices (``--xla_force_host_platform_device_count``):
+the partitioned program is the one a pod would run, but XLA:CPU's buffer assignment and fusion
+differ from TPU/GPU, so memory is an estimate (checked against real allocation in
+``docs/scaleout/dry_run.md``). LoRA shapes come from the zoo when there is one, else from the base
+model's architecture (:data:`ARCHS`).
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dnd_jax import models, sharding
+
+# (layers, hidden, kv_dim, intermediate) of Llama/Qwen2-style bases (config.json of each model).
+ARCHS = {
+    "smollm2": (30, 576, 192, 1536),  # SmolLM2-135M: 9 heads, 3 kv heads, head dim 64
+    "qwen25_0p5b": (24, 896, 128, 4864),  # Qwen2.5-0.5B: 14 heads, 2 kv heads, head dim 64
+    "qwen25_1p5b": (28, 1536, 256, 8960),  # Qwen2.5-1.5B: 12 heads, 2 kv heads, head dim 128
+    "qwen25_7b": (28, 3584, 512, 18944),  # Qwen2.5-7B: 28 heads, 4 kv heads, head dim 128
+    "tiny_llama": (2, 32, 16, 64),
+}
+ENCODER_DIM = 384  # MiniLM / Sentence-BERT token embeddings
+
+
+def arch_of(config) -> str:
+    """The :data:`ARCHS` key for ``config.base_model`` (``arch`` field, else its kind/name)."""
+    bm = config.base_model
+    key = bm.get("arch", "") or {"hf_dir": "", "path": ""}.get(bm.get("kind", ""), bm.get("kind", ""))
+    if not key:
+        name = str(bm.get("name", "")).lower()
+        key = next((k for k, tag in (("qwen25_0p5b", "qwen2.5-0.5b"), ("qwen25_1p5b", "qwen2.5-1.5b"),
+                                     ("qwen25_7b", "qwen2.5-7b")) if tag in name), "")
+    if key not in ARCHS:
+        raise ValueError(f"no LoRA shapes for base model {dict(bm)}: set base_model.arch to one of {sorted(ARCHS)}")
+    return key
+
+
+def lora_shapes(config) -> dict[str, tuple[int, int]]:
+    """peft LoRA tensor shapes of ``config.base_model`` with ``config.lora`` (no files read)."""
+    from dnd_jax import testing
+
+    layers, hidden, kv, inter = ARCHS[arch_of(config)]
+    return testing.tiny_lora_shapes(layers=layers, hidden=hidden, kv=kv, inter=inter, r=int(config.lora.r),
+                                    modules=tuple(config.lora.target_modules))
+
+
+def shapes_for(config, lora: dict | None = None) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """(condition shape (N, L, C), token grid (T, h, w)) of the generator ``config`` trains."""
+    from dnd_jax.weights import layout as layout_lib
+
+    layout = layout_lib.build_layout(lora or lora_shapes(config), tuple(config.layout.token_shape))
+    in_shape = (int(config.conditions.num_prompts), int(config.conditions.max_len), ENCODER_DIM)
+    return in_shape, tuple(layout.grid_shape)
+
+
+def estimate(config, mesh, in_shape, out_shape, batch_size: int | None = None, compile: bool = True) -> dict:
+    """Dry-run numbers for one train step of ``config``'s generator on ``mesh`` (see module doc)."""
+    from dnd_jax import train  # make_optimizer / make_steps: the exact step that training runs
+
+    batch = int(batch_size or config.batch_size)
+    model = models.build(config.model_name, config.model, in_shape, out_shape)
+    tx, schedule = train.make_optimizer(config)
+
+    def init_state(key):
+        params = model.init(key, jnp.zeros((1, *in_shape), jnp.float32))
+        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+
+    abstract = jax.eval_shape(init_state, jax.random.key(0))
+    placement = sharding.place(mesh, abstract, sharding.config_rules(config), int(config.min_shard_size))
+    n_dev = int(np.prod(list(mesh.shape.values())))
+    n_params = int(sum(math.prod(a.shape) for a in jax.tree.leaves(abstract["params"])))
+    out = {
+        "mesh": dict(mesh.shape), "devices": n_dev, "batch_size": batch, "in_shape": list(in_shape),
+        "out_shape": list(out_shape), "params": n_params,
+        "param_bytes": placement.total_bytes("params"), "opt_bytes": placement.total_bytes("opt_state"),
+        "param_bytes_per_device": placement.bytes_per_device("params"),
+        "opt_bytes_per_device": placement.bytes_per_device("opt_state"),
+        "unsplit": placement.unsplit,
+        "flops_per_example_model": None,
+    }
+    try:
+        from dnd_jax.models import hyperconv
+
+        if isinstance(model, hyperconv.HyperConv):
+            out["flops_per_example_model"] = hyperconv.flops_per_example(model, in_shape)
+    except ImportError:  # pragma: no cover
+        pass
+    if not compile:
+        return out
+    state_sh = placement.shardings
+    batch_sh, rep = sharding.batch_sharding(mesh, 4), sharding.replicated(mesh)
+    train_step, _ = train.make_steps(models.for_shardings(model, state_sh["params"]), tx, schedule, config)
+    step = jax.jit(train_step, in_shardings=(state_sh, batch_sh, batch_sh, rep), out_shardings=(state_sh, rep),
+                   donate_argnums=(0,))
+    sds = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sh)
+    args = (sds, jax.ShapeDtypeStruct((batch, *in_shape), jnp.float32, sharding=batch_sh),
+            jax.ShapeDtypeStruct((batch, *out_shape), jnp.float32, sharding=batch_sh),
+            jax.ShapeDtypeStruct(tuple(out_shape), jnp.float32, sharding=rep))
+    compiled = step.lower(*args).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else (cost or {})
+    mem = compiled.memory_analysis()
+    flops = float(cost.get("flops", float("nan")))
+    out.update({
+        "flops_per_step_per_device": flops, "flops_per_step": flops * n_dev,
+        "bytes_accessed_per_device": float(cost.get("bytes accessed", float("nan"))),
+    })
+    if mem is not None:
+        m = {k: int(getattr(mem, f"{k}_size_in_bytes")) for k in ("argument", "output", "alias", "temp")}
+        out["memory_per_device"] = {**m, "peak": m["argument"] + m["output"] - m["alias"] + m["temp"]}
+    return out
+
+
+def summary(r: dict) -> str:
+    """A few readable lines of :func:`estimate`'s result."""
+    gib = 2**30
+    lines = [f"mesh {r['mesh']} ({r['devices']} devices), global batch {r['batch_size']}, "
+             f"conditions {tuple(r['in_shape'])} -> tokens {tuple(r['out_shape'])}",
+             f"parameters {r['params'] / 1e6:.2f}M: {r['param_bytes'] / gib:.3f} GiB "
+             f"({r['param_bytes_per_device'] / gib:.3f} GiB/device); optimizer state {r['opt_bytes'] / gib:.3f} GiB "
+             f"({r['opt_bytes_per_device'] / gib:.3f} GiB/device)"]
+    if "flops_per_step" in r:
+        lines.append(f"FLOPs/step {r['flops_per_step'] / 1e12:.2f} T ({r['flops_per_step_per_device'] / 1e12:.3f} T/device)")
+    if "memory_per_device" in r:
+        m = r["memory_per_device"]
+        lines.append("per-device memory (XLA): " + ", ".join(f"{k} {v / gib:.3f} GiB" for k, v in m.items()))
+    for u in r["unsplit"]:
+        lines.append(f"UNSPLIT {u}")
+    return "\n".join(lines)
+
+
+def to_json(r: dict) -> str:
+    return json.dumps(r, indent=1, default=str)
+
+
+def run(config, workdir=None, devices=None) -> dict:
+    """``train --dry_run``: the estimate for ``config.mesh`` over ``devices`` (default: all).
+
+    LoRA shapes from the zoo ``train`` would read when there is one, else from the base model's
+    architecture; nothing is written.
+    """
+    from dnd_jax import plan as plan_lib
+    from dnd_jax import zoo
+
+    lora = None
+    if workdir is not None:
+        try:
+            zw = plan_lib.find_zoo_workdir(config, workdir)
+            task = plan_lib.training_tasks(config)[0]
+            lora = {k: tuple(v.shape) for k, v in zoo.load_state_dict(zoo.checkpoints(zw, task)[0]).items()}
+        except (ValueError, FileNotFoundError, IndexError):
+            lora = None
+    in_shape, out_shape = shapes_for(config, lora)
+    devices = list(jax.devices() if devices is None else devices)
+    mesh = sharding.make_mesh(config.mesh, devices)
+    result = estimate(config, mesh, in_shape, out_shape)
+    result["lora_shapes_from"] = "zoo" if lora else f"arch {arch_of(config)}"
+    return result

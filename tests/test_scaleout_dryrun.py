@@ -1,0 +1,72 @@
+"""``train --dry_run``: abstract estimate vs what a real step allocates (tiny config, 8 CPU devices)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from configs import tiny
+from dnd_jax import dry_run, models, sharding, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _config():
+    c = tiny.get_config()
+    c.min_shard_size = 256
+    c.sharding = ((r".*/kernel", "shard_dim(axis='model', dim=-1)|fsdp(axis='data')"), (r".*", "fsdp(axis='data')"))
+    c.mesh = (("data", 4), ("model", 2))
+    return c
+
+
+def test_estimate_matches_real_allocation_on_8_devices():
+    config = _config()
+    in_shape, out_shape = dry_run.shapes_for(config)
+    assert in_shape == (4, 16, 384)
+    mesh = sharding.make_mesh(config.mesh)
+    est = dry_run.estimate(config, mesh, in_shape, out_shape)
+    # Build the real state on the mesh, exactly as train does, and count device 0's bytes.
+    model = models.build(config.model_name, config.model, in_shape, out_shape)
+    tx, _ = train.make_optimizer(config)
+
+    def init_state(key):
+        params = model.init(key, jnp.zeros((1, *in_shape), jnp.float32))
+        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+
+    placement = sharding.place(mesh, jax.eval_shape(init_state, jax.random.key(0)), sharding.config_rules(config),
+                               config.min_shard_size)
+    state = jax.jit(init_state, out_shardings=placement.shardings)(jax.random.key(0))
+    dev0 = jax.devices()[0]
+
+    def on_dev0(tree):
+        return sum(s.data.nbytes for a in jax.tree.leaves(tree) for s in a.addressable_shards if s.device == dev0)
+
+    assert est["param_bytes_per_device"] == on_dev0(state["params"])
+    assert est["opt_bytes_per_device"] == on_dev0(state["opt_state"])
+    assert est["param_bytes_per_device"] < est["param_bytes"] / 4  # FSDP x TP really divides it
+    # XLA's argument size = the state's shard + the batch shards + the replicated weight map.
+    b = config.batch_size // 4
+    batch_bytes = 4 * (b * int(np.prod(in_shape)) + b * int(np.prod(out_shape)) + int(np.prod(out_shape)))
+    state_bytes = on_dev0(state)
+    assert est["memory_per_device"]["argument"] == state_bytes + batch_bytes
+    assert est["memory_per_device"]["alias"] == state_bytes  # donated: the new state reuses it
+    assert est["flops_per_step"] > 3 * est["flops_per_example_model"] * config.batch_size * 0.5
+    assert est["unsplit"] == []
+
+
+def test_cli_dry_run_trains_nothing(tmp_path):
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "dnd_jax.train", "--config", str(REPO / "configs/tiny.py"), "--workdir",
+         str(tmp_path / "w"), "--dry_run", "--config.mesh=(('data', 4), ('model', 2))", "--config.min_shard_size=256"],
+        capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    assert "FLOPs/step" in out and "per-device memory" in out
+    result = json.loads(out[out.index("\n{") + 1:])
+    assert result["mesh"] == {"data": 4, "model": 2} and result["lora_shapes_from"] == "arch tiny_llama"
+    assert not (tmp_path / "w" / train.CKPT_DIR).exists()
