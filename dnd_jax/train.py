@@ -469,6 +469,8 @@ def _define_flags() -> dict:
         "coordinator": flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process)."),
         "num_processes": flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process)."),
         "process_id": flags.DEFINE_integer("process_id", None, "This process's index (multi-process)."),
+        "dry_run": flags.DEFINE_bool("dry_run", False, "Build the train step abstractly for config.mesh and print "
+                                     "parameters, optimizer bytes, FLOPs/step and per-device memory; no training."),
         "start_over": flags.DEFINE_bool("start_over", False, "If --workdir holds a run with another recipe or "
                                         "other data, move it to WORKDIR/replaced-<time>/ and train from scratch."),
     }
@@ -477,6 +479,17 @@ def _define_flags() -> dict:
 def main(fl: dict) -> None:
     """Config errors (ConfigError, LayoutMismatchError: ValueErrors) exit non-zero via ``cli.run``."""
     init_distributed(fl["coordinator"].value, fl["num_processes"].value, fl["process_id"].value)
+    if fl["dry_run"].value:
+        from dnd_jax import dry_run
+
+        try:
+            result = dry_run.run(fl["config"].value, fl["workdir"].value)
+        except (sharding.MeshError, sharding.ShardingRuleError) as e:
+            raise ConfigError(str(e)) from None
+        if jax.process_index() == 0:
+            print(dry_run.summary(result))
+            print(dry_run.to_json(result))
+        return
     result = train_and_evaluate(fl["config"].value, fl["workdir"].value, start_over=fl["start_over"].value)
     if jax.process_index() == 0:
         last = result["history"][-1] if result["history"] else {}
