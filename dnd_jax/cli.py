@@ -19,6 +19,7 @@ import errno
 import sys
 from collections.abc import Callable, Sequence
 
+import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -47,7 +48,11 @@ def _parse_flags(argv: list[str]) -> list[str]:
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:
-        fail(f"{e} (pass --helpshort for the flags)")
+        msg = str(e)
+        if "Traceback (most recent call last)" in msg:  # a config file that raised: its exception, not its stack
+            head = msg.split("Traceback (most recent call last)")[0].rstrip(" :\n")
+            msg = f"{head}: {[ln for ln in msg.splitlines() if ln.strip()][-1].strip()}"
+        fail(f"{msg} (pass --helpshort for the flags)")
     except (UserError, OSError) as e:  # a config file that fails to load
         if not is_user_error(e):
             raise
@@ -68,6 +73,14 @@ def run(define_flags: Callable[[], dict], body: Callable[..., object], *, requir
     def main(argv: list[str]) -> None:
         if len(argv) > 1 and not positional:
             fail(f"unexpected arguments {argv[1:]}")
+        if "config" in fl and flags.FLAGS["config"].present:
+            try:  # a config that failed to load is a placeholder raising on first use: use it now
+                value = fl["config"].value
+                if not isinstance(value, ml_collections.ConfigDict):
+                    value.keys()
+            except Exception as e:
+                cause = e.__cause__ or e.__context__ or e
+                fail(f"cannot load --config {flags.FLAGS['config'].config_filename}: {type(cause).__name__}: {cause}")
         try:
             code = body(fl, argv[1:]) if positional else body(fl)
         except Exception as e:

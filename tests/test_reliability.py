@@ -403,6 +403,10 @@ def test_user_errors_exit_2_in_one_line_and_bugs_keep_their_traceback(tmp_path):
     assert _one_line_error(run("--mode=user")) == "error: bad input"
     assert "No such file" in _one_line_error(run("--mode=missing"))
     assert "nope" in _one_line_error(run("--nope"))
+    for bad_config in ("configs/nope.py", "configs/tiny.py:bad=1"):  # a config that does not load: one line
+        line = _one_line_error(_cli("dnd_jax.train", "--config", bad_config, "--workdir", tmp_path / "w"))
+        assert "nope.py" in line or "unknown config arg 'bad=1'" in line, line
+    assert "--token-shape" in _one_line_error(_cli("dnd_jax.weights", "inspect", tmp_path, "--token-shape", "8"))
     bug = run("--mode=bug")
     assert bug.returncode == 1 and "Traceback" in bug.stderr and "KeyError: 'bug'" in bug.stderr
     assert cli.is_user_error(errors.UnknownTaskError("x")) and not cli.is_user_error(KeyError("x"))

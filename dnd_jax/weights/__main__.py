@@ -91,9 +91,17 @@ def _roundtrip(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the verbs' error format: one ``error: ...`` line, exit 2."""
+
+    def error(self, message: str):
+        print(f"error: {' '.join(message.split())} (see: {self.prog} --help)", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m dnd_jax.weights", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="python -m dnd_jax.weights", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     p = sub.add_parser("inspect", help="print the weight-token layout of a peft adapter folder")
     p.add_argument("adapter_dir")
     p.add_argument("--token-shape", type=parse_token_shape, default=DEFAULT_TOKEN_SHAPE, metavar="H,W")
