@@ -125,7 +125,8 @@ def validate(config, workdir: str | Path, num_devices: int | None = None) -> Pla
         except KeyError as e:
             not_registered[t] = str(e).strip("'\"")
     for t in config.holdout:
-        need(t in config.tasks, f"holdout task '{t}' is not in config.tasks {tuple(config.tasks)}")
+        need(t in config.tasks, not_registered.get(t) or f"holdout task '{t}' is not in config.tasks "
+             f"{tuple(config.tasks)}")
     train_tasks = training_tasks(config)
     need(bool(train_tasks), f"no training tasks left: tasks {tuple(config.tasks)} minus holdout "
          f"{tuple(config.holdout)} and cross_domain {tuple(config.experiment.get('cross_domain', ()))}")
