@@ -92,7 +92,7 @@ def stage_ops(in_shape, out_shape, k: int, batch: int, dtype):
     import numpy as np
 
     (n, h, w), (n2, h2, w2) = in_shape, out_shape
-    key = iter(jax.random.split(jax.random.key(1), 16))
+    key = iter(jax.random.split(jax.random.key(1), 64))
 
     def arr(*shape):
         return jax.random.normal(next(key), shape, dtype)
@@ -137,6 +137,11 @@ def stage_ops(in_shape, out_shape, k: int, batch: int, dtype):
     ops.append(("prompt conv", conv, (x, kern), flop))
     ops.append(("prompt im2col dot", im2col, (x, kern), flop))
     ops.append(("prompt gemm", jnp.matmul, (arr(batch * h2 * w2, kk * n), arr(kk * n, n2)), flop))
+    g = arr(batch, h2, w2, n2)  # the backward pass: gradients of the input and of the kernel, as in a train step
+    ops.append(("prompt conv grad input", lambda x, kern, g: jax.vjp(lambda x_: conv(x_, kern), x)[1](g)[0],
+                (x, kern, g), flop))
+    ops.append(("prompt conv grad kernel", lambda x, kern, g: jax.vjp(lambda k_: conv(x, k_), kern)[1](g)[0],
+                (x, kern, g), flop))
     ops.append(("prompt moveaxis", lambda y: jnp.moveaxis(jnp.moveaxis(y, 1, 3) * 1.0, 3, 1), (arr(batch, n, h2, w2),), 0))
     del np
     return ops, conv, im2col
