@@ -13,6 +13,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
 
 from dnd_jax import conditions, zoo
@@ -131,6 +132,14 @@ def process_rows(sharding: NamedSharding, global_shape: tuple[int, ...]) -> np.n
     return np.concatenate([np.arange(a, b) for a, b in spans])
 
 
+def _spans(rows: np.ndarray) -> str:
+    """'0-3,8-11' for sorted row indices."""
+    if not len(rows):
+        return "none"
+    cuts = np.flatnonzero(np.diff(rows) != 1) + 1
+    return ",".join(f"{g[0]}-{g[-1]}" for g in np.split(rows, cuts))
+
+
 def gather(tokens: np.ndarray, task_of: np.ndarray, data: ZooData, ckpt: np.ndarray, prompts: np.ndarray,
            rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Host arrays of ``rows``: conditions (b, N, L, C) and targets (b, T, h, w)."""
@@ -156,6 +165,8 @@ class Batches:
         self.target_shape = (self.batch_size, *data.train_tokens.shape[1:])
         self.shardings = (cond_sharding, target_sharding)
         self.rows = process_rows(cond_sharding, self.cond_shape)
+        logging.info("process %d/%d builds rows %s of every global batch of %d", jax.process_index(),
+                     jax.process_count(), _spans(self.rows), self.batch_size)
         self.weight_sharding = NamedSharding(cond_sharding.mesh, PartitionSpec(cond_sharding.spec[0]))
 
     def host(self, step: int) -> tuple[np.ndarray, np.ndarray]:
