@@ -231,7 +231,13 @@ def _check_resumable(mngr, config, workdir: Path, fingerprint: dict) -> tuple[in
     if latest is None:
         return None, []
     sdir = checkpoint.step_dir(mngr, latest)
-    if not checkpoint.verify(sdir, checkpoint.ITEMS):
+    try:
+        verified = checkpoint.verify(sdir, checkpoint.ITEMS)
+    except IntegrityError as e:
+        earlier = [s for s in mngr.all_steps() if s < latest]
+        hint = f"move {sdir} away to resume from step {max(earlier)}" if earlier else "use a fresh --workdir"
+        raise IntegrityError(f"{e}; {hint}") from None
+    if not verified:
         # Orbax renames a step into place only when it is complete: a step without checksums was
         # written before they existed or killed right after the save; record them now.
         logging.warning("%s has no checksums; recording them", sdir)
@@ -452,11 +458,18 @@ def place_state(config, mesh, abstract_state) -> sharding.Placement:
 
 
 def init_distributed(coordinator_address: str | None, num_processes: int | None, process_id: int | None) -> None:
-    """Join a multi-process run (CPU processes talk through gloo); no-op without a coordinator."""
+    """Join a multi-process run (CPU processes talk through gloo); no-op without a coordinator.
+
+    ``coordinator_address='auto'``: let JAX find everything from the cluster (TPU VM pods, SLURM,
+    Open MPI), as ``launch/tpu_pod.sh`` and ``launch/slurm.sbatch`` do.
+    """
     if not (coordinator_address or num_processes):
         return
     if jax.config.jax_platforms in (None, "", "cpu"):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if coordinator_address == "auto":
+        jax.distributed.initialize()
+        return
     jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
                                process_id=process_id)
 
@@ -466,7 +479,8 @@ def _define_flags() -> dict:
     return {
         "config": cli.config_flag(lock=False),
         "workdir": flags.DEFINE_string("workdir", None, "Generator working directory."),
-        "coordinator": flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process)."),
+        "coordinator": flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process), or "
+                                           "'auto' to detect it (TPU pods, SLURM)."),
         "num_processes": flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process)."),
         "process_id": flags.DEFINE_integer("process_id", None, "This process's index (multi-process)."),
         "dry_run": flags.DEFINE_bool("dry_run", False, "Build the train step abstractly for config.mesh and print "

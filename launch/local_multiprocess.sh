@@ -5,18 +5,21 @@
 #
 #   launch/local_multiprocess.sh --config configs/tiny.py --workdir /tmp/tiny
 #   NUM_PROCESSES=4 PORT=12400 launch/local_multiprocess.sh --config ... --workdir ...
+#   DEVICES_PER_PROCESS=2 launch/local_multiprocess.sh ...   # 2 simulated CPU devices per process
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 N=${NUM_PROCESSES:-2}
 PORT=${PORT:-12355}
 LOGDIR=${LOGDIR:-$(mktemp -d -t dnd_launch.XXXXXX)}
+DEVICES_PER_PROCESS=${DEVICES_PER_PROCESS:-1}
 mkdir -p "$LOGDIR"
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT INT TERM
 for ((i = 0; i < N; i++)); do
-  JAX_PLATFORMS=cpu "$PY" -m dnd_jax.train "$@" \
+  XLA_FLAGS="--xla_force_host_platform_device_count=${DEVICES_PER_PROCESS}" JAX_PLATFORMS=cpu \
+    "$PY" -m dnd_jax.train "$@" \
     --coordinator_address="localhost:${PORT}" --num_processes="$N" --process_id="$i" \
     >"$LOGDIR/process_$i.log" 2>&1 &
   pids+=($!)
