@@ -539,3 +539,11 @@ def test_import_is_cheap_and_exports_the_public_api():
     for verb in ("collect", "train", "generate", "evaluate", "experiment", "geometry"):
         assert f"dnd-{verb}=dnd_jax.{verb}:cli_main" in setup
         assert callable(__import__(f"dnd_jax.{verb}", fromlist=["cli_main"]).cli_main)
+
+
+def test_resume_from_a_corrupt_step_is_refused_with_the_way_out(gen_dir, zoo_dir, tmp_path):
+    w = _copy(gen_dir, tmp_path)
+    victim = _largest(w / "generator" / "6" / "train")
+    victim.write_bytes(victim.read_bytes()[:-4])
+    with pytest.raises(errors.IntegrityError, match="train/.*resume from step 3"):
+        train.train_and_evaluate(_config(zoo_dir, total_steps=9), w)
