@@ -49,13 +49,37 @@ def run_cell(key: str, n: int, compile: bool) -> dict:
     return {"generator": key, "config": CONFIGS[key], **json.loads(line[0][7:])}
 
 
+def markdown(table: dict) -> str:
+    """The table of docs/scaleout/dry_run.md from dry_run.json."""
+    gib = 2**30
+    head = ("| generator (config) | devices | mesh | params | params GiB/dev | Adam GiB/dev | XLA peak GiB/dev "
+            "| TFLOP/step | unsplit |\n|---|---|---|---|---|---|---|---|---|")
+    rows = []
+    for key in CONFIGS:
+        for n in DEVICES:
+            r = table.get(f"{key}@{n}")
+            if r is None:
+                continue
+            mem = r.get("memory_per_device", {}).get("peak")
+            flops = r.get("flops_per_step")
+            rows.append(f"| {key} (`{r['config']}`) | {n} | {r['mesh']['data']}x{r['mesh']['model']} "
+                        f"| {r['params'] / 1e6:.1f}M | {r['param_bytes_per_device'] / gib:.3f} "
+                        f"| {r['opt_bytes_per_device'] / gib:.3f} | {f'{mem / gib:.2f}' if mem else '-'} "
+                        f"| {f'{flops / 1e12:.1f}' if flops else '-'} | {len(r['unsplit'])} |")
+    return head + "\n" + "\n".join(rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--markdown", action="store_true", help="print the Markdown table of --out and exit")
     ap.add_argument("--compile", default="", help="cells to compile, e.g. 0p5b@8,7b@256 (default: none)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "scaleout" / "dry_run.json"))
     args = ap.parse_args()
     out = Path(args.out)
     table = json.loads(out.read_text()) if out.is_file() else {}
+    if args.markdown:
+        print(markdown(table))
+        return
     cells = [c for c in args.compile.split(",") if c] or [f"{k}@{n}" for k in CONFIGS for n in DEVICES]
     for cell in cells:
         key, n = cell.split("@")
