@@ -51,6 +51,7 @@ def test_two_processes_match_one(zoo_dir, tmp_path):
                          timeout=600)
     assert one.returncode == 0, one.stderr[-3000:]
     assert "process 0/1 builds rows 0-7 of every global batch of 8" in one.stderr
+    assert "placement on mesh" in one.stderr and "params/params/stage_0/prompt/kernel" in one.stderr
 
     port = _free_port()
     procs = [subprocess.Popen(_cmd(zoo_dir, tmp_path / "two") + [f"--coordinator_address=127.0.0.1:{port}",

@@ -125,3 +125,19 @@ def test_abstract_mesh_plans_pods_we_do_not_have():
     pl = sharding.place(mesh, PARAMS, sharding.FSDP_RULES, min_shard_size=2**16)
     rows = {r["path"]: r for r in pl.rows}
     assert rows["params/stage_0/prompt/kernel"]["bytes_per_device"] == 3 * 3 * 64 * 256 * 4 // 256
+
+
+def test_train_reports_or_refuses_unsplit_kernels(caplog):
+    from configs import tiny
+    from dnd_jax import train
+
+    mesh = sharding.make_mesh((("data", 4), ("model", 2)))
+    config = tiny.get_config()
+    pl = train.place_state(config, mesh, PARAMS)  # default rules: odd/kernel (63 channels) is reported
+    assert pl.unsplit and "odd/kernel" in pl.unsplit[0]
+    config.sharding_unsplit = "error"
+    with pytest.raises(train.ConfigError, match="odd/kernel.*does not divide"):
+        train.place_state(config, mesh, PARAMS)
+    config.sharding = ((".*", "nonsense"),)
+    with pytest.raises(train.ConfigError, match="config.sharding: unknown sharding tactic"):
+        train.place_state(config, mesh, PARAMS)
