@@ -86,14 +86,14 @@ def bench(config) -> dict:
     params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, *in_shape)))
     init_s = time.perf_counter() - t
     state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
-    state_sh = sharding.param_shardings(mesh, state, sharding.DEFAULT_RULES, int(config.min_shard_size))
+    state_sh = sharding.place(mesh, state, sharding.config_rules(config), int(config.min_shard_size)).shardings
     state = jax.device_put(state, state_sh)
     rng = np.random.default_rng(0)
     cond = jax.device_put(rng.normal(size=(b, *in_shape)).astype(np.float32), sharding.batch_sharding(mesh, 4))
     target = jax.device_put(rng.normal(size=(b, *out_shape)).astype(np.float32), sharding.batch_sharding(mesh, 4))
     wmap = jax.device_put(layout.mask().astype(np.float32), sharding.replicated(mesh))
 
-    train_step, _ = train.make_steps(model, tx, schedule, config)
+    train_step, _ = train.make_steps(models.for_shardings(model, state_sh["params"]), tx, schedule, config)
     step = jax.jit(train_step, in_shardings=(state_sh, *(sharding.batch_sharding(mesh, 4),) * 2,
                                              sharding.replicated(mesh)), out_shardings=(state_sh, None))
     t = time.perf_counter()
