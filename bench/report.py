@@ -170,7 +170,21 @@ def speedup_section(d: dict | None) -> list[str]:
             sp = f"{r['speedup_lo']:.1f}x-{r['speedup_hi']:.0f}x"
         out.append(f"| {t} | {100 * r['base']:.1f} | {100 * r['dnd']:.1f} | {100 * r['oracle']:.1f} | {steps} | {secs} | "
                    f"{sp} | {r['full_run_speedup']:.0f}x |")
-    return out + [""]
+    return out + ["",
+                  "Differences of 1-2 points are inside the noise (95% CIs are about +-6 points at n=200), so "
+                  "'> 100 steps' on HellaSwag and PIQA means DnD and the oracle are level, not that DnD is better. "
+                  "Pinning the step needs the per-checkpoint accuracy curve. The zoo of earlier sessions is gone "
+                  "from disk (and kept checkpoints only at steps 81-100, `zoo.pretrain_steps=80`). With a zoo "
+                  "on disk, the curve and the first step reaching DnD's accuracy come from",
+                  "",
+                  "```bash",
+                  "python bench/speedup.py --config configs/smollm2_commonsense.py --workdir workdir/smollm2 \\",
+                  "    --task arc_c --dnd_acc 0.30 --limit 200    # step 0 = base, then every zoo checkpoint",
+                  "```",
+                  "",
+                  "(tested on a tiny synthetic zoo: `tests/test_bench_speedup.py`); a zoo collected with "
+                  "`--config.zoo.pretrain_steps=0 --config.zoo.save_steps=100` (every step kept; not run here) would pin "
+                  "the answer.", ""]
 
 
 def scaling_section(d: dict | None) -> list[str]:
