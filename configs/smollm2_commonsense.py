@@ -62,5 +62,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     # --- experiment (leave-one-out + cross-domain) ---
     config.experiment.holdouts = ("arc_c", "obqa", "arc_e", "piqa", "boolq", "hellaswag", "winogrande")
+    # The similarity-weighted merge (label-free, from the same unlabeled prompts as nearest) joins the baselines.
+    config.experiment.baselines = ("base", "training_loras", "merged", "simmerge", "nearest", "oracle")
     config.eval.limit = 200  # first 200 test examples per task: ~2 min per system and metric pair here
     return common.apply_arg(config, arg)

@@ -5,6 +5,9 @@
   evaluation also reports their mean).
 - ``merged``: the element-wise average of the training tasks' final LoRA updates, written *exactly*
   as one peft adapter of rank ``sum(r_k)`` (see :func:`merge_adapters`).
+- ``simmerge``: the similarity-weighted merge: each training LoRA weighted by the softmax over tasks of
+  the cosine between T's and its prompts' mean MiniLM embeddings (temperature 0.05); label-free, like
+  DnD; kept as a merge recipe folded in at evaluation (:func:`write_merge_spec`).
 - ``nearest``: the training task whose prompts look most like T's (cosine of mean MiniLM sentence
   embeddings); it sees the same unlabeled prompts a DnD generator is conditioned on.
 - ``oracle``: T's own final zoo checkpoint, i.e. a LoRA trained on T's labeled train split (an upper
@@ -27,7 +30,8 @@ import numpy as np
 from dnd_jax import assets, zoo
 from dnd_jax.errors import InputError, IntegrityError
 
-BASELINES = ("base", "training_loras", "merged", "nearest", "oracle")
+BASELINES = ("base", "training_loras", "merged", "simmerge", "nearest", "oracle")
+SIMMERGE_TEMPERATURE = 0.05  # softmax temperature over prompt-embedding cosines (see similarity_weights)
 Embedder = Callable[[list[str]], np.ndarray]
 
 
@@ -282,7 +286,7 @@ def build_baselines(workdir: str | Path, task: str, names: Sequence[str] = BASEL
     """The requested baseline systems for held-out ``task`` (adapter folders from the zoo).
 
     ``training_tasks`` defaults to every zoo task but ``task``; ``target_prompts`` (unlabeled, e.g.
-    T's test prompts) is needed by ``nearest`` only; merged adapters go to ``adapter_root``
+    T's test prompts) is needed by ``nearest`` and ``simmerge`` only; merged adapters go to ``adapter_root``
     (default ``<workdir>/eval_cache/adapters``). A baseline that cannot be built from this zoo
     (``oracle`` without T in the zoo) is skipped with a warning.
     """
@@ -291,7 +295,7 @@ def build_baselines(workdir: str | Path, task: str, names: Sequence[str] = BASEL
         raise InputError(f"unknown baselines {unknown}; choose from {', '.join(BASELINES)}")
     train = [t for t in (training_tasks if training_tasks is not None else zoo.tasks(workdir)) if t != task]
     finals = {t: zoo.final_checkpoint(workdir, t) for t in train} if set(names) - {"base", "oracle"} else {}
-    if set(names) & {"training_loras", "merged", "nearest"} and not train:
+    if set(names) & {"training_loras", "merged", "simmerge", "nearest"} and not train:
         raise InputError(f"no training tasks in the zoo at {zoo.zoo_dir(workdir)} besides '{task}'")
     systems: list[System] = []
     for name in names:
@@ -306,6 +310,19 @@ def build_baselines(workdir: str | Path, task: str, names: Sequence[str] = BASEL
             root = Path(adapter_root) if adapter_root else Path(workdir) / "eval_cache" / "adapters"
             path = merge_adapters([finals[t] for t in train], root / f"merged-{tag}")
             systems.append(System("merged", "merged", str(path), {"source_tasks": list(train)}))
+        elif name == "simmerge":  # the similarity-weighted merge: label-free, from the same prompts as nearest
+            if target_prompts is None:
+                raise InputError("the 'simmerge' baseline needs target_prompts (T's unlabeled prompts)")
+            weights, sims = similarity_weights(target_prompts, {t: zoo.prompts(workdir, t) for t in train}, embed,
+                                               SIMMERGE_TEMPERATURE, max_prompts)
+            w = [weights[t] for t in train]
+            tag = hashlib.sha256(json.dumps([[t, _ckpt_id(finals[t]), wt] for t, wt in zip(train, w, strict=True)])
+                                 .encode()).hexdigest()[:16]
+            root = Path(adapter_root) if adapter_root else Path(workdir) / "eval_cache" / "adapters"
+            path = write_merge_spec([finals[t] for t in train], root / f"simmerge-{tag}", w)
+            systems.append(System("simmerge", "merged", str(path), {
+                "source_tasks": list(train), "weights": dict(zip(train, w, strict=True)), "cosine": sims,
+                "temperature": SIMMERGE_TEMPERATURE}))
         elif name == "nearest":
             if target_prompts is None:
                 raise InputError("the 'nearest' baseline needs target_prompts (T's unlabeled prompts)")

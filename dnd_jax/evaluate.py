@@ -505,7 +505,7 @@ def run(config, workdir: str | Path, task: str, *, adapters: Sequence[str] = (),
         if training_tasks is None:
             training_tasks = _default_training_tasks(config, workdir, task, systems)
         target = None
-        if "nearest" in names:
+        if {"nearest", "simmerge"} & set(names):
             target = ([e.prompt for e in tasks.load_examples(task, split)] if nearest_prompts == "test"
                       else zoo.prompts(workdir, task))
         systems = baselines.build_baselines(workdir, task, names, training_tasks=training_tasks,

@@ -14,6 +14,7 @@ COLUMNS = (
     ("training_loras_mean", "train-LoRA mean"),
     ("best_training_lora", "best train-LoRA*"),
     ("merged", "merged"),
+    ("simmerge", "sim-merge"),
     ("nearest", "nearest"),
     ("dnd", "DnD"),
     ("oracle", "oracle"),

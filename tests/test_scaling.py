@@ -76,6 +76,22 @@ def test_similarity_weights_interpolate_between_merged_and_nearest():
         baselines.similarity_weights(["t1"], cands, embed, temperature=0)
 
 
+def test_simmerge_baseline_is_a_weighted_recipe(synth):
+    vecs = {"arc_e": [1.0, 0.0, 0.0], "boolq": [0.0, 1.0, 0.0], "target": [0.8, 0.2, 0.0]}
+
+    def embed(texts):
+        return np.array([vecs["target"] if t.startswith("T:") else vecs["arc_e"] if "science" in t else vecs["boolq"]
+                         for t in texts], float)
+
+    (sim,) = baselines.build_baselines(synth, "piqa", ["simmerge"], training_tasks=["arc_e", "boolq"],
+                                       target_prompts=["T: a question"], embed=embed)
+    spec = json.loads((baselines.Path(sim.adapter) / baselines.MERGE_SPEC).read_text())
+    w = {s["path"].split("/")[-2]: s["weight"] for s in spec["sources"]}
+    assert sim.name == "simmerge" and w["arc_e"] > 0.99 > w["boolq"] and abs(sum(w.values()) - 1) < 1e-9
+    with pytest.raises(baselines.InputError, match="target_prompts"):
+        baselines.build_baselines(synth, "piqa", ["simmerge"], training_tasks=["arc_e", "boolq"])
+
+
 def test_stratified_bootstrap_and_training_sample():
     a = [[1, 1, 0, 1], [0, 1, 1, 1, 1, 0]]
     b = [[0, 1, 0, 1], [0, 0, 1, 1, 1, 0]]
