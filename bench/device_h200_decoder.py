@@ -2,7 +2,7 @@
 
 For the lead to run on the device machine (one NVIDIA H200), from the repository root:
 
-    python bench/device_h200_decoder.py --out "$OUT"          # < 3 minutes; writes $OUT/device_h200_decoder.json
+    python bench/device_h200_decoder.py --out "$OUT"          # meant for < 3 minutes (not yet run on a GPU)
     python bench/device_h200_decoder.py --tiny --out /tmp/t   # CPU smoke test with tiny shapes (seconds)
 
 Needs jax (with the accelerator's plugin), flax and numpy; nothing else from the project's
@@ -171,17 +171,22 @@ def main() -> None:
            "devices": [str(d) for d in jax.devices()], "device_kind": jax.devices()[0].device_kind}
     if args.tiny:
         res["config_check"] = check_shapes_against_configs()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:  # after every part: a run cut short by a time limit still leaves its results
+        res["wall_s"] = time.perf_counter() - t_start
+        (out / "device_h200_decoder.json").write_text(json.dumps(res, indent=2) + "\n")
+
     n = 256 if args.tiny else args.matmul_n
     res["matmul"] = matmul_rates(n, args.repeats)
     res["decoders"] = {}
+    save()
     for name, spec in (TINY if args.tiny else CONFIGS).items():
         res["decoders"][name] = decoder_rates(name, spec, args.repeats, res["matmul"])
         print(json.dumps({name: {k: (round(v.get("tflops_best", 0), 2), round(v["fraction_of_matmul"], 3))
                                  for k, v in res["decoders"][name]["programs"].items()}}), flush=True)
-    res["wall_s"] = time.perf_counter() - t_start
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "device_h200_decoder.json").write_text(json.dumps(res, indent=2) + "\n")
+        save()
     print(json.dumps({k: {kk: round(vv.get("tflops_best", 0), 1) for kk, vv in v.items()}
                       for k, v in {"matmul": res["matmul"]}.items()}))
     print(f"wrote {out / 'device_h200_decoder.json'} in {res['wall_s']:.0f} s")
