@@ -168,6 +168,18 @@ def validate(config, workdir: str | Path, num_devices: int | None = None) -> Pla
             raise ConfigError(str(e)) from None
         need(n > k_val, f"task '{t}' has {n} checkpoints; val_checkpoints_per_task={k_val} leaves none to train on")
         need(len(zoo.prompts(zoo_workdir, t)) > 0, f"task '{t}' has no prompts in the zoo")
+    # One generator emits one LoRA config: tasks collected or imported with another r, alpha or targets
+    # (possibly the same tensor shapes) cannot share it.
+    def lora_of(t: str) -> tuple:
+        lc = zoo.task_manifest(zoo_workdir, t).get("lora") or {}
+        targets = lc.get("target_modules")
+        return (lc.get("r"), float(lc.get("lora_alpha") or 0),
+                tuple(sorted(targets)) if isinstance(targets, (list, tuple)) else targets)
+
+    first_lora = lora_of(train_tasks[0])
+    for t in train_tasks[1:]:
+        need(lora_of(t) == first_lora, f"zoo task '{t}' has LoRA (r, alpha, targets) {lora_of(t)} but "
+             f"'{train_tasks[0]}' has {first_lora}: one generator needs one LoRA config")
     from safetensors import safe_open
 
     first = zoo.checkpoints(zoo_workdir, train_tasks[0])[0] / zoo.ADAPTER_WEIGHTS

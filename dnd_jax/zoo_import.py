@@ -324,6 +324,8 @@ def import_zoo(src: str | Path, workdir: str | Path, *, base_model_path: str | N
                              + "\n  - ".join(listed))
 
     ref_ckpt = next(c for cs in ckpts.values() for c in cs)
+    zpath = zoo.zoo_dir(workdir) / "manifest.json"
+    previous = json.loads(zpath.read_text()) if zpath.is_file() else {}
     if base_model_path:
         ref = base_model.resolve({"kind": "hf_dir", "path": str(base_model_path)})
         base = ref.to_dict()
@@ -334,6 +336,15 @@ def import_zoo(src: str | Path, workdir: str | Path, *, base_model_path: str | N
     lora = {"r": int(ref_ckpt.config["r"]), "lora_alpha": float(ref_ckpt.config["lora_alpha"]),
             "lora_dropout": float(ref_ckpt.config.get("lora_dropout") or 0.0),
             "target_modules": sorted(targets) if isinstance(targets, list) else targets}
+    old_lora = previous.get("lora")
+    if old_lora:
+        def key(lc: dict) -> tuple:
+            t = lc.get("target_modules")
+            return lc.get("r"), float(lc.get("lora_alpha") or 0), tuple(sorted(t)) if isinstance(t, list) else t
+
+        if key(old_lora) != key(lora):
+            raise ZooImportError(f"{src}: these adapters have LoRA (r, alpha, targets) {key(lora)}, the zoo at "
+                                 f"{zoo.zoo_dir(workdir)} has {key(old_lora)}; import into another --workdir")
     summaries = {}
     for task, (ps, where) in prompts.items():
         cs = ckpts[task]
@@ -348,8 +359,6 @@ def import_zoo(src: str | Path, workdir: str | Path, *, base_model_path: str | N
         log(f"[import] {task}: {len(cs)} checkpoint(s), {len(ps)} prompts ({where})")
     for s in skipped:
         log(f"[import] skipped {s['path']}: {s['reason']}")
-    zpath = zoo.zoo_dir(workdir) / "manifest.json"
-    previous = json.loads(zpath.read_text()) if zpath.is_file() else {}
     zmanifest = {"base_model": previous.get("base_model", base), "lora": previous.get("lora", lora),
                  "answer_format": previous.get("answer_format"),
                  "tasks": {**previous.get("tasks", {}), **summaries},

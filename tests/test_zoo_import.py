@@ -15,13 +15,13 @@ from dnd_jax.weights import peft_io
 TARGETS = ["q_proj", "v_proj"]
 
 
-def _save_adapter(ref, out, seed, r=4, targets=TARGETS, **cfg_kwargs):
+def _save_adapter(ref, out, seed, r=4, targets=TARGETS, alpha=None, **cfg_kwargs):
     """A real peft adapter of the tiny Llama (save_pretrained), its B factors made non-zero."""
     from peft import LoraConfig, get_peft_model
 
     model, _ = base_model.load(ref)
     torch.manual_seed(seed)
-    peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=targets,
+    peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha or 2 * r, target_modules=targets,
                                                   task_type="CAUSAL_LM", **cfg_kwargs))
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
@@ -156,6 +156,27 @@ def test_existing_tasks_are_never_replaced(source, tmp_path):
         zoo_import.import_zoo(source, workdir, log=lambda *_: None)
     after = zoo.load_state_dict(zoo.checkpoints(workdir, "beta")[0])
     assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
+def test_a_zoo_keeps_one_lora_config(source, tmp_path, tiny_base):
+    """Same shapes, another alpha: refused when importing into the zoo, and by train if mixed in by hand."""
+    import shutil
+
+    other = tmp_path / "other"
+    _save_adapter(tiny_base, other / "gamma", seed=5, alpha=16)  # alpha 16 instead of 8, same tensor shapes
+    (other / "gamma.txt").write_text("a prompt\nanother prompt\n")
+    workdir = tmp_path / "w"
+    zoo_import.import_zoo(source, workdir, log=lambda *_: None)
+    with pytest.raises(zoo_import.ZooImportError, match=r"the zoo at .* has \(4, 8.0"):
+        zoo_import.import_zoo(other, workdir, log=lambda *_: None)
+    assert zoo.tasks(workdir) == ["alpha", "beta"]
+    zoo_import.import_zoo(other, tmp_path / "w2", log=lambda *_: None)
+    shutil.copytree(zoo.task_dir(tmp_path / "w2", "gamma"), zoo.task_dir(workdir, "gamma"))
+    config = tiny.get_config()
+    config.tasks = ("alpha", "gamma")
+    config.val_checkpoints_per_task = 0
+    with pytest.raises(train.ConfigError, match="one generator needs one LoRA config"):
+        train.validate(config, workdir)
 
 
 def test_cli(source, tmp_path):
