@@ -158,6 +158,11 @@ def breakdown(model, in_shape, batch: int, repeats: int) -> list[dict]:
     rows = []
     for si, (s_in, s_out, k) in enumerate(hyperconv.stage_shapes(model, in_shape)):
         ops, conv, im2col = stage_ops(s_in, s_out, k, batch, dtype)
+        # the whole stage (flax module, as in the model), timed in the same rounds as its parts
+        stage = hyperconv.Stage(tuple(s_out), k, model.dtype)
+        x = jax.random.normal(jax.random.key(3), (batch, *s_in), dtype)
+        sp = jax.jit(stage.init)(jax.random.key(0), x)
+        ops.append(("whole stage", stage.apply, (sp, x), 0))
         fns = {}
         for name, fn, args, flop in ops:
             jf = jax.jit(fn)

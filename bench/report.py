@@ -86,8 +86,15 @@ def decoder_section(d: dict | None, title: str, cmd: str) -> list[str]:
             out.append(f"| {r['stage']} {tuple(r['in'])}->{tuple(r['out'])} | {r['op']} | "
                        f"{r['time_s']['min'] * 1e3:.2f} / {r['time_s']['median'] * 1e3:.2f} | "
                        f"{r['flops'] / 1e9:.3f} | {r.get('gflops_best', 0):.0f} | {cells[0]} | {cells[1]} |")
-        total = sum(r["time_s"]["min"] for r in rows if "time_s" in r and "im2col" not in r["op"]
-                    and not r["op"].endswith("gemm") and "grad" not in r["op"])
+        parts = [r for r in rows if "time_s" in r and "im2col" not in r["op"] and not r["op"].endswith("gemm")
+                 and "grad" not in r["op"] and r["op"] != "whole stage"]
+        total = sum(r["time_s"]["min"] for r in parts)
+        wholes = [r for r in rows if r["op"] == "whole stage"]
+        if wholes:
+            per_stage = ", ".join(f"stage {w['stage']}: {sum(r['time_s']['min'] for r in parts if r['stage'] == w['stage']) * 1e3:.1f}"
+                                  f" vs {w['time_s']['min'] * 1e3:.1f}" for w in wholes)
+            out += ["", f"Each stage's parts summed vs the whole stage compiled as one program (ms, min, same rounds): "
+                    f"{per_stage}."]
         fwd = d["programs"]["forward_b1"]["time_s"]["min"]
         out += ["", f"Sum of the parts: {total * 1e3:.1f} ms vs the whole forward {fwd * 1e3:.1f} ms. im2col vs conv "
                 f"largest difference / largest value: {max(diffs):.1e}.", ""]
