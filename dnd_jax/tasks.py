@@ -236,6 +236,7 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec("rte", "RTE", _rte, "{prompt}\nAnswer:"),
     ]
 }
+BUILTIN = tuple(TASKS)  # the registry's own tasks; task sources and task files register more on demand
 COMMONSENSE = ("arc_e", "arc_c", "boolq", "hellaswag", "piqa", "obqa", "winogrande")
 # ARC-e/ARC-c share their source (one family); MedMCQA shares "medical_exam" with MedQA.
 _FAMILIES = {"arc_e": "arc", "arc_c": "arc", "medmcqa": "medical_exam"}

@@ -202,7 +202,9 @@ def test_baselines_from_zoo(tiny_zoo, tmp_path):
     systems = baselines.build_baselines(workdir, "piqa", target_prompts=target, embed=embed,
                                         adapter_root=tmp_path)
     by_name = {s.name: s for s in systems}
-    assert list(by_name) == ["base", "lora:arc_e", "lora:boolq", "merged", "nearest", "oracle"]
+    assert list(by_name) == ["base", "lora:arc_e", "lora:boolq", "merged", "simmerge", "nearest", "oracle"]
+    w = by_name["simmerge"].info["weights"]  # boolq's prompts are the target's: it dominates the softmax
+    assert w["boolq"] > w["arc_e"] and sum(w.values()) == pytest.approx(1.0)
     assert by_name["base"].adapter is None
     assert by_name["lora:arc_e"].adapter == str(zoo.final_checkpoint(workdir, "arc_e"))
     assert by_name["nearest"].info["source_task"] == "boolq"
