@@ -65,6 +65,14 @@ def _check_plain_lora(cfg: dict, where: Path) -> None:
         raise InputError(f"{where}: adapters with rank_pattern/alpha_pattern are not supported")
 
 
+def merge_weights(k: int, weights: Sequence[float] | None) -> np.ndarray:
+    """``weights`` as an array checked to be ``k`` non-negative finite numbers summing to 1 (default 1/k)."""
+    w = np.full(k, 1.0 / k) if weights is None else np.asarray(weights, dtype=np.float64)
+    if w.shape != (k,) or not np.all(np.isfinite(w)) or np.any(w < 0) or abs(w.sum() - 1.0) > 1e-6:
+        raise ValueError(f"merge weights must be {k} non-negative finite numbers summing to 1")
+    return w
+
+
 def merge_adapters(ckpts: Sequence[str | Path], out_dir: str | Path, weights: Sequence[float] | None = None) -> Path:
     """Write the average of the adapters' weight updates as one exact peft LoRA adapter.
 
@@ -97,9 +105,7 @@ def merge_adapters(ckpts: Sequence[str | Path], out_dir: str | Path, weights: Se
     if other:
         raise ValueError(f"only lora_A/lora_B tensors can be merged; found {other[:3]}")
     k_count = len(ckpts)
-    w = np.full(k_count, 1.0 / k_count) if weights is None else np.asarray(weights, dtype=np.float64)
-    if w.shape != (k_count,) or not np.all(np.isfinite(w)) or np.any(w < 0) or abs(w.sum() - 1.0) > 1e-6:
-        raise ValueError(f"merge weights must be {k_count} non-negative finite numbers summing to 1")
+    w = merge_weights(k_count, weights)
     rank = sum(int(cfg["r"]) for cfg in cfgs)
     scale = lora_scaling(cfgs[0])
     new_cfg = dict(cfgs[0])
@@ -141,9 +147,7 @@ def write_merge_spec(ckpts: Sequence[str | Path], out_dir: str | Path, weights: 
     ckpts = [Path(c) for c in ckpts]
     if not ckpts:
         raise ValueError("a merge needs at least one adapter")
-    w = np.full(len(ckpts), 1.0 / len(ckpts)) if weights is None else np.asarray(weights, dtype=np.float64)
-    if w.shape != (len(ckpts),) or not np.all(np.isfinite(w)) or np.any(w < 0) or abs(w.sum() - 1.0) > 1e-6:
-        raise ValueError(f"merge weights must be {len(ckpts)} non-negative finite numbers summing to 1")
+    w = merge_weights(len(ckpts), weights)
     sources = []
     for c, wk in zip(ckpts, w, strict=True):
         cfg = zoo.adapter_config(c)
