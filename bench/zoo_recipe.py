@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from configs import smollm2_many
-from dnd_jax import collect, geometry, zoo
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: configs/, dnd_jax/
+
+from configs import smollm2_many  # noqa: E402
+from dnd_jax import collect, geometry, zoo  # noqa: E402
 
 
 def _config(steps: int, every: int, data_seed: int, max_len: int):
