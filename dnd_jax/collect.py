@@ -7,6 +7,12 @@ DnD recipe: many nearby checkpoints per task). Writes the layout documented in :
 Crash-safe and resumable: checkpoints are written to a temp folder and renamed; a resume state
 (LoRA tensors + optimizer) is saved along the way; a rerun skips finished tasks and checkpoints,
 redoes partial or corrupt ones, and produces the same files as an uninterrupted run.
+
+Parallel collection: ``--shard=I/N`` collects every N-th task starting at the I-th (interleaved, so
+N workers advance through a pool order together), one process per shard, on one machine or many
+sharing the workdir. Each task folder is locked while it is collected, and the zoo summary is merged
+under its own lock. On 2 cores, two 1-thread shards collect 1.4x as many LoRA steps per second as one
+2-thread process (docs/scaling/README.md).
 """
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ from pathlib import Path
 from absl import flags
 
 from dnd_jax import assets, base_model, cli, locking, lora_train, task_files, tasks, zoo
-from dnd_jax.errors import InputError, ResumeMismatchError
+from dnd_jax.errors import InputError, LockedError, ResumeMismatchError
 
 RESUME_FILE = "resume.pt"
 
@@ -173,18 +179,40 @@ def collect_task(config, workdir: Path, ref: base_model.BaseModelRef, task: str)
     return manifest
 
 
-def collect(config, workdir: str | Path, only: list[str] | None = None) -> dict:
+def parse_shard(spec: str | None) -> tuple[int, int] | None:
+    """``"I/N"`` -> (I, N) with 0 <= I < N; None or "" -> None (no sharding)."""
+    if not spec:
+        return None
+    try:
+        i, n = (int(x) for x in spec.split("/"))
+    except ValueError:
+        raise InputError(f"--shard must look like I/N (e.g. 0/2), got '{spec}'") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise InputError(f"--shard {spec}: need N >= 1 and 0 <= I < N")
+    return i, n
+
+
+def collect(config, workdir: str | Path, only: list[str] | None = None, shard: str | None = None) -> dict:
     """Collect the zoo for ``config.tasks`` (or ``only``); returns the zoo manifest.
 
-    Holds ``workdir``'s lock (:mod:`dnd_jax.locking`): a second collect on it is refused.
+    Unsharded, holds ``workdir``'s lock (:mod:`dnd_jax.locking`): a second collect on it is refused.
+    With ``shard="I/N"``, collects ``names[I::N]`` and locks each task folder while it works on it
+    (so N shards run side by side; two processes on one task are refused).
     """
     workdir = Path(workdir)
+    part = parse_shard(shard)
     task_files.register_config(config)  # tasks declared as files in config.task_files
     names = list(only or config.tasks)
     for name in names:
         tasks.get_task(name)  # unknown task -> UnknownTaskError before any compute
         if name not in config.tasks:
             raise InputError(f"task '{name}' is not in config.tasks {tuple(config.tasks)}")
+    if part is not None:
+        names = names[part[0]::part[1]]
+        holder = locking.holder(workdir)
+        if holder is not None and locking.is_live(holder):
+            raise LockedError(f"{workdir} is in use by {locking.describe(holder)}; a shard would collide with it")
+        return _collect(config, workdir, names)
     with locking.workdir_lock(workdir, "collect"):
         return _collect(config, workdir, names)
 
@@ -193,17 +221,20 @@ def _collect(config, workdir: Path, names: list[str]) -> dict:
     ref = base_model.resolve(config.base_model, workdir)
     summaries = {}
     for name in names:
-        summaries[name] = collect_task(config, workdir, ref, name)
-    zoo_manifest_path = zoo.zoo_dir(workdir) / "manifest.json"
-    previous = json.loads(zoo_manifest_path.read_text())["tasks"] if zoo_manifest_path.is_file() else {}
-    previous.update({
-        n: {k: m[k] for k in ("final_loss", "first_loss", "train_wall_time_s", "total_steps", "split_sizes",
-                              "num_prompts")} | {"num_checkpoints": len(m["checkpoints"])}
-        for n, m in summaries.items()
-    })
-    manifest = {"base_model": ref.to_dict(), "lora": _lora_dict(config, ref), "answer_format": config.answer_format,
-                "zoo": config.zoo.to_dict(), "tasks": previous}
-    assets.write_json_atomic(zoo_manifest_path, manifest)
+        with locking.workdir_lock(zoo.task_dir(workdir, name), "collect"):
+            summaries[name] = collect_task(config, workdir, ref, name)
+    zdir = zoo.zoo_dir(workdir)
+    with locking.workdir_lock(zdir, "collect"):  # shards merge their summaries one at a time
+        zoo_manifest_path = zdir / "manifest.json"
+        previous = json.loads(zoo_manifest_path.read_text())["tasks"] if zoo_manifest_path.is_file() else {}
+        previous.update({
+            n: {k: m[k] for k in ("final_loss", "first_loss", "train_wall_time_s", "total_steps", "split_sizes",
+                                  "num_prompts")} | {"num_checkpoints": len(m["checkpoints"])}
+            for n, m in summaries.items()
+        })
+        manifest = {"base_model": ref.to_dict(), "lora": _lora_dict(config, ref),
+                    "answer_format": config.answer_format, "zoo": config.zoo.to_dict(), "tasks": previous}
+        assets.write_json_atomic(zoo_manifest_path, manifest)
     print(summary_table(manifest))
     return manifest
 
@@ -222,11 +253,13 @@ def define_flags() -> dict:
         "config": cli.config_flag(),
         "workdir": flags.DEFINE_string("workdir", None, "Working directory; the zoo goes to WORKDIR/zoo."),
         "tasks": flags.DEFINE_list("tasks", None, "Only these tasks (default: config.tasks)."),
+        "shard": flags.DEFINE_string("shard", None, "I/N: collect every N-th task from the I-th, alongside the "
+                                     "other shards (one process each; see the module doc)."),
     }
 
 
 def main(fl: dict) -> None:
-    collect(fl["config"].value, fl["workdir"].value, fl["tasks"].value)
+    collect(fl["config"].value, fl["workdir"].value, fl["tasks"].value, fl["shard"].value)
 
 
 def cli_main() -> None:

@@ -53,7 +53,17 @@ def holder(workdir: str | Path) -> dict | None:
         return {}  # being written right now, or torn: treat as held by an unknown writer
 
 
-def _describe(info: dict) -> str:
+def is_live(info: dict) -> bool:
+    """Whether a holder record names a live process (records from another host count as live)."""
+    if not info:
+        return True
+    pid = info.get("pid")
+    if info.get("host") != socket.gethostname() or not isinstance(pid, int):
+        return True
+    return _alive(pid, info.get("start"))
+
+
+def describe(info: dict) -> str:
     if not info:
         return "an unknown process"
     return f"pid {info.get('pid')} on {info.get('host')} ({info.get('verb')}, since {info.get('since')})"
@@ -98,7 +108,7 @@ def workdir_lock(workdir: str | Path, verb: str) -> Iterator[Path]:
                         pass
                     continue
                 where = "" if same_host or not info else f"; if that process is gone, delete {path}"
-                raise LockedError(f"{workdir} is in use by {_describe(info)}: one writer per workdir{where}") from None
+                raise LockedError(f"{workdir} is in use by {describe(info)}: one writer per workdir{where}") from None
         else:
             raise LockedError(f"could not take the lock {path} (contended); try again")
     finally:

@@ -6,6 +6,7 @@ import torch
 
 from configs import tiny
 from dnd_jax import base_model, collect, zoo
+from dnd_jax.errors import InputError, LockedError
 
 
 def _tiny_config(**zoo_overrides):
@@ -148,3 +149,40 @@ def test_data_seed_reorders_batches_keeps_init_and_old_hashes(clean_zoo, tmp_pat
     # Same LoRA init: A moved only by the few training steps, so it stays close to the shared start.
     for k in (k for k in a if ".lora_A." in k):
         assert np.linalg.norm(a[k] - b[k]) < 0.2 * np.linalg.norm(a[k]), k
+
+
+def test_shards_together_equal_one_collect(clean_zoo, tmp_path):
+    """Shards 0/2 and 1/2 (each its own tasks) give the same checkpoints and zoo summary as one collect."""
+    config = _tiny_config()
+    collect.collect(config, tmp_path, shard="1/2")
+    assert zoo.tasks(tmp_path) == ["piqa"]  # names[1::2]
+    collect.collect(config, tmp_path, shard="0/2")
+    a, b = _snapshot(clean_zoo), _snapshot(tmp_path)
+    assert a.keys() == b.keys()
+    for key in a:
+        for name, t in a[key][0].items():
+            np.testing.assert_array_equal(t, b[key][0][name], err_msg=str((key, name)))
+    assert set(zoo.manifest(tmp_path)["tasks"]) == {"arc_e", "piqa"}  # merged, not overwritten
+    assert not list(tmp_path.rglob(".dnd_lock"))  # every lock released
+
+
+@pytest.mark.parametrize("spec", ["2/2", "1", "a/b", "-1/3"])
+def test_bad_shard_is_refused(tmp_path, spec):
+    with pytest.raises(InputError, match="--shard"):
+        collect.collect(_tiny_config(), tmp_path, shard=spec)
+
+
+def test_shard_refuses_a_task_another_process_holds(tmp_path):
+    """A task folder locked by a live process (pid 1 here) is refused with its holder named."""
+    import json
+    import socket
+
+    from dnd_jax import locking
+
+    tdir = zoo.task_dir(tmp_path, "piqa")
+    tdir.mkdir(parents=True)
+    (tdir / locking.LOCK_FILE).write_text(json.dumps({"pid": 1, "host": socket.gethostname(), "verb": "collect",
+                                                      "start": locking._start_time(1), "since": "now"}))
+    with pytest.raises(LockedError, match="pid 1"):
+        collect.collect(_tiny_config(), tmp_path, shard="1/2")
+    assert not (tdir / "manifest.json").exists()
