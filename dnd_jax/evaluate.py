@@ -86,9 +86,11 @@ def _examples_hash(examples: Sequence[tasks.Example]) -> str:
 
 
 def _cache_key(ref: base_model.BaseModelRef, ahash: str, task: str, split: str, metric: str, limit: int,
-               examples: Sequence[tasks.Example], max_new_tokens: int) -> dict:
+               examples: Sequence[tasks.Example], max_new_tokens: int, packed: bool = False) -> dict:
     key = {"version": SCORING_VERSION, "base_model_sha": ref.sha, "adapter_hash": ahash, "task": task,
            "split": split, "metric": metric, "limit": limit, "examples": _examples_hash(examples)}
+    if packed and metric == "cloze":  # same scores up to float reassociation: its own cache entry
+        key["packed"] = True
     if metric in ("mc", "exact_match", "pass@1"):
         key["max_new_tokens"] = max_new_tokens
     if metric in ("bpb", "exact_match", "pass@1"):
@@ -146,10 +148,10 @@ def model_with_adapter(ref: base_model.BaseModelRef, adapter: str | Path | None)
 
 
 def _score(model, tok, examples: Sequence[tasks.Example], metric: str, batch_size: int, max_new_tokens: int,
-           progress: bool) -> dict:
+           progress: bool, packed: bool = False) -> dict:
     """The cacheable, per-example part of a result."""
     if metric == "cloze":
-        scores = scoring.cloze_scores(model, tok, examples, batch_size=batch_size, progress=progress)
+        scores = scoring.cloze_scores(model, tok, examples, batch_size=batch_size, progress=progress, packed=packed)
         raw, norm = scoring.cloze_predictions(scores)
         for i, sc in enumerate(scores):  # a NaN/inf log-likelihood is no prediction (np.argmax would pick it)
             if not np.isfinite(np.asarray(sc["loglik"], np.float64)).all():
@@ -190,8 +192,13 @@ def _summarize(record: dict, n_boot: int, seed: int) -> dict:
 def evaluate_adapter_metrics(model_ref: base_model.BaseModelRef, adapter: str | Path | None, task: str,
                              metrics: Sequence[str], limit: int | None, batch_size: int,
                              cache_dir: str | Path | None, *, split: str = "test", max_new_tokens: int = 8,
-                             n_boot: int = 1000, seed: int = 0, progress: bool = True) -> dict[str, dict]:
-    """:func:`evaluate_adapter` for several metrics, merging the adapter at most once."""
+                             n_boot: int = 1000, seed: int = 0, progress: bool = True,
+                             packed: bool = False) -> dict[str, dict]:
+    """:func:`evaluate_adapter` for several metrics, merging the adapter at most once.
+
+    ``packed``: cloze scores each question's choices in one row (``config.eval.packed``; 1.5-1.7x
+    faster on SmolLM2, same log-likelihoods to 4e-5; cached apart from unpacked results).
+    """
     limit = int(limit or 0)
     examples = tasks.load_examples(task, split, limit or None)
     ahash = adapter_hash(adapter)
@@ -201,7 +208,7 @@ def evaluate_adapter_metrics(model_ref: base_model.BaseModelRef, adapter: str | 
     for metric in metrics:
         if metric not in METRICS:
             raise InputError(f"unknown metric '{metric}'; use one of {METRICS}")
-        key = _cache_key(model_ref, ahash, task, split, metric, limit, examples, max_new_tokens)
+        key = _cache_key(model_ref, ahash, task, split, metric, limit, examples, max_new_tokens, packed)
         path = _cache_path(cache, key) if cache else None
         if path is not None and path.is_file():
             record = json.loads(path.read_text())
@@ -213,7 +220,7 @@ def evaluate_adapter_metrics(model_ref: base_model.BaseModelRef, adapter: str | 
         with model_with_adapter(model_ref, adapter) as (model, tok):
             for metric, key, path in todo:
                 t0 = time.time()
-                record = _score(model, tok, examples, metric, batch_size, max_new_tokens, progress)
+                record = _score(model, tok, examples, metric, batch_size, max_new_tokens, progress, packed)
                 record |= {"key": key, "task": task, "split": split, "metric": metric, "limit": limit,
                            "ids": [e.id for e in examples], "adapter": str(adapter) if adapter else None,
                            "wall_s": time.time() - t0}
@@ -225,7 +232,8 @@ def evaluate_adapter_metrics(model_ref: base_model.BaseModelRef, adapter: str | 
 
 def evaluate_adapter(model_ref: base_model.BaseModelRef, adapter: str | Path | None, task: str, metric: str,
                      limit: int | None, batch_size: int, cache_dir: str | Path | None, *, split: str = "test",
-                     max_new_tokens: int = 8, n_boot: int = 1000, seed: int = 0, progress: bool = True) -> dict:
+                     max_new_tokens: int = 8, n_boot: int = 1000, seed: int = 0, progress: bool = True,
+                     packed: bool = False) -> dict:
     """One adapter (None = the base model) on the first ``limit`` examples of a task split.
 
     Returns ``accuracy``, ``n``, ``ci`` (95% bootstrap), the per-example ``correct`` list and ``pred``;
@@ -234,7 +242,7 @@ def evaluate_adapter(model_ref: base_model.BaseModelRef, adapter: str | Path | N
     """
     return evaluate_adapter_metrics(model_ref, adapter, task, [metric], limit, batch_size, cache_dir, split=split,
                                     max_new_tokens=max_new_tokens, n_boot=n_boot, seed=seed,
-                                    progress=progress)[metric]
+                                    progress=progress, packed=packed)[metric]
 
 
 # --- many systems + reports ------------------------------------------------------------------------
@@ -259,7 +267,7 @@ def evaluate_systems(model_ref: base_model.BaseModelRef, systems: Sequence[basel
                      metrics: Sequence[str] = METRICS, limit: int | None = None, batch_size: int = 16,
                      cache_dir: str | Path | None = None, out_dir: str | Path | None = None,
                      split: str = "test", max_new_tokens: int = 8, n_boot: int = 1000, seed: int = 0,
-                     progress: bool = True) -> dict:
+                     progress: bool = True, packed: bool = False) -> dict:
     """Evaluate every system on every metric, add the training-LoRA mean and paired comparisons.
 
     Comparisons: every system against ``base``, and every ``adapter`` system (e.g. DnD's) against
@@ -272,7 +280,7 @@ def evaluate_systems(model_ref: base_model.BaseModelRef, systems: Sequence[basel
     for s in tqdm(systems, desc=f"eval {task}", disable=not progress):
         res = evaluate_adapter_metrics(model_ref, s.adapter, task, metrics, limit, batch_size, cache_dir,
                                        split=split, max_new_tokens=max_new_tokens, n_boot=n_boot, seed=seed,
-                                       progress=progress)
+                                       progress=progress, packed=packed)
         for m in metrics:
             results[m][s.name] = res[m]
     for m in metrics:
@@ -516,7 +524,7 @@ def run(config, workdir: str | Path, task: str, *, adapters: Sequence[str] = (),
     report = evaluate_systems(ref, systems, task, metrics=metrics, limit=limit, batch_size=int(ec.batch_size),
                               cache_dir=workdir / "eval_cache", out_dir=out_dir, split=split,
                               max_new_tokens=int(ec.max_new_tokens), n_boot=int(ec.bootstrap),
-                              seed=int(config.seed), progress=progress)
+                              seed=int(config.seed), progress=progress, packed=bool(ec.get("packed", False)))
     print(markdown(report))
     print(f"[evaluate] wrote {out_dir}/results.json, results.md, results.png")
     return report

@@ -17,8 +17,9 @@ the targets' families), for each K in ``pool_sizes``, so pools are nested. For e
      cos(mean MiniLM embedding of the target's condition prompts, of the task's zoo prompts) /
      ``scaling.temperature`` (label-free, like DnD; temperature -> inf is merged, -> 0 is nearest);
    - ``nearest``: the pool LoRA with the highest such cosine;
-   - ``train_mean``: the per-question mean over a seeded sample of at most ``scaling.mean_sample``
-     of pool K's LoRAs, each evaluated on its own (the training-LoRA mean);
+   - ``train_mean``: the per-question mean over the first ``scaling.mean_sample`` LoRAs of the
+     pool order (a random sample shared by every pool; :func:`training_sample`), each evaluated on
+     its own (the training-LoRA mean);
    - ``base`` and ``oracle`` (the target's own zoo LoRA), once per target;
 3. paired bootstrap CIs for DnD - merged, DnD - simmerge, DnD - train_mean and DnD - base per
    (target, K), and their average over targets (questions resampled within each target);
@@ -89,12 +90,14 @@ def pool_config(config, pool: Sequence[str]):
     return cfg
 
 
-def training_sample(pool: Sequence[str], k: int, seed: int) -> list[str]:
-    """A seeded sample of at most ``k`` pool tasks (in pool order) for the training-LoRA mean."""
-    if len(pool) <= k:
-        return list(pool)
-    idx = np.sort(np.random.default_rng([seed, len(pool)]).choice(len(pool), k, replace=False))
-    return [pool[i] for i in idx]
+def training_sample(pool: Sequence[str], k: int) -> list[str]:
+    """The pool tasks whose LoRAs make the training-LoRA mean: the first ``k`` of the pool.
+
+    Pools are prefixes of one seeded permutation, so its first ``k`` tasks are a uniform random sample
+    of every pool of size >= k, and the same sample for all of them: each of those LoRAs is evaluated
+    on a target once, whatever the number of pool sizes (the cache serves the rest).
+    """
+    return list(pool[:k])
 
 
 def stratified_paired_bootstrap(pairs: Sequence[tuple[Sequence[float], Sequence[float]]], n_boot: int = 1000,
@@ -119,7 +122,7 @@ def _evaluate(ref, adapter, target: str, metric: str, config, workdir: Path) -> 
     ec = config.eval
     return evaluate.evaluate_adapter(ref, adapter, target, metric, int(ec.limit), int(ec.batch_size),
                                      workdir / "eval_cache", max_new_tokens=int(ec.max_new_tokens),
-                                     n_boot=int(ec.bootstrap), progress=False)
+                                     n_boot=int(ec.bootstrap), progress=False, packed=bool(ec.get("packed", False)))
 
 
 def _mean_record(records: Sequence[dict], n_boot: int) -> dict:
@@ -142,7 +145,7 @@ def run_pool(config, workdir: Path, k: int, pool: list[str], ref, embed) -> dict
 
     finals = {t: zoo.final_checkpoint(workdir, t) for t in pool}
     merged_dir = baselines.write_merge_spec([finals[t] for t in pool], root / "adapters" / "merged")
-    sample = training_sample(pool, st["mean_sample"], st["seed"])
+    sample = training_sample(pool, st["mean_sample"])
     gen = None
     rows = {}
     for target in targets:

@@ -87,26 +87,100 @@ def _continuation_logprobs(model, seqs: Sequence[tuple[list[int], int]], pad_id:
     return sums.tolist()
 
 
+def _packed_continuation_logprobs(model, groups: Sequence[Sequence[tuple[list[int], int]]],
+                                  pad_id: int) -> list[list[float]]:
+    """:func:`_continuation_logprobs` for groups of sequences that share a prefix (the choices of one
+    question), each group packed into one row: the common prefix once, then every choice's remainder,
+    with a 4D mask so a remainder sees the prefix and itself only and position ids that restart after
+    the prefix. Same log-likelihoods as scoring each choice on its own (up to float reassociation), at
+    the cost of the prefix once instead of once per choice.
+    """
+    import torch
+
+    rows = []
+    for seqs in groups:
+        lcp = min(len(ids) - n for ids, n in seqs)  # never share a scored token
+        first = seqs[0][0]
+        for ids, _ in seqs[1:]:
+            j = 0
+            while j < lcp and ids[j] == first[j]:
+                j += 1
+            lcp = j
+        tokens, pos, block = list(first[:lcp]), list(range(lcp)), [0] * lcp
+        where = []  # per choice: packed index of each of its own positions >= lcp
+        for c, (ids, _) in enumerate(seqs):
+            where.append(list(range(len(tokens), len(tokens) + len(ids) - lcp)))
+            tokens += ids[lcp:]
+            pos += range(lcp, len(ids))
+            block += [c + 1] * (len(ids) - lcp)
+        rows.append((tokens, pos, block, lcp, where))
+    width = max(len(r[0]) for r in rows)
+    b = len(rows)
+    input_ids = torch.full((b, width), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((b, width), dtype=torch.long)
+    blocks = torch.full((b, width), -1, dtype=torch.long)
+    for i, (tokens, pos, block, _, _) in enumerate(rows):
+        input_ids[i, : len(tokens)] = torch.tensor(tokens)
+        position_ids[i, : len(tokens)] = torch.tensor(pos)
+        blocks[i, : len(tokens)] = torch.tensor(block)
+    q, k = blocks[:, :, None], blocks[:, None, :]
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    allowed = causal & ((k == 0) | (k == q)) & (k >= 0) & (q >= 0)
+    allowed |= torch.eye(width, dtype=torch.bool)  # padding rows attend to themselves (no empty softmax)
+    dtype = next(model.parameters()).dtype
+    mask = torch.zeros((b, 1, width, width), dtype=dtype).masked_fill(~allowed[:, None], torch.finfo(dtype).min)
+    gather_rows, gather_cols, targets, owner = [], [], [], []
+    for i, ((_, _, _, lcp, where), seqs) in enumerate(zip(rows, groups, strict=True)):
+        for c, (ids, n) in enumerate(seqs):
+            for j in range(len(ids) - n, len(ids)):
+                m = j - 1  # the position (in the choice's own sequence) that predicts token j
+                gather_rows.append(i)
+                gather_cols.append(m if m < lcp else where[c][m - lcp])
+                targets.append(ids[j])
+                owner.append((i, c))
+    rows_t, cols_t = torch.tensor(gather_rows), torch.tensor(gather_cols)
+    softcap = getattr(model.config, "final_logit_softcapping", None)
+    if softcap is None and hasattr(model, "get_decoder") and model.get_output_embeddings() is not None:
+        hidden = model.get_decoder()(input_ids=input_ids, attention_mask=mask,
+                                     position_ids=position_ids).last_hidden_state
+        logits = model.get_output_embeddings()(hidden[rows_t, cols_t])
+    else:
+        logits = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids).logits[rows_t, cols_t]
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    token_lp = logp[torch.arange(len(targets)), torch.tensor(targets)].double().tolist()
+    out = [[0.0] * len(seqs) for seqs in groups]
+    for (i, c), lp in zip(owner, token_lp, strict=True):
+        out[i][c] += lp
+    return out
+
+
 def cloze_scores(model, tokenizer, examples: Sequence[tasks_lib.Example], batch_size: int = 16,
-                 max_len: int | None = None, progress: bool = True) -> list[dict]:
+                 max_len: int | None = None, progress: bool = True, packed: bool = False) -> list[dict]:
     """Per example: ``loglik`` (summed, per choice), ``chars`` (normalizer, per choice), ``tokens``.
 
     ``batch_size`` examples go into one forward with all their choices. Examples are batched in
-    order of length (less padding) and the results returned in the input order.
+    order of length (less padding) and the results returned in the input order. ``packed``: one row
+    per example, the shared context computed once (:func:`_packed_continuation_logprobs`).
     """
     import torch
 
     max_len = max_len or _model_max_len(model)
     encoded = [encode_cloze(tokenizer, ex, max_len) for ex in examples]
-    order = sorted(range(len(examples)), key=lambda i: -max(len(ids) for ids, _ in encoded[i]))
+    if packed:  # packed row length: shared context + every choice's remainder (roughly)
+        order = sorted(range(len(examples)), key=lambda i: -sum(len(ids) for ids, _ in encoded[i]))
+    else:
+        order = sorted(range(len(examples)), key=lambda i: -max(len(ids) for ids, _ in encoded[i]))
     out: list[dict | None] = [None] * len(examples)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     bar = tqdm(total=len(examples), desc="cloze", disable=not progress, leave=False)
     with torch.inference_mode():
         for b in range(0, len(order), batch_size):
             idx = order[b : b + batch_size]
-            seqs = [s for i in idx for s in encoded[i]]
-            sums = _continuation_logprobs(model, seqs, pad_id)
+            if packed:
+                per = _packed_continuation_logprobs(model, [encoded[i] for i in idx], pad_id)
+                sums = [x for p in per for x in p]
+            else:
+                sums = _continuation_logprobs(model, [s for i in idx for s in encoded[i]], pad_id)
             k = 0
             for i in idx:
                 n = len(encoded[i])

@@ -99,6 +99,21 @@ def test_cloze_equals_hand_computation(tiny_model, mixed_examples):
         assert norm == [int(np.argmax(np.array(hand) / np.array(b["chars"])))]
 
 
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_packed_cloze_equals_one_choice_at_a_time(tiny_model, mixed_examples, batch_size):
+    """Packing a question's choices into one row (shared context once, 4D mask, restarted positions)
+    gives each choice's own log-likelihood; WinoGrande's choices differ inside the context."""
+    model, tok = tiny_model
+    examples = mixed_examples + tasks.load_examples("winogrande", "test", 3)
+    plain = scoring.cloze_scores(model, tok, examples, batch_size=1, progress=False)
+    packed = scoring.cloze_scores(model, tok, examples, batch_size=batch_size, progress=False, packed=True)
+    for ex, a, b in zip(examples, plain, packed, strict=True):
+        assert len(b["loglik"]) == len(ex.choices)
+        np.testing.assert_allclose(b["loglik"], a["loglik"], rtol=1e-5, atol=1e-4, err_msg=ex.id)
+        assert b["tokens"] == a["tokens"]
+    assert scoring.cloze_predictions(packed) == scoring.cloze_predictions(plain)
+
+
 def test_mc_batched_equals_unbatched(tiny_model, mixed_examples):
     model, tok = tiny_model
     batched = scoring.mc_generate(model, tok, mixed_examples, batch_size=6, max_new_tokens=3, progress=False)

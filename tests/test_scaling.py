@@ -100,9 +100,9 @@ def test_stratified_bootstrap_and_training_sample():
     same = scaling.stratified_paired_bootstrap([(a[0], a[0])], n_boot=100)
     assert same["diff"] == 0 and same["ci"] == [0, 0]
     pool = [f"t{i}" for i in range(30)]
-    s = scaling.training_sample(pool, 12, 0)
-    assert len(s) == 12 and s == scaling.training_sample(pool, 12, 0) and s == [t for t in pool if t in s]
-    assert scaling.training_sample(pool[:5], 12, 0) == pool[:5]
+    s = scaling.training_sample(pool, 12)
+    assert s == pool[:12] and scaling.training_sample(pool[:30], 12) == s  # one sample for every pool >= 12
+    assert scaling.training_sample(pool[:5], 12) == pool[:5]
 
 
 def _config():
