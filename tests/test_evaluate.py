@@ -106,12 +106,22 @@ def test_packed_cloze_equals_one_choice_at_a_time(tiny_model, mixed_examples, ba
     model, tok = tiny_model
     examples = mixed_examples + tasks.load_examples("winogrande", "test", 3)
     plain = scoring.cloze_scores(model, tok, examples, batch_size=1, progress=False)
-    packed = scoring.cloze_scores(model, tok, examples, batch_size=batch_size, progress=False, packed=True)
+    packed = scoring.cloze_scores(model, tok, examples, batch_size=batch_size, progress=False, packed=True,
+                                  pack_min_saving=0.0)
     for ex, a, b in zip(examples, plain, packed, strict=True):
         assert len(b["loglik"]) == len(ex.choices)
         np.testing.assert_allclose(b["loglik"], a["loglik"], rtol=1e-5, atol=1e-4, err_msg=ex.id)
         assert b["tokens"] == a["tokens"]
     assert scoring.cloze_predictions(packed) == scoring.cloze_predictions(plain)
+
+
+def test_packing_saving():
+    shared = [([1, 2, 3, 4, 5, 6], 1), ([1, 2, 3, 4, 5, 7], 1)]  # 5 shared context tokens of 6
+    assert scoring.packing_saving([shared]) == pytest.approx(5 / 12)
+    apart = [([1, 2, 3], 1), ([9, 2, 3], 1)]  # nothing shared (WinoGrande-like start)
+    assert scoring.packing_saving([apart]) == 0.0
+    never_scored = [([1, 2, 3], 2), ([1, 2, 3], 2)]  # identical, but only 1 context token may be shared
+    assert scoring.packing_saving([never_scored]) == pytest.approx(1 / 6)
 
 
 def test_mc_batched_equals_unbatched(tiny_model, mixed_examples):
