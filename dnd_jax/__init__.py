@@ -19,9 +19,9 @@ __version__ = "0.1.0"
 # (No export may share a name with a submodule: ``from dnd_jax import collect`` must stay the module.)
 _EXPORTS = {
     # generation
-    "Generator": "dnd_jax.generate",
-    "Adapter": "dnd_jax.generate",
-    "read_prompts": "dnd_jax.generate",
+    "Generator": "dnd_jax.generator",
+    "Adapter": "dnd_jax.generator",
+    "read_prompts": "dnd_jax.generator",
     "load_generator": "dnd_jax.checkpoint",
     "LoadedGenerator": "dnd_jax.checkpoint",
     # training and the run plan
@@ -75,7 +75,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
         UserError,
     )
     from dnd_jax.evaluate import evaluate_adapter, evaluate_target  # noqa: F401
-    from dnd_jax.generate import Adapter, Generator, read_prompts  # noqa: F401
+    from dnd_jax.generator import Adapter, Generator, read_prompts  # noqa: F401
     from dnd_jax.plan import training_tasks, validate  # noqa: F401
     from dnd_jax.train import train_and_evaluate  # noqa: F401
     from dnd_jax.weights.layout import WeightLayout, build_layout, detokenize, tokenize  # noqa: F401

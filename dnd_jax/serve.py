@@ -44,7 +44,7 @@ def main(fl: dict) -> None:
     import uvicorn
 
     from dnd_jax.errors import InputError
-    from dnd_jax.generate import Generator
+    from dnd_jax.generator import Generator
     from dnd_jax.serving import app as app_lib
     from dnd_jax.serving.metrics import Metrics
     from dnd_jax.serving.requests import Limits

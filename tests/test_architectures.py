@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from configs import tiny
-from dnd_jax import assets, base_model, collect, generate, train, zoo
+from dnd_jax import assets, base_model, collect, generator, train, zoo
 
 # Each config: hidden 32, 2 layers, 4 heads of 8, 2 KV heads, MLP 64; fused projections where the
 # architecture has them (Phi-3: qkv_proj, gate_up_proj). Mistral ran too (same module names as Qwen2 and
@@ -60,7 +60,7 @@ def test_collect_train_generate_load_on_any_architecture(arch, tmp_path):
     assert {k.split(".")[-3] for k in shapes} == set(ARCHS[arch][2])  # every linear layer carries a LoRA
 
     train.train_and_evaluate(config, workdir / "generator")
-    gen = generate.Generator.load(workdir / "generator")
+    gen = generator.Generator.load(workdir / "generator")
     assert {e.key: tuple(e.shape) for e in gen.layout.entries} == shapes  # layout from the shapes alone
     adapter = gen.generate(["Which gas do plants take in?", "How do magnets work?", "Why is ice slippery?",
                             "What makes a rainbow?"])

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from configs import tiny
-from dnd_jax import base_model, collect, generate, tasks, train, zoo
+from dnd_jax import base_model, collect, generator, tasks, train, zoo
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def test_generated_adapter_loads_in_peft_and_changes_logits(trained, tmp_path):
     from peft import PeftModel
 
     workdir, gen_dir = trained
-    gen = generate.Generator.load(gen_dir)
+    gen = generator.Generator.load(gen_dir)
     adapter = gen.generate(_prompts())
     out = adapter.save(tmp_path / "adapter")
     assert (out / "adapter_model.safetensors").is_file() and (out / "adapter_config.json").is_file()
@@ -63,13 +63,13 @@ def test_generated_weights_match_the_decoder_output(trained):
     from dnd_jax.weights import layout as layout_lib
 
     _, gen_dir = trained
-    gen = generate.Generator.load(gen_dir)
+    gen = generator.Generator.load(gen_dir)
     prompts = _prompts()
     adapter = gen.generate(prompts, seed=3)
     assert set(adapter.state_dict) == set(gen.layout.keys)
 
-    chosen = generate.choose_prompts(prompts, gen.num_prompts, seed=3)
-    cond = conditions.encode_prompts([p[: gen.config.conditions.max_len * generate.MAX_PROMPT_CHARS_PER_TOKEN]
+    chosen = generator.choose_prompts(prompts, gen.num_prompts, seed=3)
+    cond = conditions.encode_prompts([p[: gen.config.conditions.max_len * generator.MAX_PROMPT_CHARS_PER_TOKEN]
                                       for p in chosen], gen.config)[None]
     raw = np.asarray(gen.model.apply(gen.params, cond), np.float32)[0]
     tokens = np.asarray(gen.normalizer.denormalize(raw), np.float32) * gen.layout.mask()
@@ -86,7 +86,7 @@ def test_generated_weights_match_the_decoder_output(trained):
 
 def test_batch_generation_equals_one_by_one(trained):
     _, gen_dir = trained
-    gen = generate.Generator.load(gen_dir)
+    gen = generator.Generator.load(gen_dir)
     sets = [_prompts("arc_c"), _prompts("piqa"), _prompts("boolq")]
     batched = gen.generate_many(sets)
     for ps, b in zip(sets, batched):
@@ -99,14 +99,14 @@ def test_batch_generation_equals_one_by_one(trained):
 
 def test_too_few_prompts_repeat_with_warning(trained):
     with pytest.warns(UserWarning, match="repeating"):
-        chosen = generate.choose_prompts(["one", "two"], 5, seed=0)
+        chosen = generator.choose_prompts(["one", "two"], 5, seed=0)
     assert chosen == ["one", "two", "one", "two", "one"]
-    assert len(generate.choose_prompts([str(i) for i in range(50)], 5, seed=0)) == 5
+    assert len(generator.choose_prompts([str(i) for i in range(50)], 5, seed=0)) == 5
 
 
 def test_long_prompts_warn_about_truncation(trained):
     _, gen_dir = trained
-    gen = generate.Generator.load(gen_dir)
+    gen = generator.Generator.load(gen_dir)
     with pytest.warns(UserWarning, match="truncated"):
         gen.generate(["word " * 2000] * 4)
 
@@ -119,14 +119,14 @@ def test_long_prompts_warn_about_truncation(trained):
 def test_bad_prompt_files(tmp_path, content, match):
     path = tmp_path / "prompts.txt"
     path.write_bytes(content)
-    with pytest.raises(generate.GenerateError, match=match):
-        generate.read_prompts(path)
-    with pytest.raises(generate.GenerateError, match="does not exist"):
-        generate.read_prompts(tmp_path / "missing.txt")
+    with pytest.raises(generator.GenerateError, match=match):
+        generator.read_prompts(path)
+    with pytest.raises(generator.GenerateError, match="does not exist"):
+        generator.read_prompts(tmp_path / "missing.txt")
     bad = tmp_path / "p.jsonl"
     bad.write_text('{"text": "no prompt field"}\n')
-    with pytest.raises(generate.GenerateError, match="'prompt' field"):
-        generate.read_prompts(bad)
+    with pytest.raises(generator.GenerateError, match="'prompt' field"):
+        generator.read_prompts(bad)
 
 
 def _cli(*args):

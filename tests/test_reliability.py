@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from dnd_jax import checkpoint, cli, errors, generate, locking, testing, train, zoo
+from dnd_jax import checkpoint, cli, errors, generator, locking, testing, train, zoo
 from dnd_jax.weights import peft_io
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,7 +77,7 @@ def test_flipped_bytes_in_a_generator_checkpoint_are_refused(gen_dir, tmp_path):
     data[len(data) // 3: len(data) // 3 + 400] = bytes(b ^ 0x5A for b in data[len(data) // 3: len(data) // 3 + 400])
     target.write_bytes(bytes(data))
     with pytest.raises(errors.IntegrityError, match="does not match its checksum"):
-        generate.Generator.load(w)
+        generator.Generator.load(w)
     prompts = tmp_path / "p.txt"
     prompts.write_text("What is the boiling point of water?\n")
     line = _one_line_error(_cli("dnd_jax.generate", "--checkpoint", w, "--prompts", prompts, "--out", tmp_path / "a"))
@@ -135,7 +135,7 @@ def test_non_finite_weights_are_refused_on_load_and_on_generate(gen_dir, tmp_pat
     with pytest.raises(errors.IntegrityError, match="non-finite"):
         checkpoint.load_generator(w)  # latest = 7, checksums fine, weights NaN
 
-    gen = generate.Generator.load(gen_dir)
+    gen = generator.Generator.load(gen_dir)
     gen.params = nan_params  # a generator that diverged
     out = tmp_path / "adapter"
     with pytest.raises(errors.IntegrityError, match="non-finite"):
@@ -237,7 +237,7 @@ def test_overwrite_never_replaces_a_folder_with_user_files(gen_dir, tmp_path):
     assert "not an adapter folder" in line
     assert (out / "notes.txt").read_text() == "precious" and (out / "sub").is_dir()
     # an adapter folder is replaced, only once the new one is complete
-    gen = generate.Generator.load(gen_dir)
+    gen = generator.Generator.load(gen_dir)
     a = gen.generate(["Why is the sky blue?"] * 4)
     first = a.save(tmp_path / "ad")
     before = (first / peft_io.ADAPTER_WEIGHTS).read_bytes()
@@ -250,7 +250,7 @@ def test_overwrite_never_replaces_a_folder_with_user_files(gen_dir, tmp_path):
 def test_written_files_follow_the_umask(gen_dir, tmp_path):
     old = os.umask(0o022)
     try:
-        gen = generate.Generator.load(gen_dir)
+        gen = generator.Generator.load(gen_dir)
         out = gen.generate(["Why is the sky blue?"] * 4).save(tmp_path / "ad")
     finally:
         os.umask(old)
@@ -317,8 +317,8 @@ def test_stale_lock_is_taken_over_and_foreign_host_is_not(tmp_path):
 def test_jsonl_prompts_must_be_strings(tmp_path, line, match):
     p = tmp_path / "p.JSONL"  # the suffix is case-insensitive
     p.write_text(line + "\n")
-    with pytest.raises(generate.GenerateError, match=match):
-        generate.read_prompts(p)
+    with pytest.raises(generator.GenerateError, match=match):
+        generator.read_prompts(p)
 
 
 def test_huge_prompt_is_cut_before_tokenizing(gen_dir, monkeypatch):
@@ -328,10 +328,10 @@ def test_huge_prompt_is_cut_before_tokenizing(gen_dir, monkeypatch):
     real = conditions.encode_prompts
     monkeypatch.setattr(conditions, "encode_prompts", lambda ps, c, *a, **k: seen.append(max(map(len, ps))) or
                         real(ps, c, *a, **k))
-    gen = generate.Generator.load(gen_dir)
+    gen = generator.Generator.load(gen_dir)
     with pytest.warns(UserWarning, match="truncated"):
         gen.generate(["word " * 1_000_000] * 4)
-    assert seen and seen[0] <= gen.config.conditions.max_len * generate.MAX_PROMPT_CHARS_PER_TOKEN
+    assert seen and seen[0] <= gen.config.conditions.max_len * generator.MAX_PROMPT_CHARS_PER_TOKEN
 
 
 def test_adapter_checks_non_lora_rank_and_pairs(zoo_dir, tmp_path):

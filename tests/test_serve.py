@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from dnd_jax import base_model, generate, testing, train
+from dnd_jax import base_model, testing, train
+from dnd_jax import generator as generator_lib
 from dnd_jax.serving import client
 
 LIMITS = ("--max_body_bytes", "65536", "--max_prompts", "64", "--max_prompt_chars", "1000", "--max_new_tokens", "32")
@@ -43,7 +44,7 @@ def server(generator, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def direct(generator):
-    return generate.Generator.load(generator[0])
+    return generator_lib.Generator.load(generator[0])
 
 
 def _assert_same_adapter(served: dict, expected: dict):

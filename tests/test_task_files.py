@@ -8,7 +8,7 @@ import ml_collections
 import pytest
 
 from configs import tiny
-from dnd_jax import collect, evaluate, generate, task_files, tasks, train
+from dnd_jax import collect, evaluate, generator, task_files, tasks, train
 
 
 def _quiz_rows(n=24, start=0):
@@ -192,7 +192,7 @@ def test_file_tasks_through_collect_train_generate_evaluate(tmp_path):
                         "--task", "sky", "--out", str(out)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     sky_prompts = [e.prompt for e in tasks.load_examples("sky", "test")]
-    direct = generate.Generator.load(workdir / "generator").generate(sky_prompts)
+    direct = generator.Generator.load(workdir / "generator").generate(sky_prompts)
     from dnd_jax.weights import peft_io
 
     written, _ = peft_io.read_adapter(out)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from configs import tiny
-from dnd_jax import base_model, generate, train, zoo, zoo_import
+from dnd_jax import base_model, generator, train, zoo, zoo_import
 from dnd_jax.weights import peft_io
 
 TARGETS = ["q_proj", "v_proj"]
@@ -75,7 +75,7 @@ def test_import_copies_every_adapter_exactly_and_train_generate_load(source, tmp
     config.total_steps, config.ckpt_steps, config.eval_steps = 4, 4, 4
     config.val_checkpoints_per_task = 0  # beta has a single checkpoint: all of it trains
     train.train_and_evaluate(config, workdir / "generator")
-    adapter = generate.Generator.load(workdir / "generator").generate(["What is 3 + 5?", "Name an animal."])
+    adapter = generator.Generator.load(workdir / "generator").generate(["What is 3 + 5?", "Name an animal."])
     out = adapter.save(tmp_path / "generated")
     from peft import PeftModel
 
