@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import ml_collections
 from absl import app, flags
@@ -32,6 +33,18 @@ _USER_ERRNOS = {errno.ENOENT, errno.EEXIST, errno.EACCES, errno.EPERM, errno.ERO
 
 def config_flag(lock: bool = True):
     return config_flags.DEFINE_config_file("config", None, "Config file (configs/X.py[:arg]).", lock_config=lock)
+
+
+def config_file_defaults(holder) -> Any:
+    """The config of a ``--config`` flag as its file defines it, without the command line's overrides."""
+    import importlib.util
+
+    spec = config_flags.get_config_filename(flags.FLAGS[holder.name])
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("_dnd_config_defaults", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
 
 
 def is_user_error(e: BaseException) -> bool:

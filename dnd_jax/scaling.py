@@ -27,6 +27,15 @@ the targets' families), for each K in ``pool_sizes``, so pools are nested. For e
    the pool mean that lies in the span of the pool's offsets (the reachable share), and the cosine
    of DnD's step with that offset.
 
+**Variants** (issue 13, item 5: pushing DnD above averaging): ``--variant=NAME`` with generator
+overrides (e.g. ``--config.layout.normalization=per_element``) trains its own generator per K
+(``W/scaling/K<K>/generator-NAME``), evaluates only its DnD adapters (the baselines' evaluations are
+cached) and adds the paired comparison with the default generator's DnD (``dnd_default``). Results go
+to ``W/scaling/variants/NAME`` (and ``DOCS/variants/NAME``), and ``DOCS/variants.md`` tables every
+variant's overrides against the default and its mean DnD - X per K. A variant may change the
+generator only: overrides of ``tasks``, ``zoo``, ``eval``, ``experiment``, ``scaling``, ``lora``,
+``base_model`` or ``answer_format`` are refused.
+
 Merges of many LoRAs are kept as recipes (:func:`dnd_jax.baselines.write_merge_spec`) and folded
 into the base weights when evaluated. Every stage is resumable (generator checkpoints, atomic
 adapters, cached evaluations); a pool that is not collected yet is skipped and reported.
@@ -36,6 +45,7 @@ Outputs: ``W/scaling/results.json`` and, with ``--docs``, ``results.json``, ``re
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,6 +58,44 @@ from dnd_jax.errors import InputError
 
 SYSTEMS = ("base", "train_mean", "merged", "simmerge", "nearest", "dnd", "oracle")
 COMPARISONS = ("merged", "simmerge", "train_mean", "base")
+VARIANT_COMPARISON = "dnd_default"  # a variant's DnD against the default generator's, paired
+# Config sections that define the curve's data and baselines, not the generator: fixed across variants.
+FIXED_SECTIONS = ("tasks", "zoo", "eval", "experiment", "scaling", "lora", "base_model", "answer_format", "holdout")
+_VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def generator_settings(config) -> dict:
+    """The config without the sections a variant may not change (what defines the generator)."""
+    d = json.loads(config.to_json_best_effort())
+    return {k: v for k, v in d.items() if k not in FIXED_SECTIONS}
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out |= _flat(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def settings_diff(a: dict, b: dict) -> dict:
+    """{dotted key: [a's value, b's value]} where two generator settings differ."""
+    fa, fb = _flat(a), _flat(b)
+    return {k: [fa.get(k), fb.get(k)] for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)}
+
+
+def check_variant(name: str, config, default_config) -> None:
+    """A variant name is a plain folder name and its config differs from the default's only in the generator."""
+    if not _VARIANT_NAME.match(name) or name == "default":
+        raise InputError(f"--variant '{name}': use letters, digits, '_', '-', '.' (not 'default')")
+    a = json.loads(default_config.to_json_best_effort())
+    b = json.loads(config.to_json_best_effort())
+    fixed = [k for k in FIXED_SECTIONS if a.get(k) != b.get(k)]
+    if fixed:
+        raise InputError(f"--variant '{name}' changes {fixed}: a variant may change the generator only "
+                         f"(the baselines and the data must stay those of the curve)")
 
 
 def settings(config) -> dict:
@@ -117,10 +165,10 @@ def stratified_paired_bootstrap(pairs: Sequence[tuple[Sequence[float], Sequence[
 
 
 def _evaluate(ref, adapter, target: str, metric: str, config, workdir: Path) -> dict:
-    from dnd_jax import evaluate
+    from dnd_jax import evaluation
 
     ec = config.eval
-    return evaluate.evaluate_adapter(ref, adapter, target, metric, int(ec.limit), int(ec.batch_size),
+    return evaluation.evaluate_adapter(ref, adapter, target, metric, int(ec.limit), int(ec.batch_size),
                                      workdir / "eval_cache", max_new_tokens=int(ec.max_new_tokens),
                                      n_boot=int(ec.bootstrap), progress=False, packed=bool(ec.get("packed", False)))
 
@@ -131,16 +179,22 @@ def _mean_record(records: Sequence[dict], n_boot: int) -> dict:
             "ci": list(scoring.bootstrap_ci(correct, n_boot)), "n": int(len(correct))}
 
 
-def run_pool(config, workdir: Path, k: int, pool: list[str], ref, embed) -> dict:
+def dnd_dir(workdir: Path, k: int, target: str, variant: str = "") -> Path:
+    """Where pool ``k``'s generated adapter for ``target`` lives (per variant)."""
+    name = f"dnd-{variant}_{target}" if variant else f"dnd_{target}"
+    return workdir / "scaling" / f"K{k:03d}" / "adapters" / name
+
+
+def run_pool(config, workdir: Path, k: int, pool: list[str], ref, embed, variant: str = "") -> dict:
     """Generator, adapters and every system's evaluation for pool size ``k``; returns per-target rows."""
-    from dnd_jax import generate, train
+    from dnd_jax import generator, trainer
 
     st = settings(config)
     targets = list(config.experiment.holdouts)
     root = workdir / "scaling" / f"K{k:03d}"
-    gen_dir = root / "generator"
+    gen_dir = root / (f"generator-{variant}" if variant else "generator")
     t0 = time.perf_counter()
-    train.train_and_evaluate(pool_config(config, pool), gen_dir)
+    trainer.train_and_evaluate(pool_config(config, pool), gen_dir)
     train_s = time.perf_counter() - t0
 
     finals = {t: zoo.final_checkpoint(workdir, t) for t in pool}
@@ -150,16 +204,19 @@ def run_pool(config, workdir: Path, k: int, pool: list[str], ref, embed) -> dict
     rows = {}
     for target in targets:
         prompts = plan.condition_prompts(config, target)
-        dnd_dir = root / "adapters" / f"dnd_{target}"
-        if not (dnd_dir / zoo.ADAPTER_WEIGHTS).is_file():
-            gen = gen or generate.Generator.load(gen_dir)
-            gen.generate_many([prompts], seed=int(config.generate.seed))[0].save(dnd_dir, overwrite=True)
+        dnd = dnd_dir(workdir, k, target, variant)
+        if not (dnd / zoo.ADAPTER_WEIGHTS).is_file():
+            gen = gen or generator.Generator.load(gen_dir)
+            gen.generate_many([prompts], seed=int(config.generate.seed))[0].save(dnd, overwrite=True)
         weights, sims = baselines.similarity_weights(prompts, {t: zoo.prompts(workdir, t) for t in pool}, embed,
                                                      st["temperature"])
         sim_dir = baselines.write_merge_spec([finals[t] for t in pool], root / "adapters" / f"simmerge_{target}",
                                              [weights[t] for t in pool])
         nearest = max(sims, key=lambda t: (sims[t], t))
-        systems = {"dnd": dnd_dir, "merged": merged_dir, "simmerge": sim_dir, "nearest": finals[nearest]}
+        systems = {"dnd": dnd, "merged": merged_dir, "simmerge": sim_dir, "nearest": finals[nearest]}
+        default_dnd = dnd_dir(workdir, k, target)
+        if variant and (default_dnd / zoo.ADAPTER_WEIGHTS).is_file():
+            systems[VARIANT_COMPARISON] = default_dnd
         row = {"systems": {}, "nearest_task": nearest, "simmerge_effective_tasks": float(1 / np.sum(np.square(
             list(weights.values())))), "simmerge_top": sorted(weights, key=weights.get, reverse=True)[:5],
             "train_mean_sample": sample}
@@ -171,7 +228,7 @@ def run_pool(config, workdir: Path, k: int, pool: list[str], ref, embed) -> dict
                 row["systems"].setdefault(name, {})[metric] = {
                     "acc": rec["accuracy"], "ci": rec["ci"], "n": rec["n"], "correct": rec["correct"]}
         rows[target] = row
-    return {"k": k, "pool": pool, "targets": rows, "train_wall_s": round(train_s, 2)}
+    return {"k": k, "pool": pool, "targets": rows, "train_wall_s": round(train_s, 2), "generator": str(gen_dir)}
 
 
 def _target_refs(config, workdir: Path, ref) -> dict:
@@ -194,7 +251,9 @@ def compare(results: dict, n_boot: int = 1000) -> dict:
         metrics = sorted({m for row in pres["targets"].values() for m in row["systems"]["dnd"]})
         for metric in metrics:
             entry = {"per_target": {}, "mean": {}}
-            for other in COMPARISONS:
+            others = COMPARISONS + ((VARIANT_COMPARISON,) if all(
+                VARIANT_COMPARISON in row["systems"] for row in pres["targets"].values()) else ())
+            for other in others:
                 pairs = []
                 for target, row in pres["targets"].items():
                     a = row["systems"]["dnd"][metric]["correct"]
@@ -208,9 +267,16 @@ def compare(results: dict, n_boot: int = 1000) -> dict:
     return out
 
 
-def run(config, workdir: str | Path, docs: str = "", only_sizes: Sequence[int] = ()) -> dict:
-    """Every ready pool size (or ``only_sizes``), holding ``workdir``'s lock; writes the reports."""
+def run(config, workdir: str | Path, docs: str = "", only_sizes: Sequence[int] = (), variant: str = "",
+        default_config=None) -> dict:
+    """Every ready pool size (or ``only_sizes``), holding ``workdir``'s lock; writes the reports.
+
+    ``variant``: a named generator variant (see the module doc); ``default_config`` is the config
+    without the variant's overrides (checked: only generator settings may differ).
+    """
     workdir = Path(workdir)
+    if variant:
+        check_variant(variant, config, default_config if default_config is not None else config)
     all_pools = pools(config)
     if only_sizes:
         unknown = sorted(set(only_sizes) - set(all_pools))
@@ -220,12 +286,17 @@ def run(config, workdir: str | Path, docs: str = "", only_sizes: Sequence[int] =
     missing_targets = [t for t in targets if not is_collected(workdir, t)]
     if missing_targets:
         raise InputError(f"targets {missing_targets} are not collected in {zoo.zoo_dir(workdir)}; run dnd_jax.collect")
+    out_dir = workdir / "scaling" / "variants" / variant if variant else workdir / "scaling"
+    docs_dir = str(Path(docs) / "variants" / variant) if docs and variant else docs
     with locking.workdir_lock(workdir / "scaling", "scaling"):
         ref = base_model.resolve(config.base_model, workdir)
         embed = baselines.minilm_embedder()
         results = {"protocol": {"targets": targets, "pool_sizes": list(config.experiment.pool_sizes),
                                 "pool_order": list(config.experiment.pool_order), **settings(config),
-                                "eval_limit": int(config.eval.limit)},
+                                "eval_limit": int(config.eval.limit), "variant": variant,
+                                "generator_settings": generator_settings(config),
+                                "variant_overrides": settings_diff(generator_settings(default_config), generator_settings(
+                                    config)) if variant and default_config is not None else {}},
                    "refs": _target_refs(config, workdir, ref), "pools": {}, "skipped": {}}
         for k, pool in sorted(all_pools.items()):
             if only_sizes and k not in only_sizes:
@@ -234,23 +305,25 @@ def run(config, workdir: str | Path, docs: str = "", only_sizes: Sequence[int] =
             if missing:
                 results["skipped"][k] = f"{len(missing)} of {k} pool tasks not collected yet"
                 continue
-            results["pools"][k] = run_pool(config, workdir, k, pool, ref, embed)
+            results["pools"][k] = run_pool(config, workdir, k, pool, ref, embed, variant)
             if settings(config)["geometry"]:
-                results["pools"][k]["geometry"] = pool_geometry(config, workdir, k, pool)
+                results["pools"][k]["geometry"] = pool_geometry(config, workdir, k, pool, variant)
             results["comparisons"] = compare(results, int(config.eval.bootstrap))
-            write(results, workdir / "scaling", docs)
+            write(results, out_dir, docs_dir)
         results["comparisons"] = compare(results, int(config.eval.bootstrap))
-        write(results, workdir / "scaling", docs)
+        write(results, out_dir, docs_dir)
+        if docs and variant:
+            write_variants_index(workdir, Path(docs))
     return results
 
 
-def pool_geometry(config, workdir: Path, k: int, pool: list[str]) -> dict:
+def pool_geometry(config, workdir: Path, k: int, pool: list[str], variant: str = "") -> dict:
     """Reachable share of each target's offset in pool K's span, and DnD's step direction."""
-    from dnd_jax import geometry
+    from dnd_jax import weight_space
 
     targets = list(config.experiment.holdouts)
-    root = workdir / "scaling" / f"K{k:03d}" / "adapters"
-    res = geometry.analyse(workdir, {t: pool for t in targets}, {"dnd": {t: root / f"dnd_{t}" for t in targets}},
+    res = weight_space.analyse(workdir, {t: pool for t in targets},
+                           {"dnd": {t: dnd_dir(workdir, k, t, variant) for t in targets}},
                            checkpoints_per_task=1, subsets_per_size=1)
     return {t: {"span_fraction": r["span_fraction"], "dnd_cos_to_offset": r["generated"]["dnd"]["cos_to_offset"],
                 "dnd_step_rel_norm": r["generated"]["dnd"]["step_rel_norm"],
@@ -311,24 +384,36 @@ def _pct(x: float) -> str:
     return f"{100 * x:+.1f}"
 
 
+def _ci_cell(c: dict | None) -> str:
+    return f"{_pct(c['diff'])} [{_pct(c['ci'][0])}, {_pct(c['ci'][1])}]" if c else "–"
+
+
 def markdown(results: dict) -> str:
     p = results["protocol"]
-    lines = ["# Task-scaling curve: DnD against averaging as the number of training tasks grows", "",
+    variant = p.get("variant", "")
+    title = f"# Generator variant `{variant}` on the task-scaling curve" if variant else \
+        "# Task-scaling curve: DnD against averaging as the number of training tasks grows"
+    lines = [title, "",
              f"Targets (all held out at once): {', '.join(p['targets'])}. Nested training pools of K = "
              f"{', '.join(map(str, p['pool_sizes']))} tasks (seeded order). First {p['eval_limit']} test questions "
              f"per target; conditions are never scored questions. simmerge temperature {p['temperature']}; "
-             f"train_mean over at most {p['mean_sample']} of the pool's LoRAs.", ""]
+             f"train_mean over the first {p['mean_sample']} tasks of the pool order.", ""]
+    if variant:
+        lines += ["Overrides against the default generator: " + (", ".join(
+            f"`{k}`: {a} -> {b}" for k, (a, b) in p.get("variant_overrides", {}).items()) or "none") +
+            f". `DnD - {VARIANT_COMPARISON}` pairs this variant's DnD with the default generator's.", ""]
     comps = results.get("comparisons", {})
     for metric in p["metrics"]:
+        others = [o for o in (*COMPARISONS, VARIANT_COMPARISON)
+                  if any(o in comps.get(k, {}).get(metric, {}).get("mean", {}) for k in results["pools"])]
         lines += [f"## {metric}: DnD - X averaged over the targets (percentage points, 95% CI)", "",
-                  "| K | " + " | ".join(f"DnD - {o}" for o in COMPARISONS) + " | mean reachable share |",
-                  "|---" * (len(COMPARISONS) + 2) + "|"]
+                  "| K | " + " | ".join(f"DnD - {o}" for o in others) + " | mean reachable share |",
+                  "|---" * (len(others) + 2) + "|"]
         for k in sorted(results["pools"], key=int):
             c = comps.get(k, {}).get(metric)
             if not c:
                 continue
-            cells = [f"{_pct(c['mean'][o]['diff'])} [{_pct(c['mean'][o]['ci'][0])}, {_pct(c['mean'][o]['ci'][1])}]"
-                     for o in COMPARISONS]
+            cells = [_ci_cell(c["mean"].get(o)) for o in others]
             geo = results["pools"][k].get("geometry")
             share = f"{100 * np.mean([g['span_fraction'] for g in geo.values()]):.1f}%" if geo else "–"
             lines.append(f"| {k} | " + " | ".join(cells) + f" | {share} |")
@@ -392,6 +477,35 @@ def plot(results: dict, path: Path, metric: str = "cloze") -> None:
     plt.close(fig)
 
 
+def write_variants_index(workdir: Path, docs: Path) -> None:
+    """``DOCS/variants.md``: every variant's overrides and mean DnD - X per K, next to the default's."""
+    rows = []
+    runs = [("default", workdir / "scaling" / "results.json")]
+    runs += [(d.name, d / "results.json") for d in sorted((workdir / "scaling" / "variants").glob("*"))]
+    for name, path in runs:
+        if not path.is_file():
+            continue
+        res = json.loads(path.read_text())
+        metric = res["protocol"]["metrics"][0]
+        overrides = ", ".join(f"`{k}`={b}" for k, (_, b) in res["protocol"].get("variant_overrides", {}).items())
+        for k in sorted(res.get("comparisons", {}), key=int):
+            mean = res["comparisons"][k].get(metric, {}).get("mean", {})
+            dnd = np.mean([row["systems"]["dnd"][metric]["acc"] for row in res["pools"][k]["targets"].values()])
+            rows.append(f"| {name} | {overrides or '–'} | {k} | {100 * dnd:.1f} | {_ci_cell(mean.get('merged'))} | "
+                        f"{_ci_cell(mean.get('simmerge'))} | {_ci_cell(mean.get(VARIANT_COMPARISON))} | "
+                        f"{res['pools'][k].get('train_wall_s', float('nan')):.0f} |")
+    lines = ["# Generator variants on the scaling curve (issue 13, item 5)", "",
+             "Each variant changes only the generator (same zoo, pools, targets, conditions and cached baselines); "
+             "differences are mean over the 8 targets in points with 95% stratified paired bootstrap CIs. "
+             f"`DnD - {VARIANT_COMPARISON}`: the variant's DnD against the default generator's, question by question.",
+             "", "| variant | overrides | K | mean DnD acc (%) | DnD - merged | DnD - simmerge | "
+             f"DnD - {VARIANT_COMPARISON} | generator train wall (s) |", "|---|---|---|---|---|---|---|---|"]
+    docs.mkdir(parents=True, exist_ok=True)
+    tmp = docs / ".variants.md.tmp"
+    tmp.write_text("\n".join(lines + rows) + "\n", encoding="utf-8")
+    tmp.replace(docs / "variants.md")
+
+
 def write(results: dict, out_dir: Path, docs: str = "") -> None:
     for d in [out_dir] + ([Path(docs)] if docs else []):
         d.mkdir(parents=True, exist_ok=True)
@@ -409,6 +523,8 @@ def define_flags() -> dict:
         "docs": flags.DEFINE_string("docs", "", "Also write results.json/.md and curve.png here (docs/scaling)."),
         "sizes": flags.DEFINE_list("sizes", None, "Only these pool sizes (default: every collected pool)."),
         "status": flags.DEFINE_bool("status", False, "Only report the zoo's collection status (to --docs too)."),
+        "variant": flags.DEFINE_string("variant", "", "Name a generator variant (its --config.* overrides may "
+                                       "change only the generator); see the module doc."),
     }
 
 
@@ -423,7 +539,9 @@ def main(fl: dict) -> None:
         print(md)
         return
     sizes = [int(s) for s in fl["sizes"].value or ()]
-    results = run(fl["config"].value, fl["workdir"].value, fl["docs"].value, sizes)
+    variant = fl["variant"].value
+    default = cli.config_file_defaults(fl["config"]) if variant else None
+    results = run(fl["config"].value, fl["workdir"].value, fl["docs"].value, sizes, variant, default)
     print(markdown(results))
     print(json.dumps(results.get("skipped", {})))
 

@@ -155,3 +155,36 @@ def test_scaling_curve_end_to_end_and_resume(tmp_path):
         row["systems"]["dnd"]["cloze"]["correct"]
     with pytest.raises(scaling.InputError, match="not among"):
         scaling.run(config, workdir, only_sizes=[3])
+
+    # A generator variant: its own generator and DnD adapters, paired against the default DnD.
+    variant = _config()
+    variant.lr = config.lr * 3
+    res_v = scaling.run(variant, workdir, str(docs), only_sizes=[2], variant="lr3", default_config=config)
+    assert (workdir / "scaling/K002/generator-lr3").is_dir()
+    assert (scaling.dnd_dir(workdir, 2, "piqa", "lr3") / "adapter_model.safetensors").is_file()
+    assert res_v["protocol"]["variant_overrides"] == {"lr": [config.lr, variant.lr]}
+    vrow = res_v["pools"][2]["targets"]["piqa"]["systems"]
+    assert vrow["dnd_default"]["cloze"]["correct"] == row["systems"]["dnd"]["cloze"]["correct"]
+    assert vrow["merged"]["cloze"]["correct"] == row["systems"]["merged"]["cloze"]["correct"]  # same baseline
+    assert scaling.VARIANT_COMPARISON in res_v["comparisons"][2]["cloze"]["mean"]
+    assert (docs / "variants/lr3/results.md").is_file() and (docs / "results.json").is_file()
+    index = (docs / "variants.md").read_text()
+    assert "| default | – | 2 |" in index and "| default | – | 4 |" in index and "| lr3 | `lr`=" in index
+    fixed = _config()
+    fixed.eval.limit = 5
+    with pytest.raises(scaling.InputError, match="generator only"):
+        scaling.run(fixed, workdir, variant="x", default_config=config)
+    with pytest.raises(scaling.InputError, match="--variant"):
+        scaling.run(variant, workdir, variant="../up", default_config=config)
+
+
+def test_cli_variant_refuses_data_overrides(tmp_path):
+    """--variant compares the command line's config with the file's own: a changed eval is refused (exit 2)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "dnd_jax.scaling", "--config", "configs/smollm2_many.py",
+                           "--workdir", str(tmp_path), "--variant", "v", "--config.eval.limit=50"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert "generator only" in proc.stderr and "['eval']" in proc.stderr
