@@ -214,46 +214,152 @@ class LoadedGenerator:
 
 
 def load_generator(workdir: str | Path, step: int | None = None) -> LoadedGenerator:
-    """The generator saved under ``workdir`` (latest step by default), verified, on the default device."""
+    """The generator saved under ``workdir`` (latest step by default), verified, on the default device.
+
+    A step with checksums is verified file by file on every load; once Orbax has restored it, its
+    weights are also kept in the runtime cache (``dnd_jax.cache``, keyed by the step's checksum file),
+    so later loads of the same verified bytes skip Orbax (its import, the restore target traced from
+    ``model.init``, the restore). The metadata and finiteness checks run either way.
+    """
     workdir = Path(workdir)
     if not (workdir / CKPT_DIR).is_dir():
         raise MissingError(f"no generator checkpoints in {workdir / CKPT_DIR} (run dnd_jax.train)")
+    fast = _load_snapshot(workdir, step)
+    if fast is not None:
+        return fast
     with manager(workdir, create=False) as mngr:
         return load_from(mngr, workdir, step)
+
+
+SNAPSHOTS = "generator_weights"  # dnd_jax.cache namespace
+
+
+def _snapshot_key(sdir: Path) -> dict:
+    """What a cached copy of a step's weights must match: the (verified) checksum file and the model code."""
+    models_dir = Path(__file__).resolve().parent / "models"
+    code = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(models_dir.glob("*.py")))).hexdigest()
+    return {"format": FORMAT, "snapshot": 1, "checksums": hashlib.sha256((sdir / CHECKSUMS).read_bytes()).hexdigest(),
+            "models_code": code}
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}/"))
+        else:
+            out[f"{prefix}{k}"] = np.asarray(v)
+    return out
+
+
+def _unflatten(flat: dict) -> dict:
+    tree: dict = {}
+    for path, v in flat.items():
+        *parents, leaf = path.split("/")
+        node = tree
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = v
+    return tree
+
+
+def _save_snapshot(sdir: Path, params: dict, norm: dict) -> None:
+    from dnd_jax import cache
+
+    flat = {**_flatten({"params": params}), **_flatten({"norm": norm})}
+    if all("/" in k for k in flat):
+        cache.save_arrays(SNAPSHOTS, _snapshot_key(sdir), flat)
+
+
+def _load_snapshot(workdir: Path, step: int | None) -> LoadedGenerator | None:
+    """The step from the runtime cache when its checksums verify and a copy of its weights is cached."""
+    from dnd_jax import cache
+
+    if cache.cache_dir() is None:
+        return None
+    root = workdir / CKPT_DIR
+    steps = [int(p.name) for p in root.iterdir() if p.name.isdigit() and p.is_dir()]  # Orbax tmp folders: not digits
+    if not steps or (step is not None and int(step) not in steps):
+        return None  # Orbax's path says what is missing
+    step = max(steps) if step is None else int(step)
+    sdir = root / str(step)
+    if not has_checksums(sdir):
+        return None
+    key = _snapshot_key(sdir)
+    if not verify(sdir):  # raises IntegrityError on any missing, changed or added file
+        return None
+    flat = cache.load_arrays(SNAPSHOTS, key)
+    if flat is None:
+        return None
+    try:  # what Orbax's JsonRestore reads (this file's bytes were verified above)
+        meta = json.loads((sdir / "meta" / "metadata").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict):
+        return None
+    tree = _unflatten(flat)
+    if set(tree) != {"params", "norm"}:
+        return None
+    import jax
+
+    device = jax.local_devices()[0]
+    params = jax.tree.map(lambda a: jax.device_put(a, device), tree["params"])
+    return _assemble(sdir, step, meta, params, tree["norm"])
 
 
 def load_from(mngr, workdir: Path, step: int | None) -> LoadedGenerator:
     import jax
     import jax.numpy as jnp
-    import ml_collections
     import orbax.checkpoint as ocp
-
-    from dnd_jax import models
-    from dnd_jax.weights import layout as layout_lib
-    from dnd_jax.weights import normalization
 
     steps = list(mngr.all_steps())
     step = mngr.latest_step() if step is None else int(step)
     if step is None or step not in steps:
         raise MissingError(f"generator step {step} not in {workdir / CKPT_DIR} (have {steps})")
     sdir = step_dir(mngr, step)
-    verify_or_warn(sdir)
+    verified = verify(sdir)
+    if not verified:
+        logging.warning("%s has no %s (written before checksums, or killed right after the save); only finite "
+                        "weights are checked", sdir, CHECKSUMS)
     meta = read_meta(mngr, step)
-    check_meta(meta, sdir)
-    config = ml_collections.ConfigDict(meta["config"])
-    try:
-        model = models.build(meta["model_name"], config.model, tuple(meta["in_shape"]), tuple(meta["out_shape"]))
-    except (KeyError, ValueError, TypeError, AttributeError) as e:
-        raise IntegrityError(f"the metadata of {sdir} does not describe a buildable model: {e}") from None
+    model = _model(meta, sdir)
     device = jax.local_devices()[0]
     abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *meta["in_shape"]), jnp.float32))
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=jax.sharding.SingleDeviceSharding(device)),
                             abstract)
     restored = _restore(mngr, step, "weights", params=ocp.args.StandardRestore(abstract),
                         norm=ocp.args.StandardRestore())
+    loaded = _assemble(sdir, step, meta, restored["params"], restored["norm"], model)
+    if verified:
+        _save_snapshot(sdir, restored["params"], restored["norm"])
+    return loaded
+
+
+def _model(meta: dict, sdir: Path):
+    import ml_collections
+
+    from dnd_jax import models
+
+    check_meta(meta, sdir)
+    config = ml_collections.ConfigDict(meta["config"])
+    try:
+        return models.build(meta["model_name"], config.model, tuple(meta["in_shape"]), tuple(meta["out_shape"]))
+    except (KeyError, ValueError, TypeError, AttributeError) as e:
+        raise IntegrityError(f"the metadata of {sdir} does not describe a buildable model: {e}") from None
+
+
+def _assemble(sdir: Path, step: int, meta: dict, params: dict, norm: dict, model=None) -> LoadedGenerator:
+    """The checks every load makes (metadata, finite weights, normalizer shapes), then the generator."""
+    import ml_collections
+
+    from dnd_jax.weights import layout as layout_lib
+    from dnd_jax.weights import normalization
+
+    if model is None:
+        model = _model(meta, sdir)
+    config = ml_collections.ConfigDict(meta["config"])
     layout = layout_lib.WeightLayout.from_dict(meta["layout"])
-    norm = restored["norm"]
-    bad = non_finite(restored["params"]) + non_finite(norm)
+    bad = non_finite(params) + non_finite(norm)
     if bad:
         raise IntegrityError(f"generator checkpoint {sdir} holds {bad} non-finite (NaN/inf) weights: it is corrupt")
     stat_shape = list(meta["normalizer"].get("stat_shape", np.shape(norm["mean"])))
@@ -263,5 +369,5 @@ def load_from(mngr, workdir: Path, step: int | None) -> LoadedGenerator:
     normalizer = normalization.Normalizer(mode=meta["normalizer"]["mode"], mean=np.asarray(norm["mean"]),
                                           std=np.asarray(norm["std"]), mask=layout.mask(),
                                           eps=float(meta["normalizer"]["eps"]))
-    return LoadedGenerator(model=model, params=restored["params"], layout=layout, normalizer=normalizer,
+    return LoadedGenerator(model=model, params=params, layout=layout, normalizer=normalizer,
                            metadata=meta, config=config, step=step)
