@@ -237,6 +237,18 @@ def main() -> None:
     probe("weights: bad --token-shape", wt + ["inspect", adapter, "--token-shape", "8"], 2)
     probe("weights: roundtrip a generated adapter", wt + ["roundtrip", adapter, "--out", root / "rt2", "--token-shape",
           "4,16"], 0)
+    probe("weights: no subcommand", wt + [adapter], 2)
+    probe("weights: roundtrip without --out", wt + ["roundtrip", adapter], 2)
+    probe("weights: inspect with --token_shape (absl spelling)", wt + ["inspect", adapter, "--token_shape", "4,16"], 0)
+
+    # --- zoo_import, geometry, serve ------------------------------------------------------------------------
+    probe("zoo_import: --src does not exist", [PY, "-m", "dnd_jax.zoo_import", "--src", root / "missing", "--workdir",
+          root / "zi"], 2, check=lambda: not (root / "zi" / "zoo").exists() or "zoo written")
+    probe("geometry: a workdir without a zoo", [PY, "-m", "dnd_jax.geometry", "--config", TINY, "--workdir",
+          root / "g1"], 2, check=lambda: not (root / "g1" / "geometry").exists() or "report written")
+    probe("serve: no generator at --checkpoint", [PY, "-m", "dnd_jax.serve", "--checkpoint", root / "nothing",
+          "--store", root / "store"], 2)
+    probe("collect: --shard out of range", co + [TINY, "--workdir", root / "c2", "--shard", "2/2"], 2)
 
     # --- experiment ---------------------------------------------------------------------------------------------
     probe("experiment: --only a task that is no target", [PY, "-m", "dnd_jax.experiment", "--config", TINY, "--workdir",

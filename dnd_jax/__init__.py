@@ -5,9 +5,11 @@
     adapter.save("my_adapter")                         # PeftModel.from_pretrained(base, "my_adapter")
 
 The public names below are imported on first use, so ``import dnd_jax`` stays cheap (no JAX, torch
-or peft until a name that needs them is touched). Verbs: ``python -m dnd_jax.<verb>`` or the console
-scripts ``dnd-collect``, ``dnd-train``, ``dnd-generate``, ``dnd-evaluate``, ``dnd-experiment``,
-``dnd-geometry``, ``dnd-weights``; every verb exits 2 on a user error (:mod:`dnd_jax.errors`).
+or peft until a name that needs them is touched); every name lives in a library module, never in a
+verb. Verbs: ``python -m dnd_jax.<verb>`` or the console scripts ``dnd-collect``, ``dnd-train``,
+``dnd-generate``, ``dnd-evaluate``, ``dnd-experiment``, ``dnd-scaling``, ``dnd-geometry``,
+``dnd-weights``, ``dnd-serve``, ``dnd-zoo-import``; each is a thin shell over :mod:`dnd_jax.cli`, and
+every verb exits 2 on a user error (:mod:`dnd_jax.errors`).
 """
 from __future__ import annotations
 
@@ -25,12 +27,12 @@ _EXPORTS = {
     "load_generator": "dnd_jax.checkpoint",
     "LoadedGenerator": "dnd_jax.checkpoint",
     # training and the run plan
-    "train_and_evaluate": "dnd_jax.train",
+    "train_and_evaluate": "dnd_jax.trainer",
     "training_tasks": "dnd_jax.plan",
     "validate": "dnd_jax.plan",
     # evaluation
-    "evaluate_target": "dnd_jax.evaluate",
-    "evaluate_adapter": "dnd_jax.evaluate",
+    "evaluate_target": "dnd_jax.evaluation",
+    "evaluate_adapter": "dnd_jax.evaluation",
     # weights
     "WeightLayout": "dnd_jax.weights.layout",
     "build_layout": "dnd_jax.weights.layout",
@@ -38,6 +40,7 @@ _EXPORTS = {
     "detokenize": "dnd_jax.weights.layout",
     "Normalizer": "dnd_jax.weights.normalization",
     "read_adapter": "dnd_jax.weights.peft_io",
+    "lora_scaling": "dnd_jax.weights.lora",
     "write_adapter": "dnd_jax.weights.peft_io",
     # errors
     "UserError": "dnd_jax.errors",
@@ -74,10 +77,11 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
         ResumeMismatchError,
         UserError,
     )
-    from dnd_jax.evaluate import evaluate_adapter, evaluate_target  # noqa: F401
+    from dnd_jax.evaluation import evaluate_adapter, evaluate_target  # noqa: F401
     from dnd_jax.generator import Adapter, Generator, read_prompts  # noqa: F401
     from dnd_jax.plan import training_tasks, validate  # noqa: F401
-    from dnd_jax.train import train_and_evaluate  # noqa: F401
+    from dnd_jax.trainer import train_and_evaluate  # noqa: F401
     from dnd_jax.weights.layout import WeightLayout, build_layout, detokenize, tokenize  # noqa: F401
+    from dnd_jax.weights.lora import lora_scaling  # noqa: F401
     from dnd_jax.weights.normalization import Normalizer  # noqa: F401
     from dnd_jax.weights.peft_io import read_adapter, write_adapter  # noqa: F401

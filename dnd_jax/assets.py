@@ -139,6 +139,17 @@ def write_json_atomic(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write text to a temp file in the same folder, then rename (never half-written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    public_mode(Path(tmp), directory=False)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
 def smollm2_hf_dir(cache_dir: Path | None = None) -> Path:
     """De-quantize the GGUF once into a normal HF folder (safetensors + tokenizer) and reuse it.
 

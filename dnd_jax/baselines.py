@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -29,6 +28,9 @@ import numpy as np
 
 from dnd_jax import assets, zoo
 from dnd_jax.errors import InputError, IntegrityError
+from dnd_jax.weights import lora
+from dnd_jax.weights.lora import lora_scaling  # (the LoRA math lives in dnd_jax.weights.lora)
+from dnd_jax.weights.lora import module_path as _module_path
 
 BASELINES = ("base", "training_loras", "merged", "simmerge", "nearest", "oracle")
 SIMMERGE_TEMPERATURE = 0.05  # softmax temperature over prompt-embedding cosines (see similarity_weights)
@@ -49,13 +51,6 @@ class System:
 
 
 # --- merged ------------------------------------------------------------------------------------------
-
-
-def lora_scaling(cfg: dict, r: int | None = None) -> float:
-    """peft's multiplier of ``B @ A``: ``lora_alpha / r`` (``/ sqrt(r)`` with rsLoRA)."""
-    r = int(cfg["r"] if r is None else r)
-    alpha = float(cfg["lora_alpha"])
-    return alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
 
 
 def _check_plain_lora(cfg: dict, where: Path) -> None:
@@ -110,14 +105,9 @@ def merge_adapters(ckpts: Sequence[str | Path], out_dir: str | Path, weights: Se
     scale = lora_scaling(cfgs[0])
     new_cfg = dict(cfgs[0])
     new_cfg["r"] = rank
-    new_cfg["lora_alpha"] = scale * math.sqrt(rank) if new_cfg.get("use_rslora") else scale * rank
+    new_cfg["lora_alpha"] = lora.alpha_for_scaling(scale, rank, bool(new_cfg.get("use_rslora")))
     coef = [float(wk) * lora_scaling(cfg) / scale for wk, cfg in zip(w, cfgs, strict=True)]
-    merged = {}
-    for key in keys:
-        if ".lora_A." in key:
-            merged[key] = np.concatenate([sd[key] for sd in sds], axis=0)
-        else:
-            merged[key] = np.concatenate([c * sd[key] for c, sd in zip(coef, sds, strict=True)], axis=1)
+    merged = lora.stack_factors(sds, coef)
     sources = json.dumps({"sources": [str(c) for c in ckpts], "coefficients": coef, "scaling": scale}, indent=2)
     peft_io.write_adapter(out_dir, merged, overwrite=True, extra_files={"merge_sources.json": sources},
                           **peft_io.write_kwargs_from_config(new_cfg))
@@ -171,15 +161,6 @@ def merge_spec_hash(adapter: str | Path) -> str:
     return hashlib.sha256(json.dumps(["weighted_lora_sum", ident]).encode()).hexdigest()
 
 
-def _module_path(lora_key: str) -> str:
-    """``base_model.model.<module>.lora_A.weight`` -> ``<module>``."""
-    key = lora_key.removeprefix("base_model.model.")
-    for suffix in (".lora_A.weight", ".lora_B.weight", ".lora_A.default.weight", ".lora_B.default.weight"):
-        if key.endswith(suffix):
-            return key[: -len(suffix)]
-    raise ValueError(f"'{lora_key}' is not a LoRA A/B tensor name")
-
-
 def fold_merge_spec(model, adapter: str | Path):
     """Add the recipe's ``sum_k w_k s_k B_k A_k`` to ``model``'s linear weights in place (torch).
 
@@ -203,7 +184,7 @@ def fold_merge_spec(model, adapter: str | Path):
             name = _module_path(key)
             a = torch.from_numpy(np.asarray(sd[key], np.float32))
             b = torch.from_numpy(np.asarray(sd[key.replace(".lora_A.", ".lora_B.")], np.float32))
-            d = coef * (b @ a)
+            d = lora.delta(a, b, coef)
             deltas[name] = deltas[name] + d if name in deltas else d
     with torch.no_grad():
         for name, d in deltas.items():

@@ -70,11 +70,11 @@ def shapes_for(config, lora: dict | None = None) -> tuple[tuple[int, int, int], 
 
 def estimate(config, mesh, in_shape, out_shape, batch_size: int | None = None, compile: bool = True) -> dict:
     """Dry-run numbers for one train step of ``config``'s generator on ``mesh`` (see module doc)."""
-    from dnd_jax import train  # make_optimizer / make_steps: the exact step that training runs
+    from dnd_jax import trainer  # make_optimizer / make_steps: the exact step that training runs
 
     batch = int(batch_size or config.batch_size)
     model = models.build(config.model_name, config.model, in_shape, out_shape)
-    tx, schedule = train.make_optimizer(config)
+    tx, schedule = trainer.make_optimizer(config)
 
     def init_state(key):
         params = model.init(key, jnp.zeros((1, *in_shape), jnp.float32))
@@ -104,7 +104,7 @@ def estimate(config, mesh, in_shape, out_shape, batch_size: int | None = None, c
         return out
     state_sh = placement.shardings
     batch_sh, rep = sharding.batch_sharding(mesh, 4), sharding.replicated(mesh)
-    train_step, _ = train.make_steps(models.for_shardings(model, state_sh["params"]), tx, schedule, config)
+    train_step, _ = trainer.make_steps(models.for_shardings(model, state_sh["params"]), tx, schedule, config)
     step = jax.jit(train_step, in_shardings=(state_sh, batch_sh, batch_sh, rep), out_shardings=(state_sh, rep),
                    donate_argnums=(0,))
     sds = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sh)

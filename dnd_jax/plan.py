@@ -18,7 +18,7 @@ from pathlib import Path
 from dnd_jax import zoo
 from dnd_jax.errors import ConfigError
 
-OPTIMIZERS = ("adamw", "adam", "sgd")  # train.make_optimizer builds each of these
+OPTIMIZERS = ("adamw", "adam", "sgd")  # trainer.make_optimizer builds each of these
 MAX_PADDING = 0.5  # a token shape wasting more of the grid than this is a config error
 
 __all__ = ["ConfigError", "Plan", "condition_prompts", "find_zoo_workdir", "generator_config", "output_root", "target_training_tasks",

@@ -1,13 +1,176 @@
-"""Experiment report: one row per target task, every system with its 95% CI, for both metrics.
+"""Reporting: every results table, figure and report file the verbs write, in one module.
 
-Input is the dict built by :mod:`dnd_jax.experiment`: ``results["targets"][T]["systems"][name]
-[metric] = {"acc", "ci", "n", ...}``. Writes ``results.json``, ``results.md`` and ``results.png``.
+* shared: metric display (:data:`METRIC_SCALE`, :data:`METRIC_TITLE`), :func:`pyplot` (headless
+  matplotlib), :func:`save_figure` (atomic PNG; text and JSON files: ``assets.write_text_atomic``,
+  ``assets.write_json_atomic``), :func:`drop_vectors`;
+* one target's evaluation (``evaluate``): :func:`target_markdown`, :func:`target_plot`,
+  :func:`write_target_report` -> ``results.json``, ``results.md``, ``results.png``;
+* the experiment (``experiment``): one row per target task, every system with its 95% CI, for each
+  metric (:func:`markdown`, :func:`figure`, :func:`write`); input is ``results["targets"][T]["systems"]
+  [name][metric] = {"acc", "ci", "n", ...}``;
+* weight-update geometry (``geometry``): :func:`geometry_markdown`, :func:`geometry_plot`,
+  :func:`write_geometry`.
+
+Every file is written to a temporary name and renamed, so a reader never sees half a report.
 """
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from dnd_jax import assets
+
+# --- shared ------------------------------------------------------------------------------------------
+
+# bpb keeps *minus* bits per byte as its per-example "correct" vector, so higher is better for every metric
+# (means, best-of, paired p-values); displays multiply by this scale (percent for accuracies).
+METRIC_SCALE = {"bpb": -1.0}
+METRIC_TITLE = {"cloze": "accuracy (%)", "mc": "accuracy (%)", "bpb": "bits per byte (lower is better)",
+                "exact_match": "exact match (%)", "pass@1": "pass@1 (%)"}
+
+
+def metric_scale(metric: str) -> float:
+    return METRIC_SCALE.get(metric, 100.0)
+
+
+def pyplot():
+    """matplotlib.pyplot on the headless Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: str | Path, **savefig_kwargs) -> None:
+    """Save ``fig`` as ``path`` (PNG) atomically and close it."""
+    plt = pyplot()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
+    try:
+        fig.savefig(tmp, **savefig_kwargs)
+    finally:
+        plt.close(fig)
+    tmp.replace(path)
+
+
+def drop_vectors(obj, keys: Sequence[str] = ("correct",)):
+    """``obj`` without its per-example vectors (dict entries named ``keys``, at any depth): they stay in
+    the eval cache and the per-target reports, not in summaries."""
+    if isinstance(obj, dict):
+        return {k: drop_vectors(v, keys) for k, v in obj.items() if k not in keys}
+    if isinstance(obj, list):
+        return [drop_vectors(v, keys) for v in obj]
+    return obj
+
+
+# --- one target's evaluation report (dnd_jax.evaluate) ------------------------------------------------
+
+
+def _fmt_ci(ci: Sequence[float], scale: float = 100.0) -> str:
+    lo, hi = sorted((scale * ci[0], scale * ci[1]))
+    digits = 1 if abs(scale) >= 10 else 3
+    return f"[{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def _fmt(x: float, scale: float = 100.0, sign: bool = False) -> str:
+    digits = 1 if abs(scale) >= 10 else 3
+    return f"{scale * x:{'+' if sign else ''}.{digits}f}"
+
+
+def target_markdown(report: dict) -> str:
+    """Tables: per metric, each system's accuracy, CI, n, valid rate and difference to base."""
+    lines = [f"# {report['task']} ({report['split']}): base {report['base_model']['name']}", ""]
+    info = {s["name"]: s for s in report["systems"]}
+    for m in report["metrics"]:
+        res = report["results"][m]
+        vs_base = {c["a"]: c for c in report["comparisons"] if c["metric"] == m and c["b"] == "base"}
+        desc = {"cloze": "acc_norm (log-likelihood per character)", "mc": "generated [label] accuracy"}.get(
+            m, METRIC_TITLE.get(m, m))
+        sc = metric_scale(m)
+        lines += [f"## {m}: {desc}", "",
+                  f"| system | {METRIC_TITLE.get(m, m)} | 95% CI | n | valid (%) | vs base | p(diff<=0) | note |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for name, r in res.items():
+            valid = f"{100 * r['valid_rate']:.1f}" if "valid_rate" in r else ""
+            c = vs_base.get(name)
+            diff = f"{_fmt(c['diff'], sc, True)} {_fmt_ci(c['ci'], sc)}" if c else ""
+            p = f"{c['p']:.3f}" if c else ""
+            sysinfo = info.get(name, {}).get("info", {})
+            note = []
+            if "source_task" in sysinfo and info[name]["kind"] != "training_lora":
+                note.append(f"from {sysinfo['source_task']}")
+            if sysinfo.get("train_wall_time_s") is not None:
+                note.append(f"trained {sysinfo['train_wall_time_s']:.0f} s")
+            if "acc_unnorm" in r:
+                note.append(f"acc {100 * r['acc_unnorm']:.1f}")
+            lines.append(f"| {name} | {_fmt(r['accuracy'], sc)} | {_fmt_ci(r['ci'], sc)} | {r['n']} | {valid} | "
+                         f"{diff} | {p} | {'; '.join(note)} |")
+        lines.append("")
+    others = [c for c in report["comparisons"] if c["b"] != "base"]
+    if others:
+        lines += ["## adapters vs baselines (paired bootstrap)", "",
+                  "| metric | adapter | baseline | diff (pp; bpb: bits) | 95% CI | p(diff<=0) | n |",
+                  "|---|---|---|---|---|---|---|"]
+        for c in others:
+            sc = metric_scale(c["metric"])
+            lines.append(f"| {c['metric']} | {c['a']} | {c['b']} | {_fmt(c['diff'], sc, True)} | {_fmt_ci(c['ci'], sc)} | "
+                         f"{c['p']:.3f} | {c['n']} |")
+        lines.append("")
+    if "bpb" in report["metrics"]:
+        lines.append("bpb: bits per byte of the gold solution; p(diff<=0) is computed on minus bpb, so small p "
+                     "means the adapter's bpb is lower (better).")
+    if any("oracle" in report["results"][m] for m in report["metrics"]):
+        lines.append("oracle = a LoRA trained on the task's own labeled train split (an upper reference).")
+    return "\n".join(lines) + "\n"
+
+
+def target_plot(report: dict, path: str | Path) -> None:
+    """Bar chart of accuracy with 95% CI error bars, one panel per metric."""
+    plt = pyplot()
+    import numpy as np
+
+    metrics = report["metrics"]
+    width = max(6.0, 0.6 * max(len(report["results"][m]) for m in metrics) + 2)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(width * len(metrics), 4.5), squeeze=False)
+    kinds = {s["name"]: s["kind"] for s in report["systems"]}
+    colors = {"base": "#888888", "training_lora": "#9ecae1", "merged": "#3182bd", "nearest": "#6baed6",
+              "oracle": "#31a354", "adapter": "#e6550d"}
+    for ax, m in zip(axes[0], metrics, strict=True):
+        res = report["results"][m]
+        names = list(res)
+        sc = metric_scale(m)
+        acc = np.array([sc * res[n]["accuracy"] for n in names])
+        ends = np.sort(np.array([[sc * res[n]["ci"][0], sc * res[n]["ci"][1]] for n in names]), axis=1)
+        err = np.nan_to_num(np.stack([acc - ends[:, 0], ends[:, 1] - acc]), nan=0.0)
+        ax.bar(range(len(names)), acc, yerr=err, capsize=3,
+               color=[colors.get(kinds.get(n, ""), "#756bb1") for n in names])
+        if "base" in res:
+            ax.axhline(sc * res["base"]["accuracy"], color="k", lw=0.8, ls="--")
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, rotation=35, ha="right", fontsize=8)
+        ax.set_ylabel(METRIC_TITLE.get(m, m))
+        if sc == 100.0:
+            ax.set_ylim(0, 100)
+        n = max((res[x]["n"] for x in names), default=0)
+        ax.set_title(f"{report['task']} — {m} (n={n}, 95% CI)")
+    fig.tight_layout()
+    save_figure(fig, Path(path), dpi=120)
+
+
+def write_target_report(report: dict, out_dir: str | Path) -> Path:
+    """results.json (everything, per-example vectors included), results.md, results.png."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    assets.write_json_atomic(out_dir / "results.json", report)
+    assets.write_text_atomic(out_dir / "results.md", target_markdown(report))
+    target_plot(report, out_dir / "results.png")
+    return out_dir
+
+
+# --- experiment report (dnd_jax.experiment) -------------------------------------------------------
 
 COLUMNS = (
     ("base", "base"),
@@ -23,8 +186,6 @@ COLUMNS = (
 
 def _scale(metric: str) -> tuple[float, int]:
     """Display scale and digits: accuracies in percent; bpb (stored as minus bits per byte) as bits."""
-    from dnd_jax.evaluate import metric_scale
-
     s = metric_scale(metric)
     return s, (1 if abs(s) >= 10 else 3)
 
@@ -78,10 +239,7 @@ def markdown(results: dict) -> str:
 
 
 def figure(results: dict, path: Path, metric: str = "cloze") -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import numpy as np
 
     targets = list(results["targets"])
@@ -106,10 +264,7 @@ def figure(results: dict, path: Path, metric: str = "cloze") -> None:
     ax.set_title(f"Held-out tasks: DnD vs baselines ({metric}, 95% CI)")
     ax.legend(fontsize=7, ncol=4)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path, dpi=120)
 
 
 def write(results: dict, out_dir: str | Path) -> None:
@@ -117,10 +272,7 @@ def write(results: dict, out_dir: str | Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     slim = slim_results(results)
     assets.write_json_atomic(out_dir / "results.json", slim)
-    md = markdown(slim)
-    tmp = out_dir / ".results.md.tmp"
-    tmp.write_text(md)
-    tmp.replace(out_dir / "results.md")
+    assets.write_text_atomic(out_dir / "results.md", markdown(slim))
     if slim["targets"]:
         present = {m for t in slim["targets"].values() for s in t["systems"].values() for m in s}
         figure(slim, out_dir / "results.png", "cloze" if "cloze" in present or not present else sorted(present)[0])
@@ -134,9 +286,99 @@ slim = slim_results
 
 
 def _drop_vectors(obj):
-    """Per-example correctness vectors stay in the eval cache, not in the report."""
-    if isinstance(obj, dict):
-        return {k: _drop_vectors(v) for k, v in obj.items() if k not in ("correct", "per_example")}
-    if isinstance(obj, list):
-        return [_drop_vectors(v) for v in obj]
-    return obj
+    return drop_vectors(obj, ("correct", "per_example"))
+
+
+# --- weight-update geometry report (dnd_jax.geometry) ----------------------------------------------
+
+
+def geometry_markdown(result: dict) -> str:
+    lines = ["### Weight-update geometry (dW = s B A, Frobenius over all modules)\n",
+             f"Task means over {result['checkpoints_per_task']} zoo checkpoints each; m = mean of the training "
+             "tasks' updates; o = held-out update - m.\n",
+             "| target | |o|/|dW| | cos(dW, m) | share of |o|^2 in span of training offsets | checkpoint spread / |o|^2 "
+             "| mean cos between training offsets |",
+             "|---|---|---|---|---|---|"]
+    for h, r in result["targets"].items():
+        lines.append(f"| {h} | {r['offset_rel_norm']:.3f} | {r['cos_update_train_mean']:.3f} | {r['span_fraction']:.3f} "
+                     f"| {r['checkpoint_spread_rel']:.3f} | {r['train_offsets_mean_pairwise_cos']:+.3f} |")
+    kmax = max(len(r["span_curve"]) for r in result["targets"].values())
+    lines += ["", "Share of the held-out offset in the span of k training offsets (mean over random subsets):\n",
+              "| target | " + " | ".join(f"k={k}" for k in range(1, kmax + 1)) + " |", "|---" * (kmax + 1) + "|"]
+    for h, r in result["targets"].items():
+        cells = [f"{c['mean']:.3f}" for c in r["span_curve"]] + [""] * (kmax - len(r["span_curve"]))
+        lines.append(f"| {h} | " + " | ".join(cells) + " |")
+    gen_rows = [(h, label, g) for h, r in result["targets"].items() for label, g in r["generated"].items()]
+    if gen_rows:
+        lines += ["", "Adapters g for the held-out task (step d = g - m): generated ones, and the task's own LoRA "
+                  "from replica zoo runs (same recipe, another seed) where there are some. "
+                  "rel_err = |g - dW_target|^2 / |m - dW_target|^2 (1 = as far as the training mean).\n",
+                  "| target | adapter | cos(d, o) | |d|/|o| | |d|/|m| | share of |d|^2 in training span | rel_err |",
+                  "|---|---|---|---|---|---|---|"]
+        for h, label, g in gen_rows:
+            lines.append(f"| {h} | {label} | {g['cos_to_offset']:+.3f} | {g['step_rel_norm']:.3f} "
+                         f"| {g['move_from_train_mean_rel']:.3f} | {g['step_span_fraction']:.3f} | {g['rel_err']:.3f} |")
+        ref_rows = [(h, label, g) for h, label, g in gen_rows if "cos_to_reference_step" in g]
+        if ref_rows:
+            lines += ["", f"Against the reference adapter r (label `{result['reference']}`): "
+                      "does the output depend on which prompts go in?\n",
+                      "| target | adapter | cos(d, d_r) | |g - r| / |d_r| |", "|---|---|---|---|"]
+            lines += [f"| {h} | {label} | {g['cos_to_reference_step']:+.3f} | {g['diff_from_reference_rel']:.3f} |"
+                      for h, label, g in ref_rows]
+    lines += ["", "Cosine between task offsets (each task's update minus the mean of all tasks'):\n",
+              "| | " + " | ".join(result["tasks"]) + " |", "|---" * (len(result["tasks"]) + 1) + "|"]
+    for t, row in zip(result["tasks"], result["offset_cosine"], strict=True):
+        lines.append(f"| {t} | " + " | ".join(f"{v:+.2f}" for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def geometry_plot(result: dict, path: Path) -> None:
+    plt = pyplot()
+    import numpy as np
+
+    tasks = result["tasks"]
+    labels = sorted({label for r in result["targets"].values() for label in r["generated"]},
+                    key=lambda x: (x != result["reference"], x))
+    fig, axes = plt.subplots(1, 4 if labels else 3, figsize=(23 if labels else 17, 4.5))
+    for ax, key, title in ((axes[0], "update_cosine", "cos between task updates dW"),
+                           (axes[1], "offset_cosine", "cos between task offsets (dW - mean)")):
+        mat = np.array(result[key])
+        im = ax.imshow(mat, vmin=-1, vmax=1, cmap="RdBu_r")
+        ax.set_xticks(range(len(tasks)), tasks, rotation=45, ha="right")
+        ax.set_yticks(range(len(tasks)), tasks)
+        for i in range(len(tasks)):
+            for j in range(len(tasks)):
+                ax.text(j, i, f"{mat[i, j]:.2f}", ha="center", va="center", fontsize=7)
+        ax.set_title(title)
+    fig.colorbar(im, ax=axes[:2], shrink=0.8)
+    ax = axes[2]
+    for h, row in result["targets"].items():
+        ks = [c["k"] for c in row["span_curve"]]
+        ax.plot(ks, [c["mean"] for c in row["span_curve"]], marker="o", label=h)
+    ax.set_xlabel("number of training tasks k")
+    ax.set_ylabel("share of held-out offset in their span")
+    ax.set_title("reachable part of the held-out offset")
+    ax.set_ylim(0, None)
+    ax.legend(fontsize=7)
+    if labels:  # how well each adapter's step points at the held-out offset
+        ax = axes[3]
+        names = list(result["targets"])
+        width = 0.8 / len(labels)
+        for j, label in enumerate(labels):
+            vals = [result["targets"][h]["generated"].get(label, {}).get("cos_to_offset", np.nan) for h in names]
+            ax.bar(np.arange(len(names)) + (j - (len(labels) - 1) / 2) * width, vals, width, label=label)
+        ax.axhline(0, color="k", lw=0.5)
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+        ax.set_ylabel("cos(g - m, held-out offset)")
+        ax.set_title("does the adapter step toward the held-out task?")
+        ax.legend(fontsize=7)
+    save_figure(fig, path, dpi=120, bbox_inches="tight")
+
+
+def write_geometry(result: dict, out_dir: str | Path) -> None:
+    """geometry.json, geometry.md, geometry.png (:mod:`dnd_jax.weight_space`)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    assets.write_json_atomic(out_dir / "geometry.json", result)
+    assets.write_text_atomic(out_dir / "geometry.md", geometry_markdown(result))
+    geometry_plot(result, out_dir / "geometry.png")

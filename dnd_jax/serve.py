@@ -75,5 +75,10 @@ def main(fl: dict) -> None:
     sys.stdout.flush()
 
 
-if __name__ == "__main__":
+def cli_main() -> None:
+    """Console script ``dnd-serve`` (= ``python -m dnd_jax.serve``)."""
     cli.run(define_flags, main, required=("checkpoint", "store"))
+
+
+if __name__ == "__main__":
+    cli_main()

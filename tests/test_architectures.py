@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from configs import tiny
-from dnd_jax import assets, base_model, collect, generator, train, zoo
+from dnd_jax import assets, base_model, collection, generator, trainer, zoo
 
 # Each config: hidden 32, 2 layers, 4 heads of 8, 2 KV heads, MLP 64; fused projections where the
 # architecture has them (Phi-3: qkv_proj, gate_up_proj). Mistral ran too (same module names as Qwen2 and
@@ -52,14 +52,14 @@ def test_collect_train_generate_load_on_any_architecture(arch, tmp_path):
     config.zoo.pretrain_steps, config.zoo.save_steps = 2, 3
     config.total_steps, config.ckpt_steps, config.eval_steps = 3, 3, 3
     workdir = tmp_path / "w"
-    collect.collect(config, workdir)
+    collection.collect(config, workdir)
     manifest = zoo.task_manifest(workdir, "arc_e")
     assert manifest["lora"]["target_modules"] == ARCHS[arch][2]
     ckpt = zoo.final_checkpoint(workdir, "arc_e")
     shapes = {k: v.shape for k, v in zoo.load_state_dict(ckpt).items()}
     assert {k.split(".")[-3] for k in shapes} == set(ARCHS[arch][2])  # every linear layer carries a LoRA
 
-    train.train_and_evaluate(config, workdir / "generator")
+    trainer.train_and_evaluate(config, workdir / "generator")
     gen = generator.Generator.load(workdir / "generator")
     assert {e.key: tuple(e.shape) for e in gen.layout.entries} == shapes  # layout from the shapes alone
     adapter = gen.generate(["Which gas do plants take in?", "How do magnets work?", "Why is ice slippery?",

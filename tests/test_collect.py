@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from configs import tiny
-from dnd_jax import base_model, collect, zoo
+from dnd_jax import base_model, collection, zoo
 from dnd_jax.errors import InputError, LockedError
 
 
@@ -29,7 +29,7 @@ def _snapshot(workdir):
 @pytest.fixture(scope="module")
 def clean_zoo(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("zoo_clean")
-    collect.collect(_tiny_config(), workdir)
+    collection.collect(_tiny_config(), workdir)
     return workdir
 
 
@@ -39,7 +39,7 @@ def test_tiny_zoo_layout(clean_zoo):
     assert set(manifest["tasks"]) == {"arc_e", "piqa"}
     for task in ("arc_e", "piqa"):
         ckpts = zoo.checkpoints(clean_zoo, task)
-        assert [zoo.checkpoint_meta(c)["step"] for c in ckpts] == collect.kept_steps(config.zoo)
+        assert [zoo.checkpoint_meta(c)["step"] for c in ckpts] == collection.kept_steps(config.zoo)
         tm = zoo.task_manifest(clean_zoo, task)
         assert tm["train_wall_time_s"] > 0
         assert tm["split_sizes"]["test"] > 0
@@ -52,14 +52,14 @@ def test_tiny_zoo_layout(clean_zoo):
 
 def test_rerun_skips_finished_tasks(clean_zoo, capsys):
     before = _snapshot(clean_zoo)
-    collect.collect(_tiny_config(), clean_zoo)
+    collection.collect(_tiny_config(), clean_zoo)
     assert "complete, skipping" in capsys.readouterr().out
     after = _snapshot(clean_zoo)
     assert before.keys() == after.keys()
 
 
 def test_crash_then_rerun_equals_uninterrupted(clean_zoo, tmp_path, monkeypatch):
-    real_write = collect.write_checkpoint
+    real_write = collection.write_checkpoint
     calls = {"n": 0}
 
     def crashing_write(model, out, meta):
@@ -69,15 +69,15 @@ def test_crash_then_rerun_equals_uninterrupted(clean_zoo, tmp_path, monkeypatch)
             raise KeyboardInterrupt("simulated kill")
         real_write(model, out, meta)
 
-    monkeypatch.setattr(collect, "write_checkpoint", crashing_write)
+    monkeypatch.setattr(collection, "write_checkpoint", crashing_write)
     with pytest.raises(KeyboardInterrupt):
-        collect.collect(_tiny_config(), tmp_path)
-    assert (tmp_path / "zoo" / "arc_e" / collect.RESUME_FILE).is_file()
+        collection.collect(_tiny_config(), tmp_path)
+    assert (tmp_path / "zoo" / "arc_e" / collection.RESUME_FILE).is_file()
     # Corrupt one finished checkpoint as well: it must be detected and redone, never used.
     first = sorted((tmp_path / "zoo" / "arc_e").glob("ckpt_*"))[0]
     (first / zoo.ADAPTER_WEIGHTS).write_bytes(b"garbage")
-    monkeypatch.setattr(collect, "write_checkpoint", real_write)
-    collect.collect(_tiny_config(), tmp_path)
+    monkeypatch.setattr(collection, "write_checkpoint", real_write)
+    collection.collect(_tiny_config(), tmp_path)
 
     a, b = _snapshot(clean_zoo), _snapshot(tmp_path)
     assert a.keys() == b.keys()
@@ -88,7 +88,7 @@ def test_crash_then_rerun_equals_uninterrupted(clean_zoo, tmp_path, monkeypatch)
         for name in sd_a:
             np.testing.assert_array_equal(sd_a[name], sd_b[name], err_msg=f"{key} {name}")
     assert not list((tmp_path / "zoo" / "arc_e").glob(".ckpt_*"))
-    assert not (tmp_path / "zoo" / "arc_e" / collect.RESUME_FILE).exists()
+    assert not (tmp_path / "zoo" / "arc_e" / collection.RESUME_FILE).exists()
 
 
 def test_every_adapter_loads_and_changes_logits(clean_zoo):
@@ -113,13 +113,13 @@ def test_recipe_change_is_refused(clean_zoo):
     from dnd_jax import errors
 
     with pytest.raises(errors.ResumeMismatchError, match="another recipe"):
-        collect.collect(config, clean_zoo)
+        collection.collect(config, clean_zoo)
 
 
 def test_unknown_task_fails_before_compute(tmp_path):
     config = _tiny_config()
     with pytest.raises(KeyError, match="unknown task"):
-        collect.collect(config, tmp_path, only=["nope"])
+        collection.collect(config, tmp_path, only=["nope"])
     assert not (tmp_path / "base_model").exists()
 
 
@@ -135,13 +135,13 @@ def test_cli_bad_task_exits_nonzero(tmp_path):
 def test_data_seed_reorders_batches_keeps_init_and_old_hashes(clean_zoo, tmp_path):
     config = _tiny_config()
     ref = base_model.resolve(config.base_model, clean_zoo)
-    default_hash = collect._recipe_hash(collect._recipe(config, ref))
+    default_hash = collection._recipe_hash(collection._recipe(config, ref))
     assert default_hash == zoo.task_manifest(clean_zoo, "arc_e")["recipe_hash"]
     config.zoo.data_seed = 0  # explicitly the init seed: the same batches, but recorded as another recipe
-    assert collect.data_seed(config.zoo) == 0
-    assert collect._recipe_hash(collect._recipe(config, ref)) != default_hash
+    assert collection.data_seed(config.zoo) == 0
+    assert collection._recipe_hash(collection._recipe(config, ref)) != default_hash
     config.zoo.data_seed = 7
-    collect.collect(config, tmp_path, only=["arc_e"])
+    collection.collect(config, tmp_path, only=["arc_e"])
     first = zoo.checkpoints(clean_zoo, "arc_e")[0]
     other = zoo.checkpoints(tmp_path, "arc_e")[0]
     a, b = zoo.load_state_dict(first), zoo.load_state_dict(other)
@@ -154,9 +154,9 @@ def test_data_seed_reorders_batches_keeps_init_and_old_hashes(clean_zoo, tmp_pat
 def test_shards_together_equal_one_collect(clean_zoo, tmp_path):
     """Shards 0/2 and 1/2 (each its own tasks) give the same checkpoints and zoo summary as one collect."""
     config = _tiny_config()
-    collect.collect(config, tmp_path, shard="1/2")
+    collection.collect(config, tmp_path, shard="1/2")
     assert zoo.tasks(tmp_path) == ["piqa"]  # names[1::2]
-    collect.collect(config, tmp_path, shard="0/2")
+    collection.collect(config, tmp_path, shard="0/2")
     a, b = _snapshot(clean_zoo), _snapshot(tmp_path)
     assert a.keys() == b.keys()
     for key in a:
@@ -169,7 +169,7 @@ def test_shards_together_equal_one_collect(clean_zoo, tmp_path):
 @pytest.mark.parametrize("spec", ["2/2", "1", "a/b", "-1/3"])
 def test_bad_shard_is_refused(tmp_path, spec):
     with pytest.raises(InputError, match="--shard"):
-        collect.collect(_tiny_config(), tmp_path, shard=spec)
+        collection.collect(_tiny_config(), tmp_path, shard=spec)
 
 
 def test_shard_refuses_a_task_another_process_holds(tmp_path):
@@ -184,5 +184,5 @@ def test_shard_refuses_a_task_another_process_holds(tmp_path):
     (tdir / locking.LOCK_FILE).write_text(json.dumps({"pid": 1, "host": socket.gethostname(), "verb": "collect",
                                                       "start": locking._start_time(1), "since": "now"}))
     with pytest.raises(LockedError, match="pid 1"):
-        collect.collect(_tiny_config(), tmp_path, shard="1/2")
+        collection.collect(_tiny_config(), tmp_path, shard="1/2")
     assert not (tdir / "manifest.json").exists()

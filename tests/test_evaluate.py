@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from configs import tiny
-from dnd_jax import assets, base_model, baselines, evaluate, scoring, tasks, zoo
+from dnd_jax import assets, base_model, baselines, evaluation, scoring, tasks, zoo
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -173,7 +173,9 @@ def tiny_zoo(tmp_path_factory):
 
 
 def _scaled_delta(sd: dict, cfg: dict, a_key: str) -> np.ndarray:
-    return baselines.lora_scaling(cfg) * sd[a_key.replace("lora_A", "lora_B")] @ sd[a_key]
+    """dW = (alpha / r) B A, written out here (not dnd_jax.weights.lora's): the merges are checked against it."""
+    assert not cfg.get("use_rslora")
+    return (cfg["lora_alpha"] / cfg["r"]) * sd[a_key.replace("lora_A", "lora_B")] @ sd[a_key]
 
 
 def test_merged_adapter_is_exact_average(tiny_zoo, tmp_path):
@@ -250,7 +252,7 @@ def test_cached_results_are_reused(tiny_zoo, tmp_path, monkeypatch):
     workdir, ref = tiny_zoo
     adapter = zoo.final_checkpoint(workdir, "arc_e")
     kw = dict(limit=4, batch_size=4, cache_dir=tmp_path, max_new_tokens=3, n_boot=200, progress=False)
-    first = evaluate.evaluate_adapter_metrics(ref, adapter, "piqa", ["cloze", "mc"], **kw)
+    first = evaluation.evaluate_adapter_metrics(ref, adapter, "piqa", ["cloze", "mc"], **kw)
     assert not first["cloze"]["cached"] and len(list(tmp_path.glob("*.json"))) == 2
 
     def boom(*a, **k):
@@ -258,16 +260,16 @@ def test_cached_results_are_reused(tiny_zoo, tmp_path, monkeypatch):
 
     monkeypatch.setattr(scoring, "cloze_scores", boom)
     monkeypatch.setattr(scoring, "mc_generate", boom)
-    monkeypatch.setattr(evaluate, "_load_base", boom)
+    monkeypatch.setattr(evaluation, "_load_base", boom)
     for metric in ("cloze", "mc"):
-        again = evaluate.evaluate_adapter(ref, adapter, "piqa", metric, **kw)
+        again = evaluation.evaluate_adapter(ref, adapter, "piqa", metric, **kw)
         assert again["cached"]
         for k in ("accuracy", "n", "ci", "correct", "pred"):
             assert again[k] == first[metric][k]
     assert first["cloze"]["n"] == 4 and len(first["cloze"]["correct"]) == 4
     assert 0.0 <= first["mc"]["valid_rate"] <= 1.0
     with pytest.raises(AssertionError):  # another limit is another key
-        evaluate.evaluate_adapter(ref, adapter, "piqa", "cloze", **(kw | {"limit": 3}))
+        evaluation.evaluate_adapter(ref, adapter, "piqa", "cloze", **(kw | {"limit": 3}))
 
 
 def test_adapters_do_not_leak(tiny_zoo):
@@ -277,17 +279,17 @@ def test_adapters_do_not_leak(tiny_zoo):
     kw = dict(limit=3, batch_size=4, cache_dir=None, progress=False)
 
     def loglik(adapter):
-        return evaluate.evaluate_adapter(ref, adapter, "piqa", "cloze", **kw)["loglik"]
+        return evaluation.evaluate_adapter(ref, adapter, "piqa", "cloze", **kw)["loglik"]
 
-    evaluate._LOADED.clear()
+    evaluation._LOADED.clear()
     b_fresh = loglik(b)
     base_before = loglik(None)
-    snapshot = {k: v.clone() for k, v in evaluate._load_base(ref)[0].state_dict().items()}
+    snapshot = {k: v.clone() for k, v in evaluation._load_base(ref)[0].state_dict().items()}
     with_a = loglik(a)
     assert not np.allclose(with_a, base_before)
     assert loglik(None) == base_before  # the base is back to itself, bit for bit
     assert loglik(b) == b_fresh  # b after a == b in a fresh process state
-    for k, v in evaluate._load_base(ref)[0].state_dict().items():
+    for k, v in evaluation._load_base(ref)[0].state_dict().items():
         assert torch.equal(v, snapshot[k]), k
 
 
@@ -298,7 +300,7 @@ def test_cli_end_to_end(tiny_zoo, tmp_path, capsys):
     workdir, _ = tiny_zoo
     out = tmp_path / "out"
     dnd = zoo.task_dir(workdir, "piqa") / zoo.ckpt_name(1)  # stands in for a generated adapter
-    summary = evaluate.evaluate_target(tiny.get_config(), workdir, "piqa", training_tasks=["arc_e", "boolq"],
+    summary = evaluation.evaluate_target(tiny.get_config(), workdir, "piqa", training_tasks=["arc_e", "boolq"],
                                        dnd_adapter=dnd, limit=4, out_dir=out, progress=False)
     assert "| oracle |" in capsys.readouterr().out
     assert summary["report_dir"] == str(out)
@@ -313,14 +315,14 @@ def test_cli_end_to_end(tiny_zoo, tmp_path, capsys):
     for m in ("cloze", "mc"):
         res = report["results"][m]
         assert set(res) == {"base", "lora:arc_e", "lora:boolq", "merged", "nearest", "oracle", "dnd",
-                            evaluate.MEAN_TRAINING}
+                            evaluation.MEAN_TRAINING}
         for r in res.values():
             assert r["n"] == 4 and len(r["ci"]) == 2 and len(r["correct"]) == 4
         mean = np.mean([res["lora:arc_e"]["accuracy"], res["lora:boolq"]["accuracy"]])
-        assert res[evaluate.MEAN_TRAINING]["accuracy"] == pytest.approx(mean)
+        assert res[evaluation.MEAN_TRAINING]["accuracy"] == pytest.approx(mean)
         assert f"## {m}" in md
     nearest = next(s for s in report["systems"] if s["name"] == "nearest")
     assert nearest["info"]["source_task"] in ("arc_e", "boolq")
     assert {(c["a"], c["b"]) for c in report["comparisons"] if c["metric"] == "cloze"} >= {
-        ("dnd", "merged"), ("dnd", "oracle"), ("dnd", evaluate.MEAN_TRAINING), ("merged", "base")}
+        ("dnd", "merged"), ("dnd", "oracle"), ("dnd", evaluation.MEAN_TRAINING), ("merged", "base")}
     assert len(list((workdir / "eval_cache").glob("piqa-*.json"))) >= 2 * 6

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from configs import tiny
-from dnd_jax import base_model, collect, generator, tasks, train, zoo
+from dnd_jax import base_model, collection, generator, tasks, trainer, zoo
 
 
 @pytest.fixture(scope="module")
@@ -16,10 +16,10 @@ def trained(tmp_path_factory):
     """A tiny zoo (real LoRAs on the tiny Llama) and a generator trained on it for a few steps."""
     workdir = tmp_path_factory.mktemp("gen")
     config = tiny.get_config()
-    collect.collect(config, workdir)
+    collection.collect(config, workdir)
     config.total_steps = 10
     config.ckpt_steps = 10
-    train.train_and_evaluate(config, workdir / "generator")
+    trainer.train_and_evaluate(config, workdir / "generator")
     return workdir, workdir / "generator"
 
 

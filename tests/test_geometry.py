@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from dnd_jax import baselines, geometry, testing, zoo
+from dnd_jax import baselines, report, testing, weight_space, zoo
+from dnd_jax.weights import lora
 
 
 def _random_factors(rng, ranks_scalings, shapes):
@@ -17,7 +18,7 @@ def test_update_gram_matches_dense_products():
     rng = np.random.default_rng(0)
     shapes = {"q": (6, 5), "down": (4, 7)}
     adapters = _random_factors(rng, [(2, 1.0), (4, 0.5), (3, 2.0)], shapes)
-    gram = geometry.update_gram(adapters)
+    gram = lora.update_gram(adapters)
     dense = [np.concatenate([(b @ a).ravel() for _, (a, b) in sorted(ad.items())]) for ad in adapters]
     want = np.array([[x @ y for y in dense] for x in dense])
     np.testing.assert_allclose(gram, want, rtol=1e-5)
@@ -27,20 +28,20 @@ def test_update_gram_rejects_other_modules():
     rng = np.random.default_rng(0)
     a, b = _random_factors(rng, [(2, 1.0)], {"q": (3, 3)}), _random_factors(rng, [(2, 1.0)], {"k": (3, 3)})
     with pytest.raises(ValueError, match="other modules"):
-        geometry.update_gram(a + b)
+        lora.update_gram(a + b)
 
 
 def test_lora_factors_scales_b_and_names_a_missing_pair():
     sd = {"m.lora_A.weight": np.ones((2, 3)), "m.lora_B.weight": np.ones((4, 2))}
-    a, b = geometry.lora_factors(sd, 2.0)["m"]
+    a, b = lora.lora_factors(sd, 2.0)["m"]
     assert a.shape == (2, 3) and np.all(b == 2.0)
     with pytest.raises(ValueError, match="m.lora_B.weight"):
-        geometry.lora_factors({"m.lora_A.weight": np.ones((2, 3))}, 1.0)
+        lora.lora_factors({"m.lora_A.weight": np.ones((2, 3))}, 1.0)
 
 
 def test_span_fraction_in_and_out_of_span():
     x = np.eye(4)  # four orthonormal "adapters"
-    space = geometry.Space(x @ x.T)
+    space = weight_space.Space(x @ x.T)
     e = [space.point(i) for i in range(4)]
     assert space.span_fraction(e[0] + 2 * e[1], [e[0], e[1]]) == pytest.approx(1.0)
     assert space.span_fraction(e[2], [e[0], e[1]]) == pytest.approx(0.0, abs=1e-12)
@@ -55,7 +56,7 @@ def test_analyse_synthetic_zoo(tmp_path):
     merged = baselines.merge_adapters([zoo.final_checkpoint(w, t) for t in train], tmp_path / "merged")
     generated = {"own": {"obqa": zoo.final_checkpoint(w, "obqa")}, "merged": {"obqa": merged},
                  "again": {"obqa": zoo.final_checkpoint(w, "obqa")}}
-    res = geometry.analyse(w, {"obqa": train}, generated, checkpoints_per_task=4, replicas={"same": replica},
+    res = weight_space.analyse(w, {"obqa": train}, generated, checkpoints_per_task=4, replicas={"same": replica},
                            reference="own")
     row = res["targets"]["obqa"]
     assert row["training_tasks"] == train
@@ -78,7 +79,7 @@ def test_analyse_synthetic_zoo(tmp_path):
     assert curve[-1]["mean"] == pytest.approx(row["span_fraction"])
     assert np.allclose(np.diag(res["offset_cosine"]), 1.0)
 
-    geometry.write(res, tmp_path / "out")
+    report.write_geometry(res, tmp_path / "out")
     for f in ("geometry.json", "geometry.md", "geometry.png"):
         assert (tmp_path / "out" / f).is_file()
     md = (tmp_path / "out" / "geometry.md").read_text()

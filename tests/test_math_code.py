@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from dnd_jax import base_model, evaluate, generative, lora_train, sandbox, tasks
+from dnd_jax import base_model, evaluation, generative, lora_train, sandbox, tasks
 from dnd_jax.task_sources import math_code
 
 # --- registry and splits (real data files; reading them takes ~1 s) -----------------------------------
@@ -169,29 +169,29 @@ def test_lora_on_generative_task_trains_on_solution_tokens_only(tiny_base):
 
 def test_applicable_metrics():
     ms = ["cloze", "mc", "bpb", "exact_match", "pass@1"]
-    assert evaluate.applicable_metrics("arc_e", ms) == ["cloze", "mc"]
-    assert evaluate.applicable_metrics("gsm8k", ms) == ["bpb", "exact_match"]
-    assert evaluate.applicable_metrics("codex_humaneval", ms) == ["bpb", "pass@1"]
-    assert evaluate.applicable_metrics("mt_mbpp_rust", ms) == ["bpb"]
+    assert evaluation.applicable_metrics("arc_e", ms) == ["cloze", "mc"]
+    assert evaluation.applicable_metrics("gsm8k", ms) == ["bpb", "exact_match"]
+    assert evaluation.applicable_metrics("codex_humaneval", ms) == ["bpb", "pass@1"]
+    assert evaluation.applicable_metrics("mt_mbpp_rust", ms) == ["bpb"]
 
 
 def test_evaluate_generative_metrics_cached_and_reported(tiny_base, tmp_path):
     cache = tmp_path / "cache"
-    res = evaluate.evaluate_adapter_metrics(tiny_base, None, "codex_humaneval", ["bpb", "pass@1"], limit=3,
+    res = evaluation.evaluate_adapter_metrics(tiny_base, None, "codex_humaneval", ["bpb", "pass@1"], limit=3,
                                             batch_size=4, cache_dir=cache, max_new_tokens=6, progress=False)
     bpb, p1 = res["bpb"], res["pass@1"]
     assert bpb["n"] == p1["n"] == 3 and not bpb["cached"]
     assert all(c < 0 for c in bpb["correct"]) and np.allclose(bpb["correct"], [-b for b in bpb["bpb"]])
     assert p1["correct"] == [0, 0, 0] and len(p1["texts"]) == 3  # a random model writes no working code
-    again = evaluate.evaluate_adapter_metrics(tiny_base, None, "codex_humaneval", ["bpb", "pass@1"], limit=3,
+    again = evaluation.evaluate_adapter_metrics(tiny_base, None, "codex_humaneval", ["bpb", "pass@1"], limit=3,
                                               batch_size=4, cache_dir=cache, max_new_tokens=6, progress=False)
     assert again["bpb"]["cached"] and again["bpb"]["correct"] == bpb["correct"]
-    em = evaluate.evaluate_adapter(tiny_base, None, "gsm8k", "exact_match", limit=2, batch_size=2, cache_dir=None,
+    em = evaluation.evaluate_adapter(tiny_base, None, "gsm8k", "exact_match", limit=2, batch_size=2, cache_dir=None,
                                    max_new_tokens=4, progress=False)
     assert em["n"] == 2 and set(em["correct"]) <= {0, 1}
     from dnd_jax import baselines
 
-    report = evaluate.evaluate_systems(tiny_base, [baselines.System("base", "base")], "codex_humaneval",
+    report = evaluation.evaluate_systems(tiny_base, [baselines.System("base", "base")], "codex_humaneval",
                                        metrics=["bpb"], limit=3, cache_dir=cache, out_dir=tmp_path / "out",
                                        progress=False)
     md = (tmp_path / "out" / "results.md").read_text()

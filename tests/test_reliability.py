@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from dnd_jax import checkpoint, cli, errors, generator, locking, testing, train, zoo
+from dnd_jax import checkpoint, cli, errors, generator, locking, testing, trainer, zoo
 from dnd_jax.weights import peft_io
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,7 +39,7 @@ def _config(zoo_dir: Path, **overrides):
 @pytest.fixture(scope="module")
 def gen_dir(zoo_dir, tmp_path_factory) -> Path:
     w = tmp_path_factory.mktemp("gen") / "g"
-    train.train_and_evaluate(_config(zoo_dir), w)
+    trainer.train_and_evaluate(_config(zoo_dir), w)
     return w
 
 
@@ -144,13 +144,13 @@ def test_non_finite_weights_are_refused_on_load_and_on_generate(gen_dir, tmp_pat
 
 
 def test_nan_loglik_is_never_a_prediction(monkeypatch):
-    from dnd_jax import evaluate, scoring, tasks
+    from dnd_jax import evaluation, scoring, tasks
 
     ex = [tasks.Example(task="t", id="1", prompt="q", choices=("a", "b"), gold=0),
           tasks.Example(task="t", id="2", prompt="q", choices=("a", "b"), gold=1)]
     fake = [{"loglik": [float("nan"), -1.0], "chars": [1, 1]}, {"loglik": [-2.0, -1.0], "chars": [1, 1]}]
     monkeypatch.setattr(scoring, "cloze_scores", lambda *a, **k: fake)
-    rec = evaluate._score(None, None, ex, "cloze", 2, 4, False)
+    rec = evaluation._score(None, None, ex, "cloze", 2, 4, False)
     assert rec["pred"][0] == -1 and rec["correct"] == [0, 1] and rec["correct_unnorm"] == [0, 1]
 
 
@@ -186,7 +186,7 @@ def test_zoo_reader_refuses_an_invalid_checkpoint_of_a_finished_task(zoo_dir, tm
     with pytest.raises(errors.IntegrityError, match=f"piqa.*{ckpt.name}"):
         zoo.checkpoints(z, "piqa")
     with pytest.raises(errors.IntegrityError, match=ckpt.name):
-        train.validate(_config(z), tmp_path / "w")
+        trainer.validate(_config(z), tmp_path / "w")
 
 
 # --- 2. resume fingerprint ---------------------------------------------------------------------------------
@@ -194,12 +194,12 @@ def test_zoo_reader_refuses_an_invalid_checkpoint_of_a_finished_task(zoo_dir, tm
 
 def test_finished_run_with_other_training_tasks_is_refused_then_started_over(zoo_dir, tmp_path):
     w = tmp_path / "w"
-    first = train.train_and_evaluate(_config(zoo_dir), w)
+    first = trainer.train_and_evaluate(_config(zoo_dir), w)
     other = _config(zoo_dir)
     other.experiment.cross_domain = ("boolq",)  # another training split: arc_e, piqa only
     with pytest.raises(errors.ResumeMismatchError, match="train_tasks"):
-        train.train_and_evaluate(other, w)
-    again = train.train_and_evaluate(other, w, start_over=True)
+        trainer.train_and_evaluate(other, w)
+    again = trainer.train_and_evaluate(other, w, start_over=True)
     assert again["metadata"]["train_tasks"] == ["arc_e", "piqa"]
     old = list(w.glob("replaced-*"))
     assert len(old) == 1 and (old[0] / "generator").is_dir() and (old[0] / "metrics.jsonl").is_file()
@@ -208,17 +208,17 @@ def test_finished_run_with_other_training_tasks_is_refused_then_started_over(zoo
 
 def test_killed_run_resumed_on_another_zoo_is_refused(zoo_dir, tmp_path):
     w = tmp_path / "w"
-    train.train_and_evaluate(_config(zoo_dir), w, max_steps=4)  # a checkpoint at step 3, then "killed"
+    trainer.train_and_evaluate(_config(zoo_dir), w, max_steps=4)  # a checkpoint at step 3, then "killed"
     z2 = tmp_path / "z2"
     shutil.copytree(zoo_dir, z2)
     prompts = zoo.task_dir(z2, "piqa") / "prompts.jsonl"
     prompts.write_text(prompts.read_text() + json.dumps({"prompt": "one more prompt"}) + "\n")
     with pytest.raises(errors.ResumeMismatchError, match=r"zoo content of \['piqa'\]"):
-        train.train_and_evaluate(_config(z2), w)
+        trainer.train_and_evaluate(_config(z2), w)
     # the same zoo content at another path resumes fine
     z3 = tmp_path / "z3"
     shutil.copytree(zoo_dir, z3)
-    assert train.train_and_evaluate(_config(z3), w)["step"] == 6
+    assert trainer.train_and_evaluate(_config(z3), w)["step"] == 6
 
 
 # --- 3. overwrite only replaces adapter folders --------------------------------------------------------------
@@ -355,33 +355,33 @@ def test_adapter_checks_non_lora_rank_and_pairs(zoo_dir, tmp_path):
 
 
 def test_evaluate_refuses_negative_limit_and_foreign_adapters(zoo_dir, tiny_base, tmp_path):
-    from dnd_jax import baselines, evaluate
+    from dnd_jax import baselines, evaluation
 
     cfg = _config(zoo_dir)
     with pytest.raises(errors.InputError, match="--limit"):
-        evaluate.run(cfg, zoo_dir, "arc_e", baseline_names=["base"], limit=-1, progress=False)
+        evaluation.run(cfg, zoo_dir, "arc_e", baseline_names=["base"], limit=-1, progress=False)
     ckpt = zoo.checkpoints(zoo_dir, "arc_e")[0]
     sd, conf = peft_io.read_adapter(ckpt)
     wide = {k: (np.zeros((v.shape[0], v.shape[1] * 2), np.float32) if ".lora_A." in k else v) for k, v in sd.items()}
     peft_io.write_adapter(tmp_path / "other_base", wide, **peft_io.write_kwargs_from_config(conf))
     systems = [baselines.System("other", "adapter", str(tmp_path / "other_base"))]
     with pytest.raises(errors.InputError, match="does not fit base model"):
-        evaluate.check_adapters_fit(tiny_base, systems)
-    evaluate.check_adapters_fit(tiny_base, [baselines.System("ok", "adapter", str(ckpt))])
+        evaluation.check_adapters_fit(tiny_base, systems)
+    evaluation.check_adapters_fit(tiny_base, [baselines.System("ok", "adapter", str(ckpt))])
 
 
 def test_evaluate_baselines_follow_the_one_training_split(zoo_dir, tmp_path):
-    from dnd_jax import baselines, evaluate, plan
+    from dnd_jax import baselines, evaluation, plan
 
     cfg = _config(zoo_dir)
     cfg.experiment.cross_domain = ("boolq",)
-    assert evaluate._default_training_tasks(cfg, zoo_dir, "arc_e", []) == plan.target_training_tasks(cfg, "arc_e")
-    assert "boolq" not in evaluate._default_training_tasks(cfg, zoo_dir, "arc_e", [])
+    assert evaluation._default_training_tasks(cfg, zoo_dir, "arc_e", []) == plan.target_training_tasks(cfg, "arc_e")
+    assert "boolq" not in evaluation._default_training_tasks(cfg, zoo_dir, "arc_e", [])
     card_dir = tmp_path / "gen_adapter"
     card_dir.mkdir()
     (card_dir / "dnd_generation.json").write_text(json.dumps({"train_tasks": ["piqa"]}))
     sys_ = [baselines.System("dnd", "adapter", str(card_dir))]
-    assert evaluate._default_training_tasks(cfg, zoo_dir, "arc_e", sys_) == ["piqa"]
+    assert evaluation._default_training_tasks(cfg, zoo_dir, "arc_e", sys_) == ["piqa"]
 
 
 def test_user_errors_exit_2_in_one_line_and_bugs_keep_their_traceback(tmp_path):
@@ -422,17 +422,17 @@ def test_weight_decay_is_masked_by_name(zoo_dir):
     params = {"params": {"stage_0": {"bias": np.ones((4, 8), np.float32), "norm": {"scale": np.ones((4, 8), np.float32)},
                                      "p1_width": {"kernel": np.ones((3, 3, 4, 8), np.float32)}}}}
     cfg = _config(zoo_dir, weight_decay=0.5, grad_clip_norm=0.0, warmup_steps=0, lr=1.0)
-    tx, _ = train.make_optimizer(cfg)
+    tx, _ = trainer.make_optimizer(cfg)
     zeros = jax.tree.map(np.zeros_like, params)
     updates, _ = tx.update(zeros, tx.init(params), params)
     new = optax.apply_updates(params, updates)
     p = new["params"]["stage_0"]
     assert np.all(p["bias"] == 1.0) and np.all(p["norm"]["scale"] == 1.0)  # 2-D, but not kernels: no decay
     assert np.all(p["p1_width"]["kernel"] < 1.0)
-    mults = train.decay_multipliers(params, (("params/stage_0/bias", 2.0), (".*/kernel", 1.0)))
+    mults = trainer.decay_multipliers(params, (("params/stage_0/bias", 2.0), (".*/kernel", 1.0)))
     assert mults["params"]["stage_0"]["bias"] == 2.0 and mults["params"]["stage_0"]["norm"]["scale"] == 0.0
     cfg.wd_mults = (("params/stage_0/bias", 2.0), (".*/kernel", 1.0))  # general multipliers
-    tx, _ = train.make_optimizer(cfg)
+    tx, _ = trainer.make_optimizer(cfg)
     updates, _ = tx.update(zeros, tx.init(params), params)
     p = optax.apply_updates(params, updates)["params"]["stage_0"]
     assert np.all(p["bias"] < p["p1_width"]["kernel"][0, 0, :, :]) and np.all(p["norm"]["scale"] == 1.0)
@@ -546,4 +546,4 @@ def test_resume_from_a_corrupt_step_is_refused_with_the_way_out(gen_dir, zoo_dir
     victim = _largest(w / "generator" / "6" / "train")
     victim.write_bytes(victim.read_bytes()[:-4])
     with pytest.raises(errors.IntegrityError, match="train/.*resume from step 3"):
-        train.train_and_evaluate(_config(zoo_dir, total_steps=9), w)
+        trainer.train_and_evaluate(_config(zoo_dir, total_steps=9), w)

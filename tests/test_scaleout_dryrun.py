@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import tiny
-from dnd_jax import dry_run, models, sharding, train
+from dnd_jax import dry_run, models, sharding, trainer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,7 +31,7 @@ def test_estimate_matches_real_allocation_on_8_devices():
     est = dry_run.estimate(config, mesh, in_shape, out_shape)
     # Build the real state on the mesh, exactly as train does, and count device 0's bytes.
     model = models.build(config.model_name, config.model, in_shape, out_shape)
-    tx, _ = train.make_optimizer(config)
+    tx, _ = trainer.make_optimizer(config)
 
     def init_state(key):
         params = model.init(key, jnp.zeros((1, *in_shape), jnp.float32))
@@ -69,4 +69,4 @@ def test_cli_dry_run_trains_nothing(tmp_path):
     assert "FLOPs/step" in out and "per-device memory" in out
     result = json.loads(out[out.index("\n{") + 1:])
     assert result["mesh"] == {"data": 4, "model": 2} and result["lora_shapes_from"] == "arch tiny_llama"
-    assert not (tmp_path / "w" / train.CKPT_DIR).exists()
+    assert not (tmp_path / "w" / trainer.CKPT_DIR).exists()

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from dnd_jax import testing, train
+from dnd_jax import testing, trainer
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -54,15 +54,15 @@ def _losses(history, after: int = 0):
 def test_resume_on_fewer_devices_continues_the_same_run(zoo_dir, tmp_path):
     assert jax.device_count() == 8
     mesh8 = (("data", 4), ("model", 2))
-    full = train.train_and_evaluate(_config(zoo_dir, mesh8), tmp_path / "full")
-    killed = train.train_and_evaluate(_config(zoo_dir, mesh8), tmp_path / "killed", max_steps=13)
+    full = trainer.train_and_evaluate(_config(zoo_dir, mesh8), tmp_path / "full")
+    killed = trainer.train_and_evaluate(_config(zoo_dir, mesh8), tmp_path / "killed", max_steps=13)
     assert killed["step"] == 13
     specs = {str(leaf.sharding.spec) for leaf in jax.tree.leaves(killed["params"])}
     assert any("model" in s for s in specs)
     for n, mesh in ((2, (("data", 1), ("model", 2))), (1, (("data", -1), ("model", 1)))):
         work = tmp_path / f"on{n}"
         shutil.copytree(tmp_path / "killed", work)
-        resumed = train.train_and_evaluate(_config(zoo_dir, mesh), work, devices=jax.devices()[:n])
+        resumed = trainer.train_and_evaluate(_config(zoo_dir, mesh), work, devices=jax.devices()[:n])
         assert resumed["step"] == 20
         assert {len(leaf.sharding.device_set) for leaf in jax.tree.leaves(resumed["params"])} == {n}
         got, want = _losses(resumed["history"]), _losses(full["history"])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from dnd_jax import base_model, testing, train
+from dnd_jax import base_model, testing, trainer
 from dnd_jax import generator as generator_lib
 from dnd_jax.serving import client
 
@@ -27,7 +27,7 @@ def generator(tmp_path_factory):
     testing.make_synthetic_zoo(w, tasks=("arc_e", "piqa", "boolq"), num_ckpts=3, num_prompts=16)
     config = tiny.get_config()
     config.total_steps, config.ckpt_steps, config.eval_steps = 10, 10, 10
-    train.train_and_evaluate(config, w / "generator")
+    trainer.train_and_evaluate(config, w / "generator")
     base = base_model.build_tiny_llama(w / "base")
     return w / "generator", base
 

@@ -129,15 +129,15 @@ def test_abstract_mesh_plans_pods_we_do_not_have():
 
 def test_train_reports_or_refuses_unsplit_kernels(caplog):
     from configs import tiny
-    from dnd_jax import train
+    from dnd_jax import trainer
 
     mesh = sharding.make_mesh((("data", 4), ("model", 2)))
     config = tiny.get_config()
-    pl = train.place_state(config, mesh, PARAMS)  # default rules: odd/kernel (63 channels) is reported
+    pl = trainer.place_state(config, mesh, PARAMS)  # default rules: odd/kernel (63 channels) is reported
     assert pl.unsplit and "odd/kernel" in pl.unsplit[0]
     config.sharding_unsplit = "error"
-    with pytest.raises(train.ConfigError, match="odd/kernel.*does not divide"):
-        train.place_state(config, mesh, PARAMS)
+    with pytest.raises(trainer.ConfigError, match="odd/kernel.*does not divide"):
+        trainer.place_state(config, mesh, PARAMS)
     config.sharding = ((".*", "nonsense"),)
-    with pytest.raises(train.ConfigError, match="config.sharding: unknown sharding tactic"):
-        train.place_state(config, mesh, PARAMS)
+    with pytest.raises(trainer.ConfigError, match="config.sharding: unknown sharding tactic"):
+        trainer.place_state(config, mesh, PARAMS)

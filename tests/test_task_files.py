@@ -8,7 +8,7 @@ import ml_collections
 import pytest
 
 from configs import tiny
-from dnd_jax import collect, evaluate, generator, task_files, tasks, train
+from dnd_jax import collection, evaluation, generator, task_files, tasks, trainer
 
 
 def _quiz_rows(n=24, start=0):
@@ -182,9 +182,9 @@ def test_file_tasks_through_collect_train_generate_evaluate(tmp_path):
     config.ckpt_steps = 4
     config.eval_steps = 4
     workdir = tmp_path / "w"
-    collect.collect(config, workdir)
+    collection.collect(config, workdir)
     assert len(tasks.load_examples("sky", "test")) == 8
-    train.train_and_evaluate(config, workdir / "generator")
+    trainer.train_and_evaluate(config, workdir / "generator")
 
     # a fresh process knows the file tasks from the generator's own config
     out = tmp_path / "adapter_sky"
@@ -200,12 +200,12 @@ def test_file_tasks_through_collect_train_generate_evaluate(tmp_path):
     for k, v in direct.state_dict.items():
         assert (abs(written[k] - v) <= 1e-5 + 1e-4 * abs(v)).all(), k
 
-    report = evaluate.run(config, workdir, "sky", adapters=[f"dnd={out}"], baseline_names=["base"], limit=8,
+    report = evaluation.run(config, workdir, "sky", adapters=[f"dnd={out}"], baseline_names=["base"], limit=8,
                           metrics=["cloze"], progress=False)
     res = report["results"]["cloze"]
     assert res["dnd"]["n"] == 8 and res["base"]["n"] == 8
     # a generative file task (prompt + completion) is scored by bits per byte of its completion
-    report = evaluate.run(config, workdir, "count", baseline_names=["base", "oracle"], limit=4, metrics=["bpb"],
+    report = evaluation.run(config, workdir, "count", baseline_names=["base", "oracle"], limit=4, metrics=["bpb"],
                           progress=False)
     res = report["results"]["bpb"]
     assert res["base"]["n"] == res["oracle"]["n"] == 4

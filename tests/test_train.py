@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from dnd_jax import conditions, input_pipeline, testing, train, zoo
+from dnd_jax import conditions, input_pipeline, testing, trainer, zoo
 from dnd_jax.weights import layout as layout_lib
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,7 +72,7 @@ def test_conditions_shape_padding_and_cache(zoo_dir, monkeypatch):
 
 def test_batches_are_a_function_of_seed_and_step(zoo_dir):
     c = _config(zoo_dir, holdout=("boolq",))
-    data = input_pipeline.load(zoo_dir, c, train.training_tasks(c))
+    data = input_pipeline.load(zoo_dir, c, trainer.training_tasks(c))
     assert data.tasks == ["arc_e", "piqa"]
     assert len(data.val_tokens) == 2 and len(data.train_tokens) == 6  # last checkpoint per task held out
     assert data.ckpt_dirs["arc_e"][-1] == zoo.checkpoints(zoo_dir, "arc_e")[-1].name
@@ -93,9 +93,9 @@ def test_batches_are_a_function_of_seed_and_step(zoo_dir):
 def test_overfits_and_sharded_matches_unsharded(zoo_dir, tmp_path):
     assert jax.device_count() == 8
     cfg8 = _config(zoo_dir, mesh=(("data", 4), ("model", 2)), min_shard_size=1024, ckpt_steps=60, eval_steps=30)
-    r8 = train.train_and_evaluate(cfg8, tmp_path / "sharded")
+    r8 = trainer.train_and_evaluate(cfg8, tmp_path / "sharded")
     cfg1 = _config(zoo_dir, mesh=(("data", -1), ("model", 1)), ckpt_steps=60, eval_steps=30)
-    r1 = train.train_and_evaluate(cfg1, tmp_path / "single", devices=jax.devices()[:1])
+    r1 = trainer.train_and_evaluate(cfg1, tmp_path / "single", devices=jax.devices()[:1])
 
     losses8 = [r["loss"] for r in r8["history"]]
     assert losses8[0] / losses8[-1] >= 10, losses8  # a tiny generator overfits a tiny zoo
@@ -112,28 +112,28 @@ def test_overfits_and_sharded_matches_unsharded(zoo_dir, tmp_path):
 def test_killed_and_resumed_equals_uninterrupted(zoo_dir, tmp_path):
     one = jax.devices()[:1]
     cfg = _config(zoo_dir, mesh=(("data", -1), ("model", 1)), total_steps=40, ckpt_steps=20, eval_steps=20)
-    full = train.train_and_evaluate(cfg, tmp_path / "full", devices=one)
+    full = trainer.train_and_evaluate(cfg, tmp_path / "full", devices=one)
     # "Killed" at step 27: checkpoint 20 exists, metrics already hold step 25.
-    killed = train.train_and_evaluate(cfg, tmp_path / "killed", devices=one, max_steps=27)
+    killed = trainer.train_and_evaluate(cfg, tmp_path / "killed", devices=one, max_steps=27)
     assert killed["step"] == 27 and killed["history"][-1]["step"] == 25
-    resumed = train.train_and_evaluate(cfg, tmp_path / "killed", devices=one)
+    resumed = trainer.train_and_evaluate(cfg, tmp_path / "killed", devices=one)
     assert resumed["step"] == 40
     assert _rows(resumed["history"]) == _rows(full["history"])  # exact, no duplicated steps
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
                  full["params"], resumed["params"])
     # A finished run returns at once with the saved generator.
-    again = train.train_and_evaluate(cfg, tmp_path / "full", devices=one)
+    again = trainer.train_and_evaluate(cfg, tmp_path / "full", devices=one)
     assert again["step"] == 40 and _rows(again["history"]) == _rows(full["history"])
     # A different recipe in the same workdir is refused.
-    with pytest.raises(train.ConfigError, match="another config"):
-        train.train_and_evaluate(_config(zoo_dir, mesh=(("data", -1), ("model", 1)), total_steps=40,
+    with pytest.raises(trainer.ConfigError, match="another config"):
+        trainer.train_and_evaluate(_config(zoo_dir, mesh=(("data", -1), ("model", 1)), total_steps=40,
                                          ckpt_steps=20, lr=0.5), tmp_path / "full", devices=one)
 
 
 def test_load_generator_round_trip(zoo_dir, tmp_path):
     cfg = _config(zoo_dir, holdout=("boolq",), total_steps=10, ckpt_steps=5, eval_steps=10)
-    result = train.train_and_evaluate(cfg, tmp_path / "gen", devices=jax.devices()[:1])
-    gen = train.load_generator(tmp_path / "gen")
+    result = trainer.train_and_evaluate(cfg, tmp_path / "gen", devices=jax.devices()[:1])
+    gen = trainer.load_generator(tmp_path / "gen")
     meta = gen.metadata
     assert gen.step == 10 and meta["step"] == 10
     assert meta["train_tasks"] == ["arc_e", "piqa"] and meta["holdout"] == ["boolq"]
@@ -141,9 +141,9 @@ def test_load_generator_round_trip(zoo_dir, tmp_path):
     assert meta["encoder"]["kind"] == "minilm" and len(meta["encoder"]["sha"]) == 16
     assert meta["lora"]["r"] == 4 and meta["base_model"]["name"] == "synthetic"
     assert gen.config.conditions.num_prompts == 4 and tuple(gen.layout.token_shape) == (4, 16)
-    assert train.load_generator(tmp_path / "gen", step=5).step == 5
+    assert trainer.load_generator(tmp_path / "gen", step=5).step == 5
     with pytest.raises(FileNotFoundError):
-        train.load_generator(tmp_path / "gen", step=7)
+        trainer.load_generator(tmp_path / "gen", step=7)
 
     prompts = zoo.prompts(zoo_dir, "boolq")[:4]
     cond = np.stack([conditions.encode_prompts(prompts, gen.config)])
@@ -168,9 +168,9 @@ def test_load_generator_round_trip(zoo_dir, tmp_path):
 ])
 def test_bad_configs_fail_before_compute(zoo_dir, tmp_path, overrides, match):
     cfg = _config(zoo_dir, **overrides)
-    with pytest.raises(train.ConfigError, match=match):
-        train.train_and_evaluate(cfg, tmp_path / "w")
-    assert not (tmp_path / "w" / train.CKPT_DIR).exists()
+    with pytest.raises(trainer.ConfigError, match=match):
+        trainer.train_and_evaluate(cfg, tmp_path / "w")
+    assert not (tmp_path / "w" / trainer.CKPT_DIR).exists()
 
 
 @pytest.mark.parametrize("token_shape, match", [((4, 0), "positive"), ((4, 16, 2), "two positive"),
@@ -178,8 +178,8 @@ def test_bad_configs_fail_before_compute(zoo_dir, tmp_path, overrides, match):
 def test_bad_token_shapes(zoo_dir, tmp_path, token_shape, match):
     cfg = _config(zoo_dir)
     cfg.layout.token_shape = token_shape
-    with pytest.raises(train.ConfigError, match=match):
-        train.validate(cfg, tmp_path)
+    with pytest.raises(trainer.ConfigError, match=match):
+        trainer.validate(cfg, tmp_path)
 
 
 def test_mismatching_checkpoint_is_named(zoo_dir, tmp_path):
@@ -200,7 +200,7 @@ def test_mismatching_checkpoint_is_named(zoo_dir, tmp_path):
     assets.write_json_atomic(ckpt / zoo.CKPT_META, meta)
     cfg = _config(bad_zoo)
     with pytest.raises(layout_lib.LayoutMismatchError, match=f"{ckpt.name}.*missing key"):
-        input_pipeline.load(bad_zoo, cfg, train.training_tasks(cfg))
+        input_pipeline.load(bad_zoo, cfg, trainer.training_tasks(cfg))
 
 
 def test_cli_rejects_bad_config(zoo_dir, tmp_path):

@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 
 from configs.common import LLAMA_ALL_LINEAR
 from dnd_jax import base_model
-from dnd_jax.weights import __main__ as cli
+from dnd_jax.errors import UserError
+from dnd_jax.weights import check, normalization, peft_io
 from dnd_jax.weights import layout as layout_lib
-from dnd_jax.weights import normalization, peft_io
 from dnd_jax.weights.layout import LayoutMismatchError, WeightLayout
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -442,17 +442,15 @@ def test_read_adapter_errors(tmp_path):
 # ----------------------------------------------------------------------------------------------- CLI
 
 
-def test_cli_inspect_and_roundtrip(peft_adapter, tmp_path, capsys):
+def test_cli_inspect_and_roundtrip(peft_adapter, tmp_path):
     src = peft_adapter["peft_dir"]
-    assert cli.main(["inspect", str(src), "--token-shape", "8,4"]) == 0
-    out = capsys.readouterr().out
+    out = check.inspect(src, check.parse_token_shape("8,4"))
     assert re.search(r"matrices\s+28\b", out) and "q_proj" in out and "down_proj" in out
     n_params = sum(v.numel() for v in peft_adapter["sd"].values())
     assert f"{n_params:,}" in out and "padding fraction" in out
 
     dst = tmp_path / "rt"
-    assert cli.main(["roundtrip", str(src), "--out", str(dst), "--token-shape", "8x4"]) == 0
-    assert "max abs diff 0.0e+00" in capsys.readouterr().out
+    assert "max abs diff 0.0e+00" in check.roundtrip(src, dst, check.parse_token_shape("8x4"))
     a, ca = peft_io.read_adapter(src)
     b, cb = peft_io.read_adapter(dst)
     assert list(a) == list(b) and all(_bits_equal(a[k], b[k]) for k in a)
@@ -460,19 +458,20 @@ def test_cli_inspect_and_roundtrip(peft_adapter, tmp_path, capsys):
         cfg["target_modules"] = sorted(cfg["target_modules"])
     assert ca == cb
 
-    # bad input: clear message, exit 2, nothing written
-    assert cli.main(["roundtrip", str(src), "--out", str(dst)]) == 2
-    assert "already exists" in capsys.readouterr().err
-    assert cli.main(["roundtrip", str(tmp_path / "missing"), "--out", str(tmp_path / "o1")]) == 2
-    assert "does not exist" in capsys.readouterr().err
+    # bad input: a user error naming the problem, nothing written
+    with pytest.raises(UserError, match="already exists"):
+        check.roundtrip(src, dst)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        check.roundtrip(tmp_path / "missing", tmp_path / "o1")
     (tmp_path / "empty").mkdir()
-    assert cli.main(["inspect", str(tmp_path / "empty")]) == 2
-    assert "no adapter_model.safetensors" in capsys.readouterr().err
-    assert cli.main(["roundtrip", str(tmp_path / "empty"), "--out", str(tmp_path / "o2")]) == 2
+    with pytest.raises(FileNotFoundError, match="no adapter_model.safetensors"):
+        check.inspect(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError):
+        check.roundtrip(tmp_path / "empty", tmp_path / "o2")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "rt"]
-    with pytest.raises(SystemExit) as exc:
-        cli.main(["inspect", str(src), "--token-shape", "8"])
-    assert exc.value.code == 2
+    for bad in ("8", "0,4", "a,b"):
+        with pytest.raises(UserError, match="token shape"):
+            check.parse_token_shape(bad)
 
 
 def test_cli_module_entry_point(peft_adapter, tmp_path):
@@ -483,3 +482,57 @@ def test_cli_module_entry_point(peft_adapter, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "dnd_jax.weights", "inspect", str(tmp_path / "missing")],
                           capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert proc.returncode == 2 and "error:" in proc.stderr and not proc.stdout
+    for args in (["inspect", str(tmp_path / "missing")], ["inspect", str(peft_adapter["peft_dir"]), "--token-shape", "8"],
+                 ["roundtrip", str(peft_adapter["peft_dir"])], ["frobnicate", str(tmp_path)], ["inspect"]):
+        proc = subprocess.run([sys.executable, "-m", "dnd_jax.weights", *args], capture_output=True, text=True,
+                              timeout=60, cwd=ROOT)
+        assert proc.returncode == 2 and proc.stderr.startswith("error:") and len(proc.stderr.splitlines()) == 1, args
+    proc = subprocess.run([sys.executable, "-m", "dnd_jax.weights", "inspect", str(peft_adapter["peft_dir"]),
+                           "--token_shape", "8,4"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 0 and "token shape      8 x 4" in proc.stdout, proc.stderr
+
+
+# ------------------------------------------------------------------------------------------ LoRA math
+
+
+@pytest.mark.parametrize("rslora", [False, True])
+def test_lora_math_is_what_peft_applies(rslora):
+    """dnd_jax.weights.lora: scaling, dW = s B A, stacking merges and Gram products, against peft's merge
+    and dense numpy (the one place every module takes its LoRA math from)."""
+    from peft import LoraConfig, get_peft_model
+
+    from dnd_jax.weights import lora
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(6, 5, bias=False)
+
+    torch.manual_seed(0)
+    base = Tiny()
+    w = base.proj.weight.detach().numpy().copy()
+    cfg = {"r": 3, "lora_alpha": 7.0, "use_rslora": rslora}
+    model = get_peft_model(base, LoraConfig(r=3, lora_alpha=7.0, target_modules=["proj"], use_rslora=rslora,
+                                            init_lora_weights=False))
+    layer = model.base_model.model.proj
+    a = layer.lora_A["default"].weight.detach().numpy().copy()
+    b = layer.lora_B["default"].weight.detach().numpy().copy()
+    s = lora.lora_scaling(cfg)
+    assert s == pytest.approx(layer.scaling["default"]) and s == pytest.approx(7.0 / (np.sqrt(3) if rslora else 3))
+    merged = model.merge_and_unload().proj.weight.detach().numpy()
+    np.testing.assert_allclose(merged, w + lora.delta(a, b, s), rtol=0, atol=1e-6)
+    assert lora.lora_scaling({"r": 9, "lora_alpha": lora.alpha_for_scaling(s, 9, rslora), "use_rslora": rslora}) \
+        == pytest.approx(s)
+
+    rng = np.random.default_rng(0)
+    sds = [{"m.lora_A.weight": rng.normal(size=(r, 6)).astype(np.float32),
+            "m.lora_B.weight": rng.normal(size=(5, r)).astype(np.float32)} for r in (3, 2)]
+    stacked = lora.stack_factors(sds, [0.25, 0.75])
+    assert stacked["m.lora_A.weight"].shape == (5, 6)
+    want = sum(c * sd["m.lora_B.weight"] @ sd["m.lora_A.weight"] for c, sd in zip([0.25, 0.75], sds, strict=True))
+    np.testing.assert_allclose(stacked["m.lora_B.weight"] @ stacked["m.lora_A.weight"], want, rtol=1e-5, atol=1e-5)
+    factors = [lora.lora_factors(sd, sc) for sd, sc in zip(sds, (2.0, 0.5), strict=True)]
+    dense = [sc * sd["m.lora_B.weight"].astype(np.float64) @ sd["m.lora_A.weight"]
+             for sd, sc in zip(sds, (2.0, 0.5), strict=True)]
+    np.testing.assert_allclose(lora.update_gram(factors), [[np.sum(x * y) for y in dense] for x in dense], rtol=1e-6)
+    assert lora.module_path("base_model.model.model.layers.0.mlp.up_proj.lora_B.weight") == "model.layers.0.mlp.up_proj"

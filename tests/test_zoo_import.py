@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from configs import tiny
-from dnd_jax import base_model, generator, train, zoo, zoo_import
+from dnd_jax import base_model, generator, trainer, zoo, zoo_importer
 from dnd_jax.weights import peft_io
 
 TARGETS = ["q_proj", "v_proj"]
@@ -52,7 +52,7 @@ def _copy(src, tmp_path):
 
 def test_import_copies_every_adapter_exactly_and_train_generate_load(source, tmp_path, tiny_base):
     workdir = tmp_path / "w"
-    manifest = zoo_import.import_zoo(source, workdir, base_model_path=tiny_base.path, log=lambda *_: None)
+    manifest = zoo_importer.import_zoo(source, workdir, base_model_path=tiny_base.path, log=lambda *_: None)
     assert zoo.tasks(workdir) == ["alpha", "beta"] and manifest["skipped"] == []
     steps = [zoo.checkpoint_meta(c)["step"] for c in zoo.checkpoints(workdir, "alpha")]
     assert steps == [20, 100, 300]  # ordered by the number in the folder name, not by string order
@@ -74,7 +74,7 @@ def test_import_copies_every_adapter_exactly_and_train_generate_load(source, tmp
     config.tasks = ("alpha", "beta")
     config.total_steps, config.ckpt_steps, config.eval_steps = 4, 4, 4
     config.val_checkpoints_per_task = 0  # beta has a single checkpoint: all of it trains
-    train.train_and_evaluate(config, workdir / "generator")
+    trainer.train_and_evaluate(config, workdir / "generator")
     adapter = generator.Generator.load(workdir / "generator").generate(["What is 3 + 5?", "Name an animal."])
     out = adapter.save(tmp_path / "generated")
     from peft import PeftModel
@@ -90,14 +90,14 @@ def test_the_odd_adapter_out_is_named_and_nothing_is_written(source, tmp_path, t
     src = _copy(source, tmp_path)
     shutil.rmtree(src / "alpha" / "checkpoint-100")
     _save_adapter(tiny_base, src / "alpha" / "checkpoint-100", seed=3, r=8)  # another rank
-    with pytest.raises(zoo_import.ZooImportError, match=r"checkpoint-100: layout differs from .*shape \(8, 32\)"):
-        zoo_import.import_zoo(src, tmp_path / "w", log=lambda *_: None)
+    with pytest.raises(zoo_importer.ZooImportError, match=r"checkpoint-100: layout differs from .*shape \(8, 32\)"):
+        zoo_importer.import_zoo(src, tmp_path / "w", log=lambda *_: None)
     assert not (tmp_path / "w" / "zoo").exists()
 
     shutil.rmtree(src / "alpha" / "checkpoint-100")
     _save_adapter(tiny_base, src / "alpha" / "checkpoint-100", seed=3, targets=["q_proj", "k_proj"])
-    with pytest.raises(zoo_import.ZooImportError, match=r"checkpoint-100: layout differs .*(missing|unexpected) tensor"):
-        zoo_import.import_zoo(src, tmp_path / "w", log=lambda *_: None)
+    with pytest.raises(zoo_importer.ZooImportError, match=r"checkpoint-100: layout differs .*(missing|unexpected) tensor"):
+        zoo_importer.import_zoo(src, tmp_path / "w", log=lambda *_: None)
 
 
 def _nan_adapter(path):
@@ -122,8 +122,8 @@ def _nan_adapter(path):
 def test_bad_sources_fail_naming_the_folder(source, tmp_path, damage, match):
     src = _copy(source, tmp_path)
     damage(src)
-    with pytest.raises(zoo_import.ZooImportError, match=match):
-        zoo_import.import_zoo(src, tmp_path / "w", log=lambda *_: None)
+    with pytest.raises(zoo_importer.ZooImportError, match=match):
+        zoo_importer.import_zoo(src, tmp_path / "w", log=lambda *_: None)
     assert not (tmp_path / "w" / "zoo").exists()
 
 
@@ -131,8 +131,8 @@ def test_unsupported_lora_features_are_refused(tiny_base, tmp_path):
     src = tmp_path / "adapters"
     _save_adapter(tiny_base, src / "dora", seed=0, use_dora=True)
     (src / "dora.txt").write_text("a prompt\n")
-    with pytest.raises(zoo_import.ZooImportError, match=r"dora: use_dora=True is not supported"):
-        zoo_import.import_zoo(src, tmp_path / "w", log=lambda *_: None)
+    with pytest.raises(zoo_importer.ZooImportError, match=r"dora: use_dora=True is not supported"):
+        zoo_importer.import_zoo(src, tmp_path / "w", log=lambda *_: None)
 
 
 def test_skip_invalid_reports_every_skipped_checkpoint_with_its_reason(source, tmp_path):
@@ -140,7 +140,7 @@ def test_skip_invalid_reports_every_skipped_checkpoint_with_its_reason(source, t
     _nan_adapter(src / "alpha" / "checkpoint-20")
     (src / "alpha" / "checkpoint-300" / "adapter_model.safetensors").unlink()
     logged = []
-    manifest = zoo_import.import_zoo(src, tmp_path / "w", skip_invalid=True, log=logged.append)
+    manifest = zoo_importer.import_zoo(src, tmp_path / "w", skip_invalid=True, log=logged.append)
     reasons = {s["path"].split("/")[-1]: s["reason"] for s in manifest["skipped"]}
     assert set(reasons) == {"checkpoint-20", "checkpoint-300"}
     assert "non-finite" in reasons["checkpoint-20"] and "no adapter_model.safetensors" in reasons["checkpoint-300"]
@@ -150,10 +150,10 @@ def test_skip_invalid_reports_every_skipped_checkpoint_with_its_reason(source, t
 
 def test_existing_tasks_are_never_replaced(source, tmp_path):
     workdir = tmp_path / "w"
-    zoo_import.import_zoo(source, workdir, log=lambda *_: None)
+    zoo_importer.import_zoo(source, workdir, log=lambda *_: None)
     before = zoo.load_state_dict(zoo.checkpoints(workdir, "beta")[0])
-    with pytest.raises(zoo_import.ZooImportError, match="already in"):
-        zoo_import.import_zoo(source, workdir, log=lambda *_: None)
+    with pytest.raises(zoo_importer.ZooImportError, match="already in"):
+        zoo_importer.import_zoo(source, workdir, log=lambda *_: None)
     after = zoo.load_state_dict(zoo.checkpoints(workdir, "beta")[0])
     assert all(np.array_equal(before[k], after[k]) for k in before)
 
@@ -166,17 +166,17 @@ def test_a_zoo_keeps_one_lora_config(source, tmp_path, tiny_base):
     _save_adapter(tiny_base, other / "gamma", seed=5, alpha=16)  # alpha 16 instead of 8, same tensor shapes
     (other / "gamma.txt").write_text("a prompt\nanother prompt\n")
     workdir = tmp_path / "w"
-    zoo_import.import_zoo(source, workdir, log=lambda *_: None)
-    with pytest.raises(zoo_import.ZooImportError, match=r"the zoo at .* has \(4, 8.0"):
-        zoo_import.import_zoo(other, workdir, log=lambda *_: None)
+    zoo_importer.import_zoo(source, workdir, log=lambda *_: None)
+    with pytest.raises(zoo_importer.ZooImportError, match=r"the zoo at .* has \(4, 8.0"):
+        zoo_importer.import_zoo(other, workdir, log=lambda *_: None)
     assert zoo.tasks(workdir) == ["alpha", "beta"]
-    zoo_import.import_zoo(other, tmp_path / "w2", log=lambda *_: None)
+    zoo_importer.import_zoo(other, tmp_path / "w2", log=lambda *_: None)
     shutil.copytree(zoo.task_dir(tmp_path / "w2", "gamma"), zoo.task_dir(workdir, "gamma"))
     config = tiny.get_config()
     config.tasks = ("alpha", "gamma")
     config.val_checkpoints_per_task = 0
-    with pytest.raises(train.ConfigError, match="one generator needs one LoRA config"):
-        train.validate(config, workdir)
+    with pytest.raises(trainer.ConfigError, match="one generator needs one LoRA config"):
+        trainer.validate(config, workdir)
 
 
 def test_cli(source, tmp_path):

@@ -1,0 +1,211 @@
+"""The DnD experiment pipeline (library; the command line is ``python -m dnd_jax.experiment``).
+
+1. collect the zoo (resumable);
+2. for each held-out task T in ``config.experiment.holdouts``: train a generator on the other
+   tasks, generate T's adapter from a sample of T's *test prompts* (unlabeled), and evaluate it on
+   T's test split against every baseline;
+3. cross-domain (``config.experiment.cross_domain``, e.g. SciQ): a generator trained on all the
+   commonsense tasks generates for the new domain.
+
+Every stage is resumable (zoo and generator checkpoints, adapters written atomically, evaluation
+results cached), so a killed run restarts without redoing finished stages. Results go to
+``W/results/`` and, with ``--docs``, to ``docs/results/``.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from dnd_jax import assets, base_model, collection, locking, plan, zoo
+from dnd_jax.errors import InputError
+
+# One definition of a target's training tasks and output root: dnd_jax.plan (re-exported here).
+generator_config = plan.generator_config
+training_tasks = plan.target_training_tasks
+output_root = plan.output_root
+
+
+def _stage_log(root: Path, name: str, seconds: float) -> None:
+    """Accumulate a stage's wall time over runs (a resumed stage adds only what it still did)."""
+    path = root / "experiment_stages.json"
+    stages = json.loads(path.read_text()) if path.is_file() else {}
+    runs = stages.get(name, {}).get("runs", [stages[name]["wall_s"]] if name in stages else []) + [round(seconds, 2)]
+    stages[name] = {"wall_s": round(sum(runs), 2), "runs": runs}
+    root.mkdir(parents=True, exist_ok=True)
+    assets.write_json_atomic(path, stages)
+
+
+def run_target(config, workdir: Path, target: str) -> dict:
+    """Train (or resume) the generator for ``target``, generate its adapter, evaluate everything."""
+    from dnd_jax import evaluation, generator, trainer
+
+    cfg = generator_config(config, target)
+    root = output_root(config, workdir)
+    gen_dir = root / "generators" / target
+    t0 = time.perf_counter()
+    trainer.train_and_evaluate(cfg, gen_dir)
+    _stage_log(root, f"train/{target}", time.perf_counter() - t0)
+
+    adapter_dir = root / "adapters" / f"dnd_{target}"
+    gen_timing_path = adapter_dir / "dnd_generation_timing.json"
+    if not gen_timing_path.is_file():  # not generated yet, or killed between the adapter and its timing
+        wall0 = time.perf_counter()
+        gen = generator.Generator.load(gen_dir)
+        timings = {"load_s": gen.load_time_s}
+        prompts = plan.condition_prompts(config, target)  # never the scored questions
+        adapter = gen.generate_many([prompts], seed=int(config.generate.seed), timings=timings)[0]
+        t1 = time.perf_counter()
+        adapter.save(adapter_dir, overwrite=True)  # replaces only an adapter folder (never other files)
+        timings["write_s"] = time.perf_counter() - t1
+        timings["wall_s"] = time.perf_counter() - wall0
+        assets.write_json_atomic(gen_timing_path, timings)
+    gen_timing = json.loads(gen_timing_path.read_text())
+
+    t0 = time.perf_counter()
+    result = evaluation.evaluate_target(
+        config, workdir, target, training_tasks=training_tasks(config, target), dnd_adapter=adapter_dir,
+        out_dir=root / "results" / target,
+    )
+    _stage_log(root, f"evaluate/{target}", time.perf_counter() - t0)
+    oracle_s = zoo.task_manifest(workdir, target)["train_wall_time_s"]
+    result["speed"] = {"generate_wall_s": gen_timing["wall_s"], "oracle_train_wall_s": oracle_s,
+                       "speedup": oracle_s / max(gen_timing["wall_s"], 1e-9), **gen_timing}
+    return result
+
+
+def run(config, workdir: str | Path, only: list[str] | None = None, docs: str = "") -> dict:
+    """Every stage for every target (or ``only`` these), holding ``workdir``'s lock throughout."""
+    workdir = Path(workdir)
+    targets = list(config.experiment.holdouts) + list(config.experiment.cross_domain)
+    if only:
+        unknown = [t for t in only if t not in targets]
+        if unknown:
+            raise InputError(f"--only {unknown} not among the experiment's targets {targets}")
+        targets = [t for t in targets if t in only]
+    for t in targets:
+        if t not in config.tasks:
+            raise InputError(f"experiment target '{t}' is not in config.tasks {tuple(config.tasks)}")
+    _check_extra_targets(config)
+    with locking.workdir_lock(workdir, "experiment"):
+        t0 = time.perf_counter()
+        collection.collect(config, workdir)
+        _stage_log(workdir, "collect", time.perf_counter() - t0)
+
+        results = {"config": json.loads(config.to_json_best_effort()),
+                   "base_model": base_model.resolve(config.base_model, workdir).to_dict(), "targets": {}}
+        for target in targets:
+            results["targets"][target] = run_target(config, workdir, target)
+            write_report(results, output_root(config, workdir) / "results", docs)
+            for extra in config.experiment.get("also_evaluate", {}).get(target, ()):
+                results["targets"][extra] = run_also_evaluate(config, workdir, target, extra)
+                write_report(results, output_root(config, workdir) / "results", docs)
+            for name, gen_dir in config.experiment.get("foreign_generators", {}).items():
+                results["targets"][target].setdefault("foreign", {})[name] = run_foreign_generator(
+                    config, workdir, target, name, gen_dir)
+                write_report(results, output_root(config, workdir) / "results", docs)
+        for ftarget, source in config.experiment.get("foreign_targets", {}).items():
+            if source in targets:
+                results["targets"][f"{ftarget}<-{source}"] = run_foreign_target(config, workdir, ftarget, source)
+                write_report(results, output_root(config, workdir) / "results", docs)
+    return results
+
+
+def _check_extra_targets(config) -> None:
+    """Evaluation-only and cross-domain targets name registered tasks and held-out sources (before compute)."""
+    from dnd_jax import tasks
+
+    holdouts = tuple(config.experiment.holdouts) + tuple(config.experiment.cross_domain)
+    for target, extras in config.experiment.get("also_evaluate", {}).items():
+        if target not in holdouts:
+            raise InputError(f"experiment.also_evaluate: '{target}' is not a held-out target {holdouts}")
+        for e in extras:
+            tasks.get_task(e)
+    for ftarget, source in config.experiment.get("foreign_targets", {}).items():
+        tasks.get_task(ftarget)
+        if source not in holdouts:
+            raise InputError(f"experiment.foreign_targets: '{source}' is not a held-out target {holdouts}")
+
+
+def _generate_to(config, gen_dir: Path, prompt_tasks: tuple[str, ...], adapter_dir: Path) -> dict:
+    """The adapter of generator ``gen_dir`` from the unscored prompts (:func:`plan.condition_prompts`) of the
+    first of ``prompt_tasks`` that has enough of them; skipped if already written."""
+    from dnd_jax import generator
+    from dnd_jax.errors import ConfigError
+
+    timing_path = adapter_dir / "dnd_generation_timing.json"
+    if not timing_path.is_file():
+        wall0 = time.perf_counter()
+        prompts, source, errors = None, None, []
+        for task in prompt_tasks:
+            try:
+                prompts, source = plan.condition_prompts(config, task), task
+                break
+            except ConfigError as e:
+                errors.append(str(e))
+        if prompts is None:
+            raise ConfigError("; ".join(errors))
+        gen = generator.Generator.load(gen_dir)
+        timings = {"load_s": gen.load_time_s, "conditions_from": source}
+        adapter = gen.generate_many([prompts], seed=int(config.generate.seed), timings=timings)[0]
+        adapter.save(adapter_dir, overwrite=True)
+        timings["wall_s"] = time.perf_counter() - wall0
+        assets.write_json_atomic(timing_path, timings)
+    return json.loads(timing_path.read_text())
+
+
+def run_foreign_generator(config, workdir: Path, target: str, name: str, gen_dir: str) -> dict:
+    """Cross-domain: another experiment's generator (e.g. the commonsense one) makes an adapter from
+    ``target``'s prompts; it is evaluated next to this domain's DnD adapter and the base model."""
+    from dnd_jax import evaluation
+
+    if not Path(gen_dir).is_dir():
+        print(f"[experiment] foreign generator '{name}' not found at {gen_dir}: skipped (run its experiment first)")
+        return {"skipped": f"no generator at {gen_dir}"}
+    root = output_root(config, workdir)
+    adapter_dir = root / "adapters" / f"dnd_{target}_from_{name}"
+    timing = _generate_to(config, Path(gen_dir), (target,), adapter_dir)
+    report = evaluation.run(config, workdir, target, adapters=[f"dnd={root / 'adapters' / f'dnd_{target}'}",
+                                                             f"dnd_from_{name}={adapter_dir}"],
+                          baseline_names=["base"], out_dir=root / "results" / f"{target}_from_{name}")
+    out = evaluation.summarize(report, f"dnd_from_{name}")
+    return out | {"generator": str(gen_dir), "generate_wall_s": timing["wall_s"]}
+
+
+def run_foreign_target(config, workdir: Path, ftarget: str, source: str) -> dict:
+    """Cross-domain, the reverse: held-out ``source``'s generator (trained on this domain) makes an
+    adapter for another domain's task ``ftarget`` from its prompts; evaluated against the base model."""
+    from dnd_jax import evaluation
+
+    root = output_root(config, workdir)
+    adapter_dir = root / "adapters" / f"dnd_{ftarget}_from_{source}"
+    timing = _generate_to(config, root / "generators" / source, (ftarget,), adapter_dir)
+    result = evaluation.evaluate_target(config, workdir, ftarget, dnd_adapter=adapter_dir, baseline_names=["base"],
+                                      out_dir=root / "results" / f"{ftarget}_from_{source}")
+    return result | {"generator_of": source, "generate_wall_s": timing["wall_s"]}
+
+
+def run_also_evaluate(config, workdir: Path, target: str, extra: str) -> dict:
+    """``config.experiment.also_evaluate[target]``: evaluation-only tasks of held-out ``target`` (HumanEval
+    and MBPP for a held-out Python). ``target``'s generator makes an adapter from ``extra``'s unscored
+    prompts (or, where it has none left, ``target``'s); the baselines are ``target``'s (its zoo LoRA is
+    the oracle)."""
+    from dnd_jax import evaluation
+
+    root = output_root(config, workdir)
+    adapter_dir = root / "adapters" / f"dnd_{extra}_from_{target}"
+    # HumanEval scores all its 164 problems: its conditions are then the held-out language's unscored prompts.
+    timing = _generate_to(config, root / "generators" / target, (extra, target), adapter_dir)
+    t0 = time.perf_counter()
+    result = evaluation.evaluate_target(config, workdir, extra, training_tasks=training_tasks(config, target),
+                                      dnd_adapter=adapter_dir, out_dir=root / "results" / extra, oracle_task=target)
+    _stage_log(root, f"evaluate/{extra}", time.perf_counter() - t0)
+    return result | {"held_out": target, "conditions_from": timing["conditions_from"]}
+
+
+def write_report(results: dict, out_dir: Path, docs: str = "") -> None:
+    from dnd_jax import report
+
+    report.write(results, out_dir)
+    if docs:
+        report.write(results, Path(docs))
