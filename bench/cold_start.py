@@ -89,6 +89,106 @@ def run_process(gen: str, prompts: str, cache: str, extra: tuple[str, ...] = ())
             "digest": _digest(out), "stderr": stderr}
 
 
+_STAGES = r"""
+import json, sys, time
+T0 = time.perf_counter()
+stages, order = {}, []
+
+
+def add(name, dt):
+    if name not in stages:
+        order.append(name)
+    stages[name] = stages.get(name, 0.0) + dt
+
+
+def timed(obj, attr, name, block=False):
+    fn = getattr(obj, attr)
+
+    def wrapper(*a, **k):
+        t = time.perf_counter()
+        out = fn(*a, **k)
+        if block:
+            import jax
+            jax.block_until_ready(out)
+        add(name, time.perf_counter() - t)
+        return out
+    setattr(obj, attr, wrapper)
+
+
+t = time.perf_counter(); import numpy; add("import numpy", time.perf_counter() - t)
+t = time.perf_counter(); import jax; add("import jax", time.perf_counter() - t)
+t = time.perf_counter()
+from dnd_jax import cache, checkpoint, conditions, encoder, generator  # noqa: E401
+from dnd_jax.weights import peft_io
+add("import dnd_jax modules", time.perf_counter() - t)
+events, durations = [], {}
+jax.monitoring.register_event_listener(lambda name, **kw: events.append(name))
+jax.monitoring.register_event_duration_secs_listener(
+    lambda name, secs, **kw: durations.__setitem__(name, durations.get(name, 0.0) + secs))
+timed(checkpoint, "verify", "checkpoint: verify sha256 of every file")
+timed(checkpoint, "load_from", "checkpoint: Orbax restore (weights not cached yet)")
+timed(cache, "load_arrays", "checkpoint: weights from the runtime cache")
+timed(checkpoint, "_model", "checkpoint: build the decoder (imports flax)")
+timed(encoder.BertEncoder, "load", "encoder: load MiniLM (safetensors + tokenizer)")
+timed(encoder.BertEncoder, "token_ids", "encoder: tokenize")
+timed(generator.Adapter, "save", "write adapter (safetensors + config + card)")
+t = time.perf_counter(); cache.enable_compilation_cache(); add("enable compilation cache", time.perf_counter() - t)
+t = time.perf_counter(); jax.devices(); add("JAX CPU backend start", time.perf_counter() - t)
+t = time.perf_counter()
+gen = generator.Generator.load(sys.argv[1])
+add("Generator.load (all)", time.perf_counter() - t)
+fwd = encoder.BertEncoder._forward
+n_calls = []
+
+
+def enc_forward(self, ids, mask):
+    t = time.perf_counter()
+    out = fwd(self, ids, mask)
+    add("encoder: first call (trace, compile or cache load, run)" if not n_calls else "encoder: later calls", time.perf_counter() - t)
+    n_calls.append(1)
+    return out
+
+
+encoder.BertEncoder._forward = enc_forward
+apply = gen._apply
+
+
+def dec(*a):
+    t = time.perf_counter()
+    out = jax.block_until_ready(apply(*a))
+    add("decoder: first call (trace, compile or cache load, run)", time.perf_counter() - t)
+    return out
+
+
+gen._apply = dec
+prompts = [line.strip() for line in open(sys.argv[2]) if line.strip()]
+t = time.perf_counter()
+adapter = gen.generate(prompts)
+add("generate (all)", time.perf_counter() - t)
+adapter.save(sys.argv[3])
+print(json.dumps({"process_s": time.perf_counter() - T0, "stages": [[k, stages[k]] for k in order],
+                  "cache_hits": events.count("/jax/compilation_cache/cache_hits"),
+                  "cache_misses": events.count("/jax/compilation_cache/cache_misses"),
+                  "trace_s": durations.get("/jax/core/compile/jaxpr_trace_duration", 0.0),
+                  "lower_s": durations.get("/jax/core/compile/jaxpr_to_mlir_module_duration", 0.0),
+                  "compile_or_cache_load_s": durations.get("/jax/core/compile/backend_compile_duration", 0.0),
+                  "orbax_imported": "orbax.checkpoint" in sys.modules, "flax_imported": "flax" in sys.modules}))
+"""
+
+
+def stage_profile(gen: str, prompts: str, cache: str) -> dict:
+    """One process timed stage by stage (wrappers around the library's own functions; JAX's monitoring
+    events for tracing, lowering, compiling or loading from the compilation cache)."""
+    tmp = Path(tempfile.mkdtemp(prefix="dnd_stages_"))
+    env = dict(os.environ, DND_JAX_RUNTIME_CACHE=cache, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               TOKENIZERS_PARALLELISM="false")
+    proc = subprocess.run([sys.executable, "-c", _STAGES, gen, prompts, str(tmp / "adapter")], cwd=common.ROOT,
+                          env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"stage profile failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def run_measured(gen: str, prompts: str, cache: str) -> dict:
     row = run_process(gen, prompts, cache)
     row.pop("stderr")
@@ -151,6 +251,8 @@ def main(argv) -> None:
     run_measured(gen, str(prompts), cache)  # fill this cache
     cold = [run_measured(gen, str(prompts), cache) for _ in range(_REPEATS.value)]
     res["imports_cold"] = import_profile(gen, str(prompts), cache)
+    res["stages_first"] = stage_profile(gen, str(prompts), tempfile.mkdtemp(prefix="dnd_cache_empty_"))
+    res["stages_cold"] = stage_profile(gen, str(prompts), cache)
     res["first"] = {"runs": first, **_stage_summary(first)}
     res["cold"] = {"runs": cold, **_stage_summary(cold)}
     res["warm"] = warm(gen, prompt_list, _REPEATS.value, cache)

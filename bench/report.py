@@ -135,6 +135,28 @@ def cold_section(d: dict | None) -> list[str]:
     out += ["", f"Warm (same process, after one generation; n={w['wall_s']['n']}): generate + write "
             f"{_mmm(w['wall_s'])} s (encode {_mmm(w['encode_s'])}, decode {_mmm(w['decode_s'])}, write "
             f"{_mmm(w['write_s'])}).", ""]
+    sf, sc = d.get("stages_first"), d.get("stages_cold")
+    if sf and sc:
+        first, cold = dict(sf["stages"]), dict(sc["stages"])
+        names = [k for k, _ in sc["stages"]] + [k for k, _ in sf["stages"] if k not in cold]
+        out += ["Stage by stage (one process each, timed inside it by wrapping the library's own functions; "
+                "indented rows are parts of the `(all)` row above them):", "",
+                "| stage | first process, empty caches: s | new process, caches filled: s |", "|---|---|---|"]
+        for k in names:
+            part = k.startswith(("checkpoint:", "encoder:", "decoder:"))
+            label = ("&nbsp;&nbsp;" if part else "") + k
+
+            def cell(v):
+                return f"{v:.3f}" if v is not None else "-"
+            out.append(f"| {label} | {cell(first.get(k))} | {cell(cold.get(k))} |")
+        for key, label in (("process_s", "whole process (after the interpreter started)"),
+                           ("trace_s", "of which JAX tracing"), ("lower_s", "of which lowering to StableHLO"),
+                           ("compile_or_cache_load_s", "of which XLA compile, or load from the compilation cache")):
+            out.append(f"| {label} | {sf[key]:.3f} | {sc[key]:.3f} |")
+        out += ["", f"Compilation cache: first process {sf['cache_misses']} programs compiled, {sf['cache_hits']} loaded; "
+                f"caches filled: {sc['cache_misses']} compiled, {sc['cache_hits']} loaded. Orbax imported: "
+                f"{sf['orbax_imported']} / {sc['orbax_imported']}; flax imported: {sf['flax_imported']} / "
+                f"{sc['flax_imported']}.", ""]
     imp = d.get("imports_cold", {})
     if imp:
         out += ["Heavy packages imported by a cold process (cumulative import s, one `-X importtime` run): " +
