@@ -53,7 +53,7 @@ from pathlib import Path
 import numpy as np
 from absl import flags
 
-from dnd_jax import assets, base_model, baselines, cli, locking, plan, scoring, task_pools, zoo
+from dnd_jax import assets, base_model, baselines, cli, locking, plan, report, scoring, task_pools, zoo
 from dnd_jax.errors import InputError
 
 SYSTEMS = ("base", "train_mean", "merged", "simmerge", "nearest", "dnd", "oracle")
@@ -373,11 +373,7 @@ def status_markdown(st: dict) -> str:
 
 
 def _drop_vectors(obj):
-    if isinstance(obj, dict):
-        return {k: _drop_vectors(v) for k, v in obj.items() if k != "correct"}
-    if isinstance(obj, list):
-        return [_drop_vectors(v) for v in obj]
-    return obj
+    return report.drop_vectors(obj, ("correct",))
 
 
 def _pct(x: float) -> str:
@@ -439,11 +435,7 @@ def markdown(results: dict) -> str:
 
 
 def plot(results: dict, path: Path, metric: str = "cloze") -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = report.pyplot()
     comps = results.get("comparisons", {})
     ks = sorted(int(k) for k in results["pools"] if metric in comps.get(k, {}))
     if not ks:
@@ -473,8 +465,7 @@ def plot(results: dict, path: Path, metric: str = "cloze") -> None:
     axes[2].set_ylabel("reachable share of the target's offset (%)")
     axes[2].set_title("geometry: span of the pool's offsets")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    report.save_figure(fig, path, dpi=120)
 
 
 def write_variants_index(workdir: Path, docs: Path) -> None:
@@ -500,19 +491,14 @@ def write_variants_index(workdir: Path, docs: Path) -> None:
              f"`DnD - {VARIANT_COMPARISON}`: the variant's DnD against the default generator's, question by question.",
              "", "| variant | overrides | K | mean DnD acc (%) | DnD - merged | DnD - simmerge | "
              f"DnD - {VARIANT_COMPARISON} | generator train wall (s) |", "|---|---|---|---|---|---|---|---|"]
-    docs.mkdir(parents=True, exist_ok=True)
-    tmp = docs / ".variants.md.tmp"
-    tmp.write_text("\n".join(lines + rows) + "\n", encoding="utf-8")
-    tmp.replace(docs / "variants.md")
+    assets.write_text_atomic(docs / "variants.md", "\n".join(lines + rows) + "\n")
 
 
 def write(results: dict, out_dir: Path, docs: str = "") -> None:
     for d in [out_dir] + ([Path(docs)] if docs else []):
         d.mkdir(parents=True, exist_ok=True)
         assets.write_json_atomic(d / "results.json", _drop_vectors(results) if d != out_dir else results)
-        tmp = d / ".results.md.tmp"
-        tmp.write_text(markdown(results), encoding="utf-8")
-        tmp.replace(d / "results.md")
+        assets.write_text_atomic(d / "results.md", markdown(results))
         plot(results, d / "curve.png", results["protocol"]["metrics"][0])
 
 
@@ -535,7 +521,7 @@ def main(fl: dict) -> None:
         if fl["docs"].value:
             Path(fl["docs"].value).mkdir(parents=True, exist_ok=True)
             assets.write_json_atomic(Path(fl["docs"].value) / "zoo_status.json", st)
-            (Path(fl["docs"].value) / "zoo_status.md").write_text(md)
+            assets.write_text_atomic(Path(fl["docs"].value) / "zoo_status.md", md)
         print(md)
         return
     sizes = [int(s) for s in fl["sizes"].value or ()]

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dnd_jax import assets, zoo
+from dnd_jax import assets, locking, zoo
 from dnd_jax.errors import InputError
 
 PROMPT_SUFFIXES = (".jsonl", ".txt")
@@ -262,11 +262,20 @@ def import_zoo(src: str | Path, workdir: str | Path, *, base_model_path: str | N
     """Check every adapter under ``src``, then write ``workdir/zoo``; returns the zoo manifest.
 
     Raises :class:`ZooImportError` listing every problem (or, with ``skip_invalid``, leaves the bad
-    checkpoints out and records each in the manifest's ``skipped`` with its reason).
+    checkpoints out and records each in the manifest's ``skipped`` with its reason). Holds
+    ``workdir``'s lock (:mod:`dnd_jax.locking`): a second writer (an import, a collect) is refused.
     """
+    if not Path(src).is_dir():
+        raise ZooImportError(f"--src {src} is not a folder")
+    with locking.workdir_lock(Path(workdir), "zoo_import"):
+        return _import_zoo(Path(src), Path(workdir), base_model_path=base_model_path, prompts_dir=prompts_dir,
+                           skip_invalid=skip_invalid, log=log)
+
+
+def _import_zoo(src: Path, workdir: Path, *, base_model_path: str | None, prompts_dir: str | Path | None,
+                skip_invalid: bool, log) -> dict:
     from dnd_jax import base_model
 
-    src, workdir = Path(src), Path(workdir)
     prompts_dir = Path(prompts_dir) if prompts_dir else None
     found, problems = discover(src)  # problems: skippable with skip_invalid; fatal: never
     fatal: list[str] = []
