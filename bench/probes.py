@@ -244,8 +244,11 @@ def main() -> None:
     # --- zoo_import, geometry, serve ------------------------------------------------------------------------
     probe("zoo_import: --src does not exist", [PY, "-m", "dnd_jax.zoo_import", "--src", root / "missing", "--workdir",
           root / "zi"], 2, check=lambda: not (root / "zi" / "zoo").exists() or "zoo written")
+    probe("geometry: a config without held-out targets", [PY, "-m", "dnd_jax.geometry", "--config", TINY, "--workdir",
+          W], 2, check=lambda: not (W / "geometry").exists() or "report written")
     probe("geometry: a workdir without a zoo", [PY, "-m", "dnd_jax.geometry", "--config", TINY, "--workdir",
-          root / "g1"], 2, check=lambda: not (root / "g1" / "geometry").exists() or "report written")
+          root / "g1", "--config.experiment.holdouts=('arc_e',)"], 2,
+          check=lambda: not (root / "g1" / "geometry").exists() or "report written")
     probe("serve: no generator at --checkpoint", [PY, "-m", "dnd_jax.serve", "--checkpoint", root / "nothing",
           "--store", root / "store"], 2)
     probe("collect: --shard out of range", co + [TINY, "--workdir", root / "c2", "--shard", "2/2"], 2)

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from dnd_jax import zoo
-from dnd_jax.errors import MissingError
+from dnd_jax.errors import InputError, MissingError
 from dnd_jax.weights.lora import load_factors, update_gram
 
 
@@ -92,6 +92,8 @@ def analyse(workdir: str | Path, targets: Mapping[str, Sequence[str]], generated
     label's (``cos_to_reference_step``, ``diff_from_reference_rel`` = |g - g_ref| / |g_ref - m|): how
     far prompts of another task, or another sample of the same task's, move the generator's output.
     """
+    if not targets:
+        raise InputError("no held-out targets to analyse (config.experiment.holdouts and cross_domain are empty)")
     tasks = sorted(set(targets) | {t for ts in targets.values() for t in ts})
     paths: list[Path] = []
     task_idx: dict[str, list[int]] = {}

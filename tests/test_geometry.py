@@ -96,3 +96,10 @@ def test_cli_malformed_replica_names_the_flag(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode != 0
     assert "--replica expects label=folder, got 'no-equals-sign'" in proc.stderr
+
+
+def test_no_targets_is_a_user_error_not_an_empty_gram(tmp_path):
+    from dnd_jax.errors import InputError
+
+    with pytest.raises(InputError, match="no held-out targets"):
+        weight_space.analyse(tmp_path, {}, {})
