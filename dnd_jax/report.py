@@ -11,6 +11,9 @@
 * weight-update geometry (``geometry``): :func:`geometry_markdown`, :func:`geometry_plot`,
   :func:`write_geometry`.
 
+(The task-scaling curve's tables and figure sit with its protocol in :mod:`dnd_jax.scaling_curve` and
+use the shared helpers here.)
+
 Every file is written to a temporary name and renamed, so a reader never sees half a report.
 """
 from __future__ import annotations

@@ -95,6 +95,9 @@ def test_every_verb_is_an_absl_shell_over_cli():
         cli_main = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "cli_main")
         assert "cli.run(" in ast.unparse(cli_main), f"{name}.cli_main does not call dnd_jax.cli.run"
         assert any(isinstance(n, ast.FunctionDef) and n.name.endswith("define_flags") for n in tree.body), name
+        # thin: flags, argument checks and one call into the library; no classes, no long bodies
+        assert not any(isinstance(n, ast.ClassDef) for n in tree.body), f"{name} defines a class"
+        assert len(src.splitlines()) <= 120, f"{name} has {len(src.splitlines())} lines: move logic to a library"
 
 
 def test_console_scripts_are_the_verbs():
