@@ -37,6 +37,55 @@ def _conv_last(x: jax.Array, features: int, kernel: int, dtype, name: str) -> ja
     return nn.Conv(features, (kernel, kernel), padding="SAME", use_bias=False, dtype=dtype, name=name)(x)
 
 
+# The prompt convolution's backward pass as GEMMs over shifted copies (im2col) instead of XLA's convolution
+# gradients, which run its kernel gradient at ~20% and its input gradient at ~40% of this machine's matmul rate
+# on CPU (docs/benchmarks.md). The forward stays XLA's convolution (bit for bit); the gradients are the same
+# sums in another order. Off for other dtypes, other convolution settings and above this many bytes of copies.
+FAST_PROMPT_GRAD = True
+MAX_IM2COL_BYTES = 512 << 20
+
+
+def _im2col_same(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """A stride-1 SAME NHWC x HWIO convolution as one ``dot_general`` over shifted copies of ``x``."""
+    kh, kw, c, f = kernel.shape
+    xp = jnp.pad(x, ((0, 0), ((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2), (0, 0)))
+    a, b = x.shape[1], x.shape[2]
+    cols = jnp.concatenate([xp[:, i:i + a, j:j + b, :] for i in range(kh) for j in range(kw)], axis=-1)
+    return jax.lax.dot_general(cols, kernel.reshape(kh * kw * c, f), (((3,), (0,)), ((), ())))
+
+
+def _conv_gemm_grad(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                    dimension_numbers=None, feature_group_count=1, precision=None, **kw):
+    """``lax.conv_general_dilated`` (flax's call) whose VJP, for the plain case, is :func:`_im2col_same`'s."""
+
+    def xla_conv(x, k):
+        return jax.lax.conv_general_dilated(x, k, window_strides, padding, lhs_dilation=lhs_dilation,
+                                            rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+                                            feature_group_count=feature_group_count, precision=precision, **kw)
+
+    plain = (FAST_PROMPT_GRAD and lhs.ndim == 4 and lhs.dtype == jnp.float32 and rhs.dtype == jnp.float32
+             and padding == "SAME" and all(s == 1 for s in window_strides)
+             and all(d == 1 for d in (lhs_dilation or ())) and all(d == 1 for d in (rhs_dilation or ()))
+             and feature_group_count == 1 and not kw and precision is None
+             and dimension_numbers == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
+             and lhs.size * rhs.shape[0] * rhs.shape[1] * lhs.dtype.itemsize <= MAX_IM2COL_BYTES)
+    if not plain:
+        return xla_conv(lhs, rhs)
+
+    @jax.custom_vjp
+    def conv(x, k):
+        return xla_conv(x, k)
+
+    def fwd(x, k):
+        return xla_conv(x, k), (x, k)
+
+    def bwd(res, g):
+        return jax.vjp(_im2col_same, *res)[1](g)
+
+    conv.defvjp(fwd, bwd)
+    return conv(lhs, rhs)
+
+
 def _swap(x: jax.Array) -> jax.Array:
     """(B, n, h, w) <-> (B, n, w, h): makes the other feature-map axis the channel axis."""
     return jnp.swapaxes(x, 2, 3)
@@ -70,7 +119,7 @@ class Stage(nn.Module):
         y = (p1 + p2) * 0.5 + bias.astype(dt)
         # Prompt axis: (B, n, h, w) -> (B, h, w, n) -> conv -> back.
         y = jnp.moveaxis(y, 1, 3)
-        y = nn.Conv(n_out, (k, k), padding="SAME", dtype=dt, name="prompt")(y)
+        y = nn.Conv(n_out, (k, k), padding="SAME", dtype=dt, name="prompt", conv_general_dilated=_conv_gemm_grad)(y)
         y = jnp.moveaxis(y, 3, 1)
         if x.shape[1:] == y.shape[1:]:
             y = y + x.astype(y.dtype)
