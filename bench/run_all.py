@@ -8,6 +8,7 @@ Heavy steps run one at a time (the machine is small); each writes its JSON under
 """
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -29,6 +30,12 @@ STEPS = {
     "throughput": ["bench/throughput.py", "--config", "configs/smollm2_commonsense.py", "--repeats", "3"],
     "scaling": ["bench/scaling.py", "--repeats", "3"],
     "speedup": ["bench/speedup.py", "--results", "docs/results/results.json"],
+    "speedup_quickstart": ["bench/speedup.py", "--results", "docs/quickstart/results.json", "--name",
+                           "speedup_quickstart"],
+    # the oracle LoRA's own checkpoint curve (needs `make demo`'s workdir/quickstart; scores are cached there)
+    "speedup_quickstart_curve": ["bench/speedup.py", "--config", "configs/quickstart.py", "--workdir",
+                                 "workdir/quickstart", "--task", "arc_c", "--limit", "100", "--cached_only",
+                                 "--name", "speedup_quickstart_arc_c"],
     "decoder_qwen": ["bench/decoder.py", "--config", "configs/qwen25_0p5b_commonsense.py", "--repeats", "2",
                      "--batch_size", "1", "--nobreakdown"],
     "xla_flags": ["bench/xla_flags.py", "--config", "configs/smollm2_commonsense.py", "--repeats", "5"],
@@ -42,6 +49,12 @@ def main(argv) -> None:
         for name, cmd in STEPS.items():
             if _ONLY.value and name not in _ONLY.value:
                 continue
+            if name == "speedup_quickstart_curve":
+                if not (common.ROOT / "workdir/quickstart/zoo/arc_c").is_dir():
+                    print(f"== {name}: skipped (no workdir/quickstart zoo: run `make demo` first)", flush=True)
+                    continue
+                res = json.loads((common.ROOT / "docs/quickstart/results.json").read_text())
+                cmd = [*cmd, "--dnd_acc", str(res["targets"]["arc_c"]["systems"]["dnd"]["cloze"]["accuracy"])]
             t = time.perf_counter()
             print(f"== {name}: python {' '.join(cmd)}", flush=True)
             subprocess.run([sys.executable, *cmd], cwd=common.ROOT, check=True)

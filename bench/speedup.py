@@ -74,7 +74,8 @@ def bounds_from_results(results: dict, metric: str, total_steps: int, gen_s: flo
         train_s = float(speed["oracle_train_wall_s"])
         g = float(gen_s if gen_s is not None else speed["generate_wall_s"])
         lo, hi = steps_to_reach([(0, base), (total_steps, oracle)], dnd)
-        out[task] = {"base": base, "dnd": dnd, "oracle": oracle, "oracle_train_s": train_s, "generate_s": g,
+        out[task] = {"base": base, "dnd": dnd, "oracle": oracle, "n": t.get("limit"), "oracle_train_s": train_s,
+                     "generate_s": g,
                      "full_run_speedup": train_s / g, **describe(lo, hi, train_s / total_steps, g)}
     return out
 
@@ -95,6 +96,31 @@ def curve_from_zoo(config, workdir: str, task: str, metric: str, limit: int) -> 
     return curve, manifest
 
 
+def curve_from_cache(workdir: str, task: str, metric: str, limit: int) -> tuple[list[tuple[int, float]], dict, list[int]]:
+    """The curve from the scores already in ``workdir/eval_cache`` (no model loaded, nothing evaluated):
+    (step, accuracy) of the base model and of every zoo checkpoint scored there, its manifest, and the
+    checkpoint steps that have no stored score."""
+    from dnd_jax import zoo
+
+    stored = {}
+    for f in (Path(workdir) / "eval_cache").glob(f"{task}-{metric}-*.json"):
+        d = json.loads(f.read_text())
+        if d.get("task") == task and d.get("metric") == metric and d.get("limit") == limit and d.get("split") == "test":
+            stored[d.get("adapter")] = sum(d["correct"]) / len(d["correct"])
+    curve, missing = [], []
+    if None in stored:
+        curve.append((0, stored[None]))
+    for ckpt in zoo.checkpoints(workdir, task):
+        step = int(zoo.checkpoint_meta(ckpt)["step"])
+        key = next((k for k in stored if k and Path(k).resolve() == Path(ckpt).resolve()), "")
+        if key:
+            curve.append((step, stored[key]))
+        else:
+            missing.append(step)
+    manifest = json.loads((zoo.task_dir(workdir, task) / "manifest.json").read_text())
+    return curve, manifest, missing
+
+
 def _cold_start_s() -> float | None:
     for p in sorted(common.DOCS.glob("cold_start_*.json")):
         return float(json.loads(p.read_text())["cold"]["wall_s"]["min"])
@@ -110,6 +136,7 @@ def _define_flags() -> None:
     flags.DEFINE_float("dnd_acc", None, "DnD's accuracy on the target (curve mode).")
     flags.DEFINE_float("generate_s", None, "Generation seconds (default: cold_start json's cold minimum).")
     flags.DEFINE_integer("limit", 200, "Test examples (curve mode).")
+    flags.DEFINE_bool("cached_only", False, "Curve mode: only the scores already in W/eval_cache (evaluate nothing).")
     flags.DEFINE_string("name", "", "Result name.")
     flags.DEFINE_string("out", str(common.DOCS), "Output folder.")
 
@@ -134,14 +161,18 @@ def main(argv) -> None:
     if not (F.workdir and F.task and F.dnd_acc is not None):
         raise SystemExit("give --results FILE, or --config, --workdir, --task and --dnd_acc")
     config = flags.FLAGS["config"].value
-    curve, manifest = curve_from_zoo(config, F.workdir, F.task, F.metric, F.limit)
+    missing = []
+    if F.cached_only:
+        curve, manifest, missing = curve_from_cache(F.workdir, F.task, F.metric, F.limit)
+    else:
+        curve, manifest = curve_from_zoo(config, F.workdir, F.task, F.metric, F.limit)
     gen_s = gen_s if gen_s is not None else _cold_start_s()
     if gen_s is None:
         raise SystemExit("no generation time: pass --generate_s or run bench/cold_start.py first")
     step_s = float(manifest["train_wall_time_s"]) / int(manifest["total_steps"])
     lo, hi = steps_to_reach(curve, float(F.dnd_acc))
     res = common.Result(F.name or f"speedup_{F.task}", mode="curve", task=F.task, metric=F.metric,
-                        limit=F.limit, dnd_acc=F.dnd_acc, curve=curve, generate_s=gen_s,
+                        limit=F.limit, dnd_acc=F.dnd_acc, curve=curve, generate_s=gen_s, unscored_steps=missing,
                         **describe(lo, hi, step_s, gen_s))
     res.write(F.out)
     print(json.dumps({k: v for k, v in res.items() if k not in ("host", "curve")}, indent=1))

@@ -40,7 +40,8 @@ def _conv_last(x: jax.Array, features: int, kernel: int, dtype, name: str) -> ja
 # The prompt convolution's backward pass as GEMMs over shifted copies (im2col) instead of XLA's convolution
 # gradients, which run its kernel gradient at ~20% and its input gradient at ~40% of this machine's matmul rate
 # on CPU (docs/benchmarks.md). The forward stays XLA's convolution (bit for bit); the gradients are the same
-# sums in another order. Off for other dtypes, other convolution settings and above this many bytes of copies.
+# sums in another order. CPU only (measured there; accelerators keep their own convolution gradients); off for
+# other dtypes, other convolution settings and above this many bytes of copies.
 FAST_PROMPT_GRAD = True
 MAX_IM2COL_BYTES = 512 << 20
 
@@ -63,7 +64,7 @@ def _conv_gemm_grad(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_di
                                             rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
                                             feature_group_count=feature_group_count, precision=precision, **kw)
 
-    plain = (FAST_PROMPT_GRAD and lhs.ndim == 4 and lhs.dtype == jnp.float32 and rhs.dtype == jnp.float32
+    plain = (FAST_PROMPT_GRAD and jax.default_backend() == "cpu" and lhs.ndim == 4 and lhs.dtype == jnp.float32 and rhs.dtype == jnp.float32
              and padding == "SAME" and all(s == 1 for s in window_strides)
              and all(d == 1 for d in (lhs_dilation or ())) and all(d == 1 for d in (rhs_dilation or ()))
              and feature_group_count == 1 and not kw and precision is None
