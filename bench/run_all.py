@@ -1,4 +1,4 @@
-"""Every benchmark, one after another, then docs/benchmarks.md: ``make bench`` (about 30-40 min here).
+"""Every benchmark, one after another, then docs/benchmarks.md: ``make bench`` (about 20 min on 2 quiet cores).
 
     python bench/run_all.py            # all
     python bench/run_all.py --only cold_start,throughput
@@ -24,11 +24,11 @@ _REPORT = flags.DEFINE_bool("report", False, "Only render docs/benchmarks.md.")
 
 STEPS = {
     "matmul": ["bench/matmul.py", "--repeats", "7"],
-    "decoder_smollm2": ["bench/decoder.py", "--config", "configs/smollm2_commonsense.py", "--repeats", "7"],
+    "decoder_smollm2": ["bench/decoder.py", "--config", "configs/smollm2_commonsense.py", "--repeats", "5"],
     "cold_start": ["bench/cold_start.py", "--config", "configs/smollm2_commonsense.py", "--repeats", "5",
                    "--first_repeats", "2"],
     "throughput": ["bench/throughput.py", "--config", "configs/smollm2_commonsense.py", "--repeats", "3"],
-    "scaling": ["bench/scaling.py", "--repeats", "3"],
+    "scaling": ["bench/scaling.py", "--repeats", "2"],
     "speedup": ["bench/speedup.py", "--results", "docs/results/results.json"],
     "speedup_quickstart": ["bench/speedup.py", "--results", "docs/quickstart/results.json", "--name",
                            "speedup_quickstart"],
@@ -38,7 +38,7 @@ STEPS = {
                                  "--name", "speedup_quickstart_arc_c"],
     "decoder_qwen": ["bench/decoder.py", "--config", "configs/qwen25_0p5b_commonsense.py", "--repeats", "2",
                      "--batch_size", "1", "--nobreakdown"],
-    "xla_flags": ["bench/xla_flags.py", "--config", "configs/smollm2_commonsense.py", "--repeats", "5"],
+    "xla_flags": ["bench/xla_flags.py", "--config", "configs/smollm2_commonsense.py", "--repeats", "3"],
     "device_script_cpu": ["bench/device_h200_decoder.py", "--tiny", "--out", "/tmp/dnd_device_tiny"],
 }
 
