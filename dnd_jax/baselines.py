@@ -239,6 +239,21 @@ def minilm_embedder(batch_size: int = 64) -> Embedder:
     return embed
 
 
+def memoized(embed: Embedder) -> Embedder:
+    """``embed`` remembering every text's embedding: a task's prompts are encoded once per process,
+    however many targets, pool sizes and variants compare against them (the scaling curve's 8 targets
+    x 345 pool slots x 256 prompts would otherwise be 706k encodings)."""
+    seen: dict[str, np.ndarray] = {}
+
+    def embed_once(texts: list[str]) -> np.ndarray:
+        new = list(dict.fromkeys(t for t in texts if t not in seen))
+        if new:
+            seen.update(zip(new, np.asarray(embed(new), dtype=np.float64), strict=True))
+        return np.stack([seen[t] for t in texts]) if texts else np.zeros((0, 0))
+
+    return embed_once
+
+
 def _mean_direction(embed: Embedder, prompts: Sequence[str]) -> np.ndarray:
     v = np.asarray(embed(list(prompts)), dtype=np.float64).mean(axis=0)
     return v / max(np.linalg.norm(v), 1e-12)

@@ -289,7 +289,7 @@ def run(config, workdir: str | Path, docs: str = "", only_sizes: Sequence[int] =
     docs_dir = str(Path(docs) / "variants" / variant) if docs and variant else docs
     with locking.workdir_lock(workdir / "scaling", "scaling"):
         ref = base_model.resolve(config.base_model, workdir)
-        embed = baselines.minilm_embedder()
+        embed = baselines.memoized(baselines.minilm_embedder())  # pool prompts encoded once
         results = {"protocol": {"targets": targets, "pool_sizes": list(config.experiment.pool_sizes),
                                 "pool_order": list(config.experiment.pool_order), **settings(config),
                                 "eval_limit": int(config.eval.limit), "variant": variant,

@@ -188,3 +188,20 @@ def test_cli_variant_refuses_data_overrides(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr
     assert "generator only" in proc.stderr and "['eval']" in proc.stderr
+
+
+def test_memoized_embedder_encodes_each_text_once():
+    calls = []
+
+    def embed(texts):
+        calls.append(list(texts))
+        return np.array([[len(t), 1.0] for t in texts])
+
+    memo = baselines.memoized(embed)
+    a = memo(["x", "yy", "x"])
+    b = memo(["yy", "zzz"])
+    assert calls == [["x", "yy"], ["zzz"]]  # duplicates and known texts are never re-encoded
+    np.testing.assert_array_equal(a, [[1, 1], [2, 1], [1, 1]])
+    np.testing.assert_array_equal(b, embed(["yy", "zzz"]))
+    cands = {"t1": ["x", "yy"], "t2": ["zzz"]}
+    assert baselines.similarity_weights(["x"], cands, memo) == baselines.similarity_weights(["x"], cands, embed)
