@@ -227,6 +227,7 @@ def main(argv) -> None:
         step = jax.jit(train_step).lower(state, cond, target, wmap).compile()
         res["compile_train_step_s"] = time.perf_counter() - t
         fns[f"train_step_b{b}"] = lambda: step(state, cond, target, wmap)[1]["loss"]
+        flops[f"train_step_b{b}"] = xla_flops(step)
         # The same step with XLA's own convolution gradients for the prompt convolution (the model's
         # GEMM backward switched off), timed in the same rounds. Its XLA FLOP count (the plain autodiff
         # program's) is the work of a train step for both: the GEMM backward computes the same sums, and
