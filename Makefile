@@ -42,7 +42,7 @@ data: install
 lint: install
 	$(BIN)/ruff check dnd_jax configs tests bench launch
 
-# Every benchmark (about 30-40 min on 2 cores), then docs/benchmarks.md from docs/bench/*.json.
+# Every benchmark (about 20 min on 2 quiet cores), then docs/benchmarks.md from docs/bench/*.json.
 bench: install
 	$(BIN)/python bench/run_all.py
 
