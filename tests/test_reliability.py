@@ -204,6 +204,12 @@ def test_finished_run_with_other_training_tasks_is_refused_then_started_over(zoo
     old = list(w.glob("replaced-*"))
     assert len(old) == 1 and (old[0] / "generator").is_dir() and (old[0] / "metrics.jsonl").is_file()
     assert first["metadata"]["train_tasks"] == ["arc_e", "piqa", "boolq"]
+    # the condition settings are part of the data too: other prompts per set is refused, never mixed
+    other_conditions = _config(zoo_dir)
+    other_conditions.experiment.cross_domain = ("boolq",)
+    other_conditions.conditions.max_len = int(other_conditions.conditions.max_len) // 2
+    with pytest.raises(errors.ResumeMismatchError, match="data.conditions"):
+        trainer.train_and_evaluate(other_conditions, w)
 
 
 def test_killed_run_resumed_on_another_zoo_is_refused(zoo_dir, tmp_path):
