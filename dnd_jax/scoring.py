@@ -52,6 +52,23 @@ def _model_max_len(model) -> int | None:
     return getattr(model.config, "max_position_embeddings", None)
 
 
+def _logits_at(model, rows: Sequence[int], cols: Sequence[int], **inputs):
+    """Logits at positions ``(rows[i], cols[i])`` of one forward over ``inputs``.
+
+    Only those positions go through the LM head (the full ``(B, T, V)`` logits of a real vocabulary
+    would not fit in memory for a batch of long contexts); models that post-process logits (softcap)
+    take the full forward.
+    """
+    import torch
+
+    rows_t, cols_t = torch.tensor(rows), torch.tensor(cols)
+    softcap = getattr(model.config, "final_logit_softcapping", None)
+    if softcap is None and hasattr(model, "get_decoder") and model.get_output_embeddings() is not None:
+        hidden = model.get_decoder()(**inputs).last_hidden_state
+        return model.get_output_embeddings()(hidden[rows_t, cols_t])
+    return model(**inputs).logits[rows_t, cols_t]
+
+
 def _continuation_logprobs(model, seqs: Sequence[tuple[list[int], int]], pad_id: int) -> list[float]:
     """Summed log-prob of each sequence's last ``n`` tokens: one right-padded forward.
 
@@ -74,13 +91,7 @@ def _continuation_logprobs(model, seqs: Sequence[tuple[list[int], int]], pad_id:
             cols.append(j - 1)
             targets.append(ids[j])
             owner.append(i)
-    rows_t, cols_t = torch.tensor(rows), torch.tensor(cols)
-    softcap = getattr(model.config, "final_logit_softcapping", None)
-    if softcap is None and hasattr(model, "get_decoder") and model.get_output_embeddings() is not None:
-        hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention).last_hidden_state
-        logits = model.get_output_embeddings()(hidden[rows_t, cols_t])
-    else:  # models that post-process logits: take the full forward
-        logits = model(input_ids=input_ids, attention_mask=attention).logits[rows_t, cols_t]
+    logits = _logits_at(model, rows, cols, input_ids=input_ids, attention_mask=attention)
     logp = torch.log_softmax(logits.float(), dim=-1)
     token_lp = logp[torch.arange(len(targets)), torch.tensor(targets)]
     sums = torch.zeros(len(seqs), dtype=torch.float64).index_add_(0, torch.tensor(owner), token_lp.double())
@@ -154,14 +165,8 @@ def _packed_continuation_logprobs(model, groups: Sequence[Sequence[tuple[list[in
                 gather_cols.append(m if m < lcp else where[c][m - lcp])
                 targets.append(ids[j])
                 owner.append((i, c))
-    rows_t, cols_t = torch.tensor(gather_rows), torch.tensor(gather_cols)
-    softcap = getattr(model.config, "final_logit_softcapping", None)
-    if softcap is None and hasattr(model, "get_decoder") and model.get_output_embeddings() is not None:
-        hidden = model.get_decoder()(input_ids=input_ids, attention_mask=mask,
-                                     position_ids=position_ids).last_hidden_state
-        logits = model.get_output_embeddings()(hidden[rows_t, cols_t])
-    else:
-        logits = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids).logits[rows_t, cols_t]
+    logits = _logits_at(model, gather_rows, gather_cols, input_ids=input_ids, attention_mask=mask,
+                        position_ids=position_ids)
     logp = torch.log_softmax(logits.float(), dim=-1)
     token_lp = logp[torch.arange(len(targets)), torch.tensor(targets)].double().tolist()
     out = [[0.0] * len(seqs) for seqs in groups]
