@@ -103,7 +103,7 @@ def settings(config) -> dict:
     sc = sc.to_dict() if sc is not None else {}
     return {"metrics": tuple(sc.get("metrics", ("cloze",))), "temperature": float(sc.get("temperature", 0.05)),
             "mean_sample": int(sc.get("mean_sample", 12)), "seed": int(sc.get("seed", 0)),
-            "geometry": bool(sc.get("geometry", True))}
+            "geometry": bool(sc.get("geometry", True)), "fit_sample": int(sc.get("fit_sample", 8))}
 
 
 def pools(config) -> dict[int, list[str]]:
@@ -307,6 +307,7 @@ def run(config, workdir: str | Path, docs: str = "", only_sizes: Sequence[int] =
             results["pools"][k] = run_pool(config, workdir, k, pool, ref, embed, variant)
             if settings(config)["geometry"]:
                 results["pools"][k]["geometry"] = pool_geometry(config, workdir, k, pool, variant)
+                results["pools"][k]["fit"] = pool_fit(config, workdir, k, pool, variant)
             results["comparisons"] = compare(results, int(config.eval.bootstrap))
             write(results, out_dir, docs_dir)
         results["comparisons"] = compare(results, int(config.eval.bootstrap))
@@ -327,6 +328,40 @@ def pool_geometry(config, workdir: Path, k: int, pool: list[str], variant: str =
     return {t: {"span_fraction": r["span_fraction"], "dnd_cos_to_offset": r["generated"]["dnd"]["cos_to_offset"],
                 "dnd_step_rel_norm": r["generated"]["dnd"]["step_rel_norm"],
                 "offset_rel_norm": r["offset_rel_norm"]} for t, r in res["targets"].items()}
+
+
+def pool_fit(config, workdir: Path, k: int, pool: list[str], variant: str = "") -> dict:
+    """In-sample fit of pool K's generator: its adapters for training tasks, from their own prompts.
+
+    For the first ``scaling.fit_sample`` tasks of the pool (pool order), the generator's output from
+    the task's zoo prompts (the prompts it was trained on) against the task's own final LoRA, both
+    measured from the pool mean: ``cos_to_offset`` near 1 means the generator reproduces the
+    training tasks, so a held-out gap is one of generalisation; near the held-out targets' cosine
+    means it underfits its training set (longer training or a wider decoder are the levers).
+    """
+    from dnd_jax import generator, weight_space
+
+    n = min(int(settings(config)["fit_sample"]), len(pool))
+    if n == 0:
+        return {}
+    sample = training_sample(pool, n)
+    gen_name = f"generator-{variant}" if variant else "generator"
+    root = workdir / "scaling" / f"K{k:03d}"
+    gen = None
+    paths = {}
+    for t in sample:
+        path = root / "fit" / (f"{variant}_{t}" if variant else t)
+        if not (path / zoo.ADAPTER_WEIGHTS).is_file():
+            gen = gen or generator.Generator.load(root / gen_name)
+            gen.generate_many([zoo.prompts(workdir, t)], seed=int(config.generate.seed))[0].save(path, overwrite=True)
+        paths[t] = path
+    res = weight_space.analyse(workdir, {t: pool for t in sample}, {"dnd": paths}, checkpoints_per_task=1,
+                               subsets_per_size=1)
+    per_task = {t: {"cos_to_offset": r["generated"]["dnd"]["cos_to_offset"],
+                    "step_rel_norm": r["generated"]["dnd"]["step_rel_norm"],
+                    "rel_err": r["generated"]["dnd"]["rel_err"]} for t, r in res["targets"].items()}
+    return {"tasks": per_task, "mean_cos_to_offset": float(np.mean([v["cos_to_offset"] for v in per_task.values()])),
+            "mean_rel_err": float(np.mean([v["rel_err"] for v in per_task.values()]))}
 
 
 def zoo_status(config, workdir: str | Path) -> dict:
@@ -402,8 +437,9 @@ def markdown(results: dict) -> str:
         others = [o for o in (*COMPARISONS, VARIANT_COMPARISON)
                   if any(o in comps.get(k, {}).get(metric, {}).get("mean", {}) for k in results["pools"])]
         lines += [f"## {metric}: DnD - X averaged over the targets (percentage points, 95% CI)", "",
-                  "| K | " + " | ".join(f"DnD - {o}" for o in others) + " | mean reachable share |",
-                  "|---" * (len(others) + 2) + "|"]
+                  "| K | " + " | ".join(f"DnD - {o}" for o in others) +
+                  " | mean reachable share | DnD step cos to offset: held out / in-sample |",
+                  "|---" * (len(others) + 3) + "|"]
         for k in sorted(results["pools"], key=int):
             c = comps.get(k, {}).get(metric)
             if not c:
@@ -411,7 +447,10 @@ def markdown(results: dict) -> str:
             cells = [_ci_cell(c["mean"].get(o)) for o in others]
             geo = results["pools"][k].get("geometry")
             share = f"{100 * np.mean([g['span_fraction'] for g in geo.values()]):.1f}%" if geo else "–"
-            lines.append(f"| {k} | " + " | ".join(cells) + f" | {share} |")
+            fit = results["pools"][k].get("fit")
+            cos = (f"{np.mean([g['dnd_cos_to_offset'] for g in geo.values()]):+.2f} / "
+                   f"{fit['mean_cos_to_offset']:+.2f}" if geo and fit else "–")
+            lines.append(f"| {k} | " + " | ".join(cells) + f" | {share} | {cos} |")
         lines += ["", f"### {metric} accuracy (%) per target and K", "",
                   "| target | K | " + " | ".join(SYSTEMS) + " | DnD - merged | DnD - simmerge |",
                   "|---" * (len(SYSTEMS) + 4) + "|"]

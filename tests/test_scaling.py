@@ -142,10 +142,14 @@ def test_scaling_curve_end_to_end_and_resume(tmp_path):
     assert set(cmp["mean"]) == set(scaling.COMPARISONS) and cmp["mean"]["merged"]["targets"] == 1
     geo = res["pools"][2]["geometry"]["piqa"]
     assert 0.0 <= geo["span_fraction"] <= 1.0 + 1e-9 and -1 <= geo["dnd_cos_to_offset"] <= 1
+    fit = res["pools"][2]["fit"]  # in-sample: the generator's adapters for its own training tasks
+    assert sorted(fit["tasks"]) == ["arc_e", "boolq"] and -1 <= fit["mean_cos_to_offset"] <= 1
+    assert fit["mean_rel_err"] >= 0 and (workdir / "scaling/K002/fit/arc_e/adapter_model.safetensors").is_file()
     for f in ("results.json", "results.md", "curve.png"):
         assert (docs / f).is_file()
     assert "correct" not in (docs / "results.json").read_text()
     assert "| piqa | 2 |" in (docs / "results.md").read_text()
+    assert f"{fit['mean_cos_to_offset']:+.2f} |" in (docs / "results.md").read_text()
 
     collect.collect(config, workdir, only=["hellaswag", "obqa"])
     again = scaling.run(config, workdir, str(docs))
@@ -162,6 +166,7 @@ def test_scaling_curve_end_to_end_and_resume(tmp_path):
     res_v = scaling.run(variant, workdir, str(docs), only_sizes=[2], variant="lr3", default_config=config)
     assert (workdir / "scaling/K002/generator-lr3").is_dir()
     assert (scaling.dnd_dir(workdir, 2, "piqa", "lr3") / "adapter_model.safetensors").is_file()
+    assert (workdir / "scaling/K002/fit/lr3_boolq/adapter_model.safetensors").is_file()
     assert res_v["protocol"]["variant_overrides"] == {"lr": [config.lr, variant.lr]}
     vrow = res_v["pools"][2]["targets"]["piqa"]["systems"]
     assert vrow["dnd_default"]["cloze"]["correct"] == row["systems"]["dnd"]["cloze"]["correct"]
