@@ -38,6 +38,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.conditions = dict(num_prompts=32, max_len=32, noise=0.0)
 
     c.layout = dict(token_shape=(8, 128), normalization="per_token")
+    # What the generator predicts a residual from: 'mean' (the normalizer's), or 'similarity' (per
+    # prompt set, the softmax(cos / temperature)-weighted mean of the training tasks; dnd_jax.weights.centering).
+    c.center = dict(mode="mean", temperature=0.05, max_prompts=256)
 
     c.model_name = "hyperconv"
     c.model = dict(hidden_shapes=((64, 32, 128),), kernel_size=3, dtype="float32")

@@ -139,6 +139,15 @@ class Generator:
         self.model, self.params = loaded.model, loaded.params
         self.layout, self.normalizer, self.meta = loaded.layout, loaded.normalizer, loaded.metadata
         self.config, self.step = loaded.config, loaded.step
+        center = self.meta.get("center") or {}
+        self.bank = None
+        if center.get("mode") == "similarity":  # outputs are residuals from the similarity-weighted mean
+            from dnd_jax.weights import centering
+
+            try:
+                self.bank = centering.Bank.load(self.workdir / center["file"], center["sha256"], self.meta["out_shape"])
+            except centering.BankError as e:
+                raise IntegrityError(str(e)) from None
         self._apply = jax.jit(self.model.apply)
         self.load_time_s = time.perf_counter() - t0
 
@@ -193,6 +202,11 @@ class Generator:
         if pad_to > n_sets:
             cond = np.concatenate([cond, np.zeros((pad_to - n_sets, *cond.shape[1:]), cond.dtype)])
         tokens = jax.device_get(self._apply(self.params, cond))[:n_sets]
+        if self.bank is not None:  # + the similarity-weighted mean of the training tasks, from up to max_prompts
+            n = self.bank.max_prompts
+            center_sets = self._cut([list(ps) if len(ps) <= n else choose_prompts(ps, n, seed) for ps in prompt_sets])
+            tokens = np.asarray(tokens, np.float32) + np.stack(
+                [self.bank.center(conditions.encode_prompts(ps, self.config)) for ps in center_sets])
         tokens = np.asarray(self.normalizer.denormalize(np.asarray(tokens, np.float32)), np.float32)
         tokens = tokens * self.layout.mask()
         bad = int(np.size(tokens) - np.count_nonzero(np.isfinite(tokens)))

@@ -17,8 +17,8 @@ from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
 
 from dnd_jax import conditions, zoo
+from dnd_jax.weights import centering, normalization
 from dnd_jax.weights import layout as layout_lib
-from dnd_jax.weights import normalization
 
 
 @dataclasses.dataclass
@@ -38,6 +38,7 @@ class ZooData:
     ckpt_dirs: dict[str, list[str]]  # task -> [train..., val...] checkpoint folder names
     lora: dict  # r, lora_alpha, lora_dropout, target_modules (from the zoo manifest)
     base_model: dict  # name, path, sha
+    bank: centering.Bank | None = None  # center.mode "similarity": tokens are residuals from its centers
 
     @property
     def cond_shape(self) -> tuple[int, int, int]:
@@ -87,18 +88,34 @@ def load(zoo_workdir: str | Path, config, train_tasks: Sequence[str]) -> ZooData
         for i in range(len(tokens)):  # in place, one checkpoint at a time; padding -> 0
             tokens[i] = normalizer.normalize(tokens[i])
 
+    conds = [conditions.task_conditions(zoo_workdir, t, config)[0] for t in train_tasks]
+    bank = None
+    mode, center = center_settings(config)
+    if mode == "similarity":  # residuals from each task's leave-one-out similarity-weighted mean
+        bank = centering.fit(train_tasks, conds, train_tokens, train_task, center["temperature"], center["max_prompts"])
+        centering.subtract_centers(bank, [(train_tokens, train_task), (val_tokens, val_task)])
     if config.token_weights == "inverse_count":
         weights = inverse_count_weights(layout)
     else:
         weights = np.ones((layout.num_tokens,), np.float32)
-    conds = [conditions.task_conditions(zoo_workdir, t, config)[0] for t in train_tasks]
     manifest = zoo.task_manifest(zoo_workdir, train_tasks[0])
     return ZooData(
         tasks=list(train_tasks), layout=layout, normalizer=normalizer, mask=mask, token_weights=weights,
         train_tokens=train_tokens, train_task=train_task, val_tokens=val_tokens, val_task=val_task, conds=conds,
         ckpt_dirs={t: [p.name for p in per_task[t]] for t in train_tasks},
-        lora=dict(manifest.get("lora", {})), base_model=dict(manifest.get("base_model", {})),
+        lora=dict(manifest.get("lora", {})), base_model=dict(manifest.get("base_model", {})), bank=bank,
     )
+
+
+def center_settings(config) -> tuple[str, dict]:
+    """``config.center`` (absent: ``mean``, what every generator before it did) as (mode, settings)."""
+    center = config.get("center", None)
+    center = center.to_dict() if center is not None else {}
+    mode = center.get("mode", "mean")
+    if mode not in centering.MODES:
+        raise ValueError(f"unknown center.mode '{mode}' (expected one of {centering.MODES})")
+    return mode, {"temperature": float(center.get("temperature", 0.05)),
+                  "max_prompts": int(center.get("max_prompts", 256))}
 
 
 def _choose_prompts(rng: np.random.Generator, num_available: int, n: int) -> np.ndarray:

@@ -18,6 +18,7 @@ feeds its slice of every global batch.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -33,6 +34,7 @@ from dnd_jax import checkpoint, locking, models, sharding
 from dnd_jax.checkpoint import CKPT_DIR, FORMAT, LoadedGenerator, load_generator  # noqa: F401 (re-exported)
 from dnd_jax.errors import IntegrityError, ResumeMismatchError
 from dnd_jax.plan import MAX_PADDING, ConfigError, Plan, find_zoo_workdir, training_tasks, validate  # noqa: F401
+from dnd_jax.weights import centering
 
 METRICS = "metrics.jsonl"
 # Config keys that do not change the trained weights (cadence, paths, later stages).
@@ -41,6 +43,9 @@ _NOT_RECIPE = ("log_steps", "ckpt_steps", "keep_ckpts", "eval_steps", "zoo_workd
                "generate", "eval", "experiment", "zoo")
 # Recipe keys added later, with the value a recipe saved before them meant.
 _RECIPE_LEGACY = {"wd_mults": "ndim>1 (kernels, 2-D biases and norm scales)"}
+# Recipe keys added later whose default reproduces exactly what runs saved before them did: a saved
+# recipe without the key resumes under that default (and only under it).
+_RECIPE_ADDED = {"center": {"max_prompts": 256, "mode": "mean", "temperature": 0.05}}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -208,6 +213,8 @@ def _resume_diff(meta: dict, config, fingerprint: dict) -> list[str]:
     now = _recipe(config)
     for k, meaning in _RECIPE_LEGACY.items():
         saved.setdefault(k, f"(legacy) {meaning}")
+    for k, default in _RECIPE_ADDED.items():
+        saved.setdefault(k, default)
     diff = [f"config.{k}" for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
     data = meta.get("data")
     if data is None:  # written before data fingerprints: compare what that metadata has
@@ -251,7 +258,7 @@ def _set_aside(workdir: Path) -> Path:
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     dest = workdir / f"replaced-{stamp}"
     dest.mkdir(parents=True, exist_ok=False)
-    for name in (CKPT_DIR, METRICS, "tb"):
+    for name in (CKPT_DIR, METRICS, "tb", centering.BANK_FILE):
         if (workdir / name).exists():
             (workdir / name).rename(dest / name)
     logging.warning("start over: the previous run's files are now in %s", dest)
@@ -372,6 +379,13 @@ def _train_and_evaluate(config, workdir: Path, *, devices, max_steps: int | None
     param_count = int(sum(np.prod(a.shape) for a in jax.tree.leaves(abstract["params"])))
     meta = build_metadata(config, plan, data, in_shape, out_shape, param_count)
     norm_stats = {"mean": np.asarray(data.normalizer.mean, np.float64), "std": np.asarray(data.normalizer.std, np.float64)}
+    if data.bank is not None:  # the same bytes on every process; process 0 writes them
+        blob = data.bank.serialize()
+        meta["center"] = {"mode": "similarity", "file": centering.BANK_FILE, "sha256": hashlib.sha256(blob).hexdigest(),
+                          "tasks": data.bank.tasks, "temperature": data.bank.temperature,
+                          "max_prompts": data.bank.max_prompts}
+        if jax.process_index() == 0:
+            data.bank.save(workdir / centering.BANK_FILE, blob)
 
     train_step, eval_step = make_steps(sharded_model, tx, schedule, config)
     p_train = jax.jit(train_step, in_shardings=(state_sh, batch_sh, batch_sh, rep), out_shardings=(state_sh, rep),

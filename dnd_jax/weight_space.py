@@ -80,7 +80,8 @@ def sample_checkpoints(workdir: str | Path, task: str, k: int) -> list[Path]:
 
 def analyse(workdir: str | Path, targets: Mapping[str, Sequence[str]], generated: Mapping[str, Mapping[str, Path]],
             checkpoints_per_task: int = 4, replicas: Mapping[str, str | Path] | None = None,
-            subsets_per_size: int = 20, seed: int = 0, reference: str = "dnd") -> dict:
+            subsets_per_size: int = 20, seed: int = 0, reference: str = "dnd",
+            combinations: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None) -> dict:
     """Per-target geometry (see the module docstring) and the tasks' offset cosines.
 
     ``targets`` maps each held-out task to its training tasks; ``generated[label][target]`` is an
@@ -91,6 +92,8 @@ def analyse(workdir: str | Path, targets: Mapping[str, Sequence[str]], generated
     number of training tasks. Every other adapter of a target is also compared with the ``reference``
     label's (``cos_to_reference_step``, ``diff_from_reference_rel`` = |g - g_ref| / |g_ref - m|): how
     far prompts of another task, or another sample of the same task's, move the generator's output.
+    ``combinations[label][target]`` maps training tasks to weights: the point ``sum_t w_t * task_mean[t]``
+    (e.g. the similarity-weighted merge, in the merge's own update space) is measured like an adapter.
     """
     if not targets:
         raise InputError("no held-out targets to analyse (config.experiment.holdouts and cross_domain are empty)")
@@ -146,6 +149,12 @@ def analyse(workdir: str | Path, targets: Mapping[str, Sequence[str]], generated
         for (label, t), idx in replica_idx.items():
             if t == h:
                 points[f"replica:{label}"] = space.point(idx)
+        for label, per_target in (combinations or {}).items():
+            if h in per_target:
+                unknown = sorted(set(per_target[h]) - set(task_mean))
+                if unknown:
+                    raise ValueError(f"combination '{label}' for '{h}' weights tasks outside the analysis: {unknown}")
+                points[label] = sum(w * task_mean[t] for t, w in per_target[h].items())
         ref = points.get(reference)
         for label, g in points.items():
             d = g - m

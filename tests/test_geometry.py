@@ -56,8 +56,9 @@ def test_analyse_synthetic_zoo(tmp_path):
     merged = baselines.merge_adapters([zoo.final_checkpoint(w, t) for t in train], tmp_path / "merged")
     generated = {"own": {"obqa": zoo.final_checkpoint(w, "obqa")}, "merged": {"obqa": merged},
                  "again": {"obqa": zoo.final_checkpoint(w, "obqa")}}
+    combos = {"self": {"obqa": {"obqa": 1.0}}, "pair": {"obqa": {"arc_e": 0.7, "piqa": 0.3}}}
     res = weight_space.analyse(w, {"obqa": train}, generated, checkpoints_per_task=4, replicas={"same": replica},
-                           reference="own")
+                               reference="own", combinations=combos)
     row = res["targets"]["obqa"]
     assert row["training_tasks"] == train
     assert 0.0 <= row["span_fraction"] <= 1.0
@@ -73,6 +74,14 @@ def test_analyse_synthetic_zoo(tmp_path):
     assert row["generated"]["again"]["diff_from_reference_rel"] == pytest.approx(0.0, abs=1e-6)
     assert row["generated"]["merged"]["diff_from_reference_rel"] == pytest.approx(1.0, abs=0.1)
     assert "cos_to_reference_step" not in row["generated"]["own"]
+    # Weighted combinations of task points: the target's own mean is its offset exactly; a mix of
+    # training tasks steps inside their span.
+    assert row["generated"]["self"]["cos_to_offset"] == pytest.approx(1.0, abs=1e-9)
+    assert row["generated"]["self"]["rel_err"] == pytest.approx(0.0, abs=1e-9)
+    assert row["generated"]["pair"]["step_span_fraction"] == pytest.approx(1.0, abs=1e-6)
+    with pytest.raises(ValueError, match="outside the analysis"):
+        weight_space.analyse(w, {"obqa": train}, {}, checkpoints_per_task=1,
+                             combinations={"x": {"obqa": {"hellaswag": 1.0}}})
     curve = row["span_curve"]
     assert [c["k"] for c in curve] == [1, 2, 3]
     assert all(0 <= c["min"] <= c["mean"] <= c["max"] <= 1 + 1e-9 for c in curve)

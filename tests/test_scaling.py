@@ -149,7 +149,8 @@ def test_scaling_curve_end_to_end_and_resume(tmp_path):
         assert (docs / f).is_file()
     assert "correct" not in (docs / "results.json").read_text()
     assert "| piqa | 2 |" in (docs / "results.md").read_text()
-    assert f"{fit['mean_cos_to_offset']:+.2f} |" in (docs / "results.md").read_text()
+    assert f"| {fit['mean_cos_to_offset']:+.3f} | {fit['mean_rel_err']:.3f} |" in (docs / "results.md").read_text()
+    assert -1 <= geo["simmerge_cos_to_offset"] <= 1 and geo["dnd_rel_err"] >= 0
 
     collect.collect(config, workdir, only=["hellaswag", "obqa"])
     again = scaling.run(config, workdir, str(docs))
