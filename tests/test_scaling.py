@@ -176,6 +176,14 @@ def test_scaling_curve_end_to_end_and_resume(tmp_path):
     assert (docs / "variants/lr3/results.md").is_file() and (docs / "results.json").is_file()
     index = (docs / "variants.md").read_text()
     assert "| default | – | 2 |" in index and "| default | – | 4 |" in index and "| lr3 | `lr`=" in index
+    # The similarity-centered generator as a variant: its bank beside it, its in-sample fit flagged.
+    simres = _config()
+    simres.center.mode = "similarity"
+    res_s = scaling.run(simres, workdir, str(docs), only_sizes=[2], variant="simres", default_config=config)
+    assert (workdir / "scaling/K002/generator-simres/center_bank.safetensors").is_file()
+    assert res_s["protocol"]["variant_overrides"] == {"center.mode": ["mean", "similarity"]}
+    assert res_s["pools"][2]["fit"]["self_centered"] and not res["pools"][2]["fit"]["self_centered"]
+    assert "similarity-centered generator" in (docs / "variants/simres/results.md").read_text()
     fixed = _config()
     fixed.eval.limit = 5
     with pytest.raises(scaling.InputError, match="generator only"):
