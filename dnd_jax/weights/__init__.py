@@ -3,6 +3,8 @@
 - ``layout``: the token layout, derived from tensor shapes alone; ``tokenize`` / ``detokenize``.
 - ``lora``: the LoRA math (scaling alpha/r, dW = s B A, factors, Gram products, exact merges).
 - ``normalization``: per-token (default) or per-element standardization fitted on the zoo.
+- ``centering``: optional similarity centering (the generator predicts a residual from the
+  prompt-weighted mean of the other training tasks; ``config.center``).
 - ``peft_io``: atomic peft adapter folders (safetensors + the installed peft's adapter_config.json).
 - ``python -m dnd_jax.weights inspect|roundtrip``: the layout of any adapter, and an exact round trip.
 """
