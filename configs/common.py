@@ -7,6 +7,8 @@ Sections: ``base_model``, ``tasks``/``answer_format`` (registry), ``lora`` + ``z
 """
 import ml_collections
 
+from dnd_jax.weights import centering
+
 LLAMA_ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -40,7 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.layout = dict(token_shape=(8, 128), normalization="per_token")
     # What the generator predicts a residual from: 'mean' (the normalizer's), or 'similarity' (per
     # prompt set, the softmax(cos / temperature)-weighted mean of the training tasks; dnd_jax.weights.centering).
-    c.center = dict(mode="mean", temperature=0.05, max_prompts=256)
+    c.center = dict(centering.DEFAULTS)
 
     c.model_name = "hyperconv"
     c.model = dict(hidden_shapes=((64, 32, 128),), kernel_size=3, dtype="float32")

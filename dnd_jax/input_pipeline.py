@@ -90,8 +90,8 @@ def load(zoo_workdir: str | Path, config, train_tasks: Sequence[str]) -> ZooData
 
     conds = [conditions.task_conditions(zoo_workdir, t, config)[0] for t in train_tasks]
     bank = None
-    mode, center = center_settings(config)
-    if mode == "similarity":  # residuals from each task's leave-one-out similarity-weighted mean
+    center = centering.settings(config)
+    if center["mode"] == "similarity":  # residuals from each task's leave-one-out similarity-weighted mean
         bank = centering.fit(train_tasks, conds, train_tokens, train_task, center["temperature"], center["max_prompts"])
         centering.subtract_centers(bank, [(train_tokens, train_task), (val_tokens, val_task)])
     if config.token_weights == "inverse_count":
@@ -105,17 +105,6 @@ def load(zoo_workdir: str | Path, config, train_tasks: Sequence[str]) -> ZooData
         ckpt_dirs={t: [p.name for p in per_task[t]] for t in train_tasks},
         lora=dict(manifest.get("lora", {})), base_model=dict(manifest.get("base_model", {})), bank=bank,
     )
-
-
-def center_settings(config) -> tuple[str, dict]:
-    """``config.center`` (absent: ``mean``, what every generator before it did) as (mode, settings)."""
-    center = config.get("center", None)
-    center = center.to_dict() if center is not None else {}
-    mode = center.get("mode", "mean")
-    if mode not in centering.MODES:
-        raise ValueError(f"unknown center.mode '{mode}' (expected one of {centering.MODES})")
-    return mode, {"temperature": float(center.get("temperature", 0.05)),
-                  "max_prompts": int(center.get("max_prompts", 256))}
 
 
 def _choose_prompts(rng: np.random.Generator, num_available: int, n: int) -> np.ndarray:

@@ -137,18 +137,14 @@ def validate(config, workdir: str | Path, num_devices: int | None = None) -> Pla
     need(config.token_weights in ("", "inverse_count"),
          f"token_weights must be '' or 'inverse_count', got '{config.token_weights}'")
     need(config.optax_name in OPTIMIZERS, f"optax_name must be one of {sorted(OPTIMIZERS)}")
-    center = config.get("center", None)
-    if center is not None:
-        from dnd_jax.weights import centering
+    from dnd_jax.weights import centering
 
-        need(center.get("mode", "mean") in centering.MODES,
-             f"center.mode must be one of {centering.MODES}, got '{center.get('mode')}'")
-        need(float(center.get("temperature", 0.05)) > 0, f"center.temperature must be positive, got "
-             f"{center.get('temperature')}")
-        need(int(center.get("max_prompts", 256)) > 0, f"center.max_prompts must be positive, got "
-             f"{center.get('max_prompts')}")
-        need(center.get("mode", "mean") == "mean" or len(train_tasks) >= 2,
-             "center.mode='similarity' centers each training task on the others: it needs at least 2 training tasks")
+    try:
+        center = centering.settings(config)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    need(center["mode"] == "mean" or len(train_tasks) >= 2,
+         "center.mode='similarity' centers each training task on the others: it needs at least 2 training tasks")
     token_shape = tuple(config.layout.token_shape)
     need(len(token_shape) == 2 and all(isinstance(d, int) and d > 0 for d in token_shape),
          f"layout.token_shape must be two positive ints (h, w), got {token_shape}")

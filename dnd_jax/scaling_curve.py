@@ -376,7 +376,9 @@ def pool_fit(config, workdir: Path, k: int, pool: list[str], variant: str = "") 
                     "rel_err": r["generated"]["dnd"]["rel_err"]} for t, r in res["targets"].items()}
     # A similarity-centered generator's center for a training task's own prompts weighs that task itself
     # (it is in the bank), so its in-sample fit says little about the decoder: flagged, not hidden.
-    self_centered = (config.get("center", None) or {}).get("mode", "mean") == "similarity"
+    from dnd_jax.weights import centering
+
+    self_centered = centering.settings(config)["mode"] == "similarity"
     return {"tasks": per_task, "mean_cos_to_offset": float(np.mean([v["cos_to_offset"] for v in per_task.values()])),
             "mean_rel_err": float(np.mean([v["rel_err"] for v in per_task.values()])), "self_centered": self_centered}
 

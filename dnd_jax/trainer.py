@@ -45,7 +45,7 @@ _NOT_RECIPE = ("log_steps", "ckpt_steps", "keep_ckpts", "eval_steps", "zoo_workd
 _RECIPE_LEGACY = {"wd_mults": "ndim>1 (kernels, 2-D biases and norm scales)"}
 # Recipe keys added later whose default reproduces exactly what runs saved before them did: a saved
 # recipe without the key resumes under that default (and only under it).
-_RECIPE_ADDED = {"center": {"max_prompts": 256, "mode": "mean", "temperature": 0.05}}
+_RECIPE_ADDED = {"center": centering.DEFAULTS}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -32,6 +32,20 @@ from pathlib import Path
 import numpy as np
 
 MODES = ("mean", "similarity")
+DEFAULTS = {"max_prompts": 256, "mode": "mean", "temperature": 0.05}  # mode 'mean': what generators before did
+
+
+def settings(config) -> dict:
+    """``config.center`` over :data:`DEFAULTS` (absent: the defaults); raises ValueError naming a bad value."""
+    center = config.get("center", None)
+    c = DEFAULTS | (center.to_dict() if center is not None else {})
+    if c["mode"] not in MODES:
+        raise ValueError(f"center.mode must be one of {MODES}, got '{c['mode']}'")
+    if not float(c["temperature"]) > 0:
+        raise ValueError(f"center.temperature must be positive, got {c['temperature']}")
+    if not int(c["max_prompts"]) > 0:
+        raise ValueError(f"center.max_prompts must be positive, got {c['max_prompts']}")
+    return {"mode": c["mode"], "temperature": float(c["temperature"]), "max_prompts": int(c["max_prompts"])}
 BANK_FILE = "center_bank.safetensors"
 _CHUNK = 1 << 20  # columns per GEMM chunk while centering
 
