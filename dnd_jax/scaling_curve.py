@@ -306,10 +306,9 @@ def run(config, workdir: str | Path, docs: str = "", only_sizes: Sequence[int] =
                 continue
             results["pools"][k] = run_pool(config, workdir, k, pool, ref, embed, variant)
             if settings(config)["geometry"]:
-                results["pools"][k]["geometry"] = pool_geometry(config, workdir, k, pool, variant,
-                                                                {t: row["simmerge_weights"] for t, row in
-                                                                 results["pools"][k]["targets"].items()})
-                results["pools"][k]["fit"] = pool_fit(config, workdir, k, pool, variant)
+                row = results["pools"][k]
+                row["geometry"], row["fit"] = pool_geometry(
+                    config, workdir, k, pool, variant, {t: r["simmerge_weights"] for t, r in row["targets"].items()})
             results["comparisons"] = compare(results, int(config.eval.bootstrap))
             write(results, out_dir, docs_dir)
         results["comparisons"] = compare(results, int(config.eval.bootstrap))
@@ -319,68 +318,72 @@ def run(config, workdir: str | Path, docs: str = "", only_sizes: Sequence[int] =
     return results
 
 
-def pool_geometry(config, workdir: Path, k: int, pool: list[str], variant: str = "",
-                  simmerge_weights: dict[str, dict[str, float]] | None = None) -> dict:
-    """Reachable share of each target's offset in pool K's span, and DnD's (and simmerge's) step direction.
-
-    Steps are measured from the pool mean (the merged adapter): ``*_cos_to_offset`` is the cosine of
-    a system's step with the target's own offset from that mean, ``*_step_rel_norm`` its length
-    relative to the offset's, ``*_rel_err`` its squared distance to the target's LoRA relative to the
-    merged adapter's (below 1: closer than merged).
+def fit_adapters(config, workdir: Path, k: int, pool: list[str], variant: str = "") -> dict[str, Path]:
+    """Pool K's generator's adapters for its first ``scaling.fit_sample`` training tasks (pool order),
+    each from the task's own zoo prompts (those it was trained on); generated once, then reused.
     """
-    from dnd_jax import weight_space
-
-    targets = list(config.experiment.holdouts)
-    res = weight_space.analyse(workdir, {t: pool for t in targets},
-                               {"dnd": {t: dnd_dir(workdir, k, t, variant) for t in targets}},
-                               checkpoints_per_task=1, subsets_per_size=1,
-                               combinations={"simmerge": simmerge_weights} if simmerge_weights else None)
-    out = {}
-    for t, r in res["targets"].items():
-        out[t] = {"span_fraction": r["span_fraction"], "offset_rel_norm": r["offset_rel_norm"]}
-        for label, g in r["generated"].items():
-            out[t] |= {f"{label}_cos_to_offset": g["cos_to_offset"], f"{label}_step_rel_norm": g["step_rel_norm"],
-                       f"{label}_rel_err": g["rel_err"]}
-    return out
-
-
-def pool_fit(config, workdir: Path, k: int, pool: list[str], variant: str = "") -> dict:
-    """In-sample fit of pool K's generator: its adapters for training tasks, from their own prompts.
-
-    For the first ``scaling.fit_sample`` tasks of the pool (pool order), the generator's output from
-    the task's zoo prompts (the prompts it was trained on) against the task's own final LoRA, both
-    measured from the pool mean: ``cos_to_offset`` near 1 means the generator reproduces the
-    training tasks, so a held-out gap is one of generalisation; near the held-out targets' cosine
-    means it underfits its training set (longer training or a wider decoder are the levers).
-    """
-    from dnd_jax import generator, weight_space
+    from dnd_jax import generator
 
     n = min(int(settings(config)["fit_sample"]), len(pool))
-    if n == 0:
-        return {}
-    sample = training_sample(pool, n)
     gen_name = f"generator-{variant}" if variant else "generator"
     root = workdir / "scaling" / f"K{k:03d}"
     gen = None
     paths = {}
-    for t in sample:
+    for t in training_sample(pool, n) if n else []:
         path = root / "fit" / (f"{variant}_{t}" if variant else t)
         if not (path / zoo.ADAPTER_WEIGHTS).is_file():
             gen = gen or generator.Generator.load(root / gen_name)
             gen.generate_many([zoo.prompts(workdir, t)], seed=int(config.generate.seed))[0].save(path, overwrite=True)
         paths[t] = path
-    res = weight_space.analyse(workdir, {t: pool for t in sample}, {"dnd": paths}, checkpoints_per_task=1,
-                               subsets_per_size=1)
-    per_task = {t: {"cos_to_offset": r["generated"]["dnd"]["cos_to_offset"],
-                    "step_rel_norm": r["generated"]["dnd"]["step_rel_norm"],
-                    "rel_err": r["generated"]["dnd"]["rel_err"]} for t, r in res["targets"].items()}
-    # A similarity-centered generator's center for a training task's own prompts weighs that task itself
-    # (it is in the bank), so its in-sample fit says little about the decoder: flagged, not hidden.
+    return paths
+
+
+def _step_stats(generated: dict) -> dict:
+    return {"cos_to_offset": generated["cos_to_offset"], "step_rel_norm": generated["step_rel_norm"],
+            "rel_err": generated["rel_err"]}
+
+
+def pool_geometry(config, workdir: Path, k: int, pool: list[str], variant: str = "",
+                  simmerge_weights: dict[str, dict[str, float]] | None = None) -> tuple[dict, dict]:
+    """(geometry, in-sample fit) of pool K, from one pass over its checkpoints.
+
+    Geometry: the reachable share of each target's offset in pool K's span, and DnD's (and
+    simmerge's) step direction. Steps are measured from the pool mean (the merged adapter):
+    ``*_cos_to_offset`` is the cosine of a system's step with the target's own offset from that mean,
+    ``*_step_rel_norm`` its length relative to the offset's, ``*_rel_err`` its squared distance to the
+    target's LoRA relative to the merged adapter's (below 1: closer than merged).
+
+    Fit (:func:`fit_adapters`): the generator's adapters for its own training tasks against their
+    final LoRAs, measured the same way: ``cos_to_offset`` near 1 means the generator reproduces its
+    training tasks, so a held-out gap is one of generalisation; near the held-out targets' cosine
+    means it underfits its training set (longer training or a wider decoder are the levers).
+    """
+    from dnd_jax import weight_space
     from dnd_jax.weights import centering
 
-    self_centered = centering.settings(config)["mode"] == "similarity"
-    return {"tasks": per_task, "mean_cos_to_offset": float(np.mean([v["cos_to_offset"] for v in per_task.values()])),
-            "mean_rel_err": float(np.mean([v["rel_err"] for v in per_task.values()])), "self_centered": self_centered}
+    targets = list(config.experiment.holdouts)
+    fit_paths = fit_adapters(config, workdir, k, pool, variant)
+    # Targets first: the span curve's random subsets are drawn in this order, so the targets' figures
+    # do not depend on the fit sample.
+    res = weight_space.analyse(workdir, {t: pool for t in [*targets, *fit_paths]},
+                               {"dnd": {t: dnd_dir(workdir, k, t, variant) for t in targets} | fit_paths},
+                               checkpoints_per_task=1, subsets_per_size=1,
+                               combinations={"simmerge": simmerge_weights} if simmerge_weights else None)
+    geometry = {}
+    for t in targets:
+        r = res["targets"][t]
+        geometry[t] = {"span_fraction": r["span_fraction"], "offset_rel_norm": r["offset_rel_norm"]}
+        for label, g in r["generated"].items():
+            geometry[t] |= {f"{label}_{key}": v for key, v in _step_stats(g).items()}
+    if not fit_paths:
+        return geometry, {}
+    per_task = {t: _step_stats(res["targets"][t]["generated"]["dnd"]) for t in fit_paths}
+    # A similarity-centered generator's center for a training task's own prompts weighs that task itself
+    # (it is in the bank), so its in-sample fit says little about the decoder: flagged, not hidden.
+    fit = {"tasks": per_task, "mean_cos_to_offset": float(np.mean([v["cos_to_offset"] for v in per_task.values()])),
+           "mean_rel_err": float(np.mean([v["rel_err"] for v in per_task.values()])),
+           "self_centered": centering.settings(config)["mode"] == "similarity"}
+    return geometry, fit
 
 
 def zoo_status(config, workdir: str | Path) -> dict:

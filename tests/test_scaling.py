@@ -145,6 +145,19 @@ def test_scaling_curve_end_to_end_and_resume(tmp_path):
     fit = res["pools"][2]["fit"]  # in-sample: the generator's adapters for its own training tasks
     assert sorted(fit["tasks"]) == ["arc_e", "boolq"] and -1 <= fit["mean_cos_to_offset"] <= 1
     assert fit["mean_rel_err"] >= 0 and (workdir / "scaling/K002/fit/arc_e/adapter_model.safetensors").is_file()
+    # Geometry and fit come from one pass over the checkpoints: the same figures as two separate analyses.
+    from dnd_jax import weight_space
+
+    pool = scaling.pools(config)[2]
+    alone = weight_space.analyse(workdir, {t: pool for t in fit["tasks"]},
+                                 {"dnd": {t: workdir / "scaling/K002/fit" / t for t in fit["tasks"]}},
+                                 checkpoints_per_task=1, subsets_per_size=1)["targets"]
+    for t, v in fit["tasks"].items():
+        assert v["cos_to_offset"] == pytest.approx(alone[t]["generated"]["dnd"]["cos_to_offset"], abs=1e-9)
+    alone = weight_space.analyse(workdir, {"piqa": pool}, {"dnd": {"piqa": scaling.dnd_dir(workdir, 2, "piqa")}},
+                                 checkpoints_per_task=1, subsets_per_size=1)["targets"]["piqa"]
+    assert geo["span_fraction"] == pytest.approx(alone["span_fraction"], abs=1e-9)
+    assert geo["dnd_rel_err"] == pytest.approx(alone["generated"]["dnd"]["rel_err"], abs=1e-9)
     for f in ("results.json", "results.md", "curve.png"):
         assert (docs / f).is_file()
     assert "correct" not in (docs / "results.json").read_text()
