@@ -60,11 +60,14 @@ def _check_plain_lora(cfg: dict, where: Path) -> None:
         raise InputError(f"{where}: adapters with rank_pattern/alpha_pattern are not supported")
 
 
-def merge_weights(k: int, weights: Sequence[float] | None) -> np.ndarray:
-    """``weights`` as an array checked to be ``k`` non-negative finite numbers summing to 1 (default 1/k)."""
+def merge_weights(k: int, weights: Sequence[float] | None, signed: bool = False) -> np.ndarray:
+    """``weights`` as an array checked to be ``k`` non-negative finite numbers summing to 1 (default 1/k).
+
+    ``signed``: negative weights are allowed (an affine combination, still summing to 1).
+    """
     w = np.full(k, 1.0 / k) if weights is None else np.asarray(weights, dtype=np.float64)
-    if w.shape != (k,) or not np.all(np.isfinite(w)) or np.any(w < 0) or abs(w.sum() - 1.0) > 1e-6:
-        raise ValueError(f"merge weights must be {k} non-negative finite numbers summing to 1")
+    if w.shape != (k,) or not np.all(np.isfinite(w)) or (np.any(w < 0) and not signed) or abs(w.sum() - 1.0) > 1e-6:
+        raise ValueError(f"merge weights must be {k} {'' if signed else 'non-negative '}finite numbers summing to 1")
     return w
 
 
@@ -125,19 +128,21 @@ def is_merge_spec(adapter: str | Path) -> bool:
     return (adapter / MERGE_SPEC).is_file() and not (adapter / zoo.ADAPTER_WEIGHTS).exists()
 
 
-def write_merge_spec(ckpts: Sequence[str | Path], out_dir: str | Path, weights: Sequence[float] | None = None) -> Path:
+def write_merge_spec(ckpts: Sequence[str | Path], out_dir: str | Path, weights: Sequence[float] | None = None,
+                     signed: bool = False) -> Path:
     """A weighted average of many LoRA updates, kept as its recipe and folded in when loaded.
 
     :func:`merge_adapters` writes the exact merge as one adapter of rank ``sum r_k``: 1.5 GB for
     152 rank-8 all-linear SmolLM2 LoRAs. Here the folder holds only ``merge_spec.json``: each source
     checkpoint with its weights' sha256, its scaling ``s_k`` and weight ``w_k``; loading folds
     ``sum_k w_k s_k B_k A_k`` into the base weights (:func:`fold_merge_spec`), which is what
-    evaluating a merged peft adapter does too. Idempotent for the same recipe.
+    evaluating a merged peft adapter does too. Idempotent for the same recipe. ``signed`` allows
+    negative weights (an affine combination, e.g. the span oracle of :mod:`dnd_jax.scaling_curve`).
     """
     ckpts = [Path(c) for c in ckpts]
     if not ckpts:
         raise ValueError("a merge needs at least one adapter")
-    w = merge_weights(len(ckpts), weights)
+    w = merge_weights(len(ckpts), weights, signed)
     sources = []
     for c, wk in zip(ckpts, w, strict=True):
         cfg = zoo.adapter_config(c)

@@ -25,7 +25,13 @@ the targets' families), for each K in ``pool_sizes``, so pools are nested. For e
    (target, K), and their average over targets (questions resampled within each target);
 4. the geometry of pool K (:func:`dnd_jax.weight_space.analyse`): the share of each target's offset from
    the pool mean that lies in the span of the pool's offsets (the reachable share), and the cosine
-   of DnD's step with that offset.
+   of DnD's step with that offset;
+5. ``span_oracle`` (``scaling.span_oracle``, with the geometry; default generator only): the affine
+   combination of pool K's final LoRAs closest in weight space to the target's own LoRA (weights
+   summing to 1, possibly negative; ``span_weights`` of :func:`dnd_jax.weight_space.analyse`),
+   evaluated like the others and paired against ``merged``. It is fitted to the target's LoRA, so
+   it is a ceiling for any method that combines the pool's LoRAs (DnD's outputs stay near their
+   span), not a method: if it does not beat ``merged``, no weighting of these LoRAs will.
 
 **Variants** (issue 13, item 5: pushing DnD above averaging): ``--variant=NAME`` with generator
 overrides (e.g. ``--config.layout.normalization=per_element``) trains its own generator per K
@@ -55,8 +61,9 @@ import numpy as np
 from dnd_jax import assets, base_model, baselines, locking, plan, report, scoring, task_pools, zoo
 from dnd_jax.errors import InputError
 
-SYSTEMS = ("base", "train_mean", "merged", "simmerge", "nearest", "dnd", "oracle")
+SYSTEMS = ("base", "train_mean", "merged", "simmerge", "nearest", "dnd", "span_oracle", "oracle")
 COMPARISONS = ("merged", "simmerge", "train_mean", "base")
+CEILING = ("span_oracle", "merged")  # the best combination of the pool's LoRAs against their average, paired
 VARIANT_COMPARISON = "dnd_default"  # a variant's DnD against the default generator's, paired
 # Config sections that define the curve's data and baselines, not the generator: fixed across variants.
 FIXED_SECTIONS = ("tasks", "zoo", "eval", "experiment", "scaling", "lora", "base_model", "answer_format", "holdout")
@@ -103,7 +110,8 @@ def settings(config) -> dict:
     sc = sc.to_dict() if sc is not None else {}
     return {"metrics": tuple(sc.get("metrics", ("cloze",))), "temperature": float(sc.get("temperature", 0.05)),
             "mean_sample": int(sc.get("mean_sample", 12)), "seed": int(sc.get("seed", 0)),
-            "geometry": bool(sc.get("geometry", True)), "fit_sample": int(sc.get("fit_sample", 8))}
+            "geometry": bool(sc.get("geometry", True)), "fit_sample": int(sc.get("fit_sample", 8)),
+            "span_oracle": bool(sc.get("span_oracle", True))}
 
 
 def pools(config) -> dict[int, list[str]]:
@@ -261,6 +269,13 @@ def compare(results: dict, n_boot: int = 1000) -> dict:
                     entry["per_target"].setdefault(target, {})[other] = scoring.paired_bootstrap(a, b, n_boot)
                     pairs.append((a, b))
                 entry["mean"][other] = stratified_paired_bootstrap(pairs, n_boot)
+            a_name, b_name = CEILING
+            if all(a_name in row["systems"] for row in pres["targets"].values()):
+                pairs = [(row["systems"][a_name][metric]["correct"], row["systems"][b_name][metric]["correct"])
+                         for row in pres["targets"].values()]
+                entry["ceiling"] = {"per_target": {t: scoring.paired_bootstrap(a, b, n_boot) for t, (a, b) in
+                                                   zip(pres["targets"], pairs, strict=True)},
+                                    "mean": stratified_paired_bootstrap(pairs, n_boot)}
             per_k[metric] = entry
         out[k] = per_k
     return out
@@ -309,6 +324,8 @@ def run(config, workdir: str | Path, docs: str = "", only_sizes: Sequence[int] =
                 row = results["pools"][k]
                 row["geometry"], row["fit"] = pool_geometry(
                     config, workdir, k, pool, variant, {t: r["simmerge_weights"] for t, r in row["targets"].items()})
+                if settings(config)["span_oracle"] and not variant:
+                    evaluate_span_oracle(config, workdir, k, pool, row, ref)
             results["comparisons"] = compare(results, int(config.eval.bootstrap))
             write(results, out_dir, docs_dir)
         results["comparisons"] = compare(results, int(config.eval.bootstrap))
@@ -316,6 +333,20 @@ def run(config, workdir: str | Path, docs: str = "", only_sizes: Sequence[int] =
         if docs and variant:
             write_variants_index(workdir, Path(docs))
     return results
+
+
+def evaluate_span_oracle(config, workdir: Path, k: int, pool: list[str], row: dict, ref) -> None:
+    """Add ``span_oracle`` to every target's systems in ``row`` (pool K's results, with its geometry)."""
+    finals = [zoo.final_checkpoint(workdir, t) for t in pool]
+    for target, trow in row["targets"].items():
+        w = row["geometry"][target]["span_weights"]
+        spec = baselines.write_merge_spec(finals, workdir / "scaling" / f"K{k:03d}" / "adapters" /
+                                          f"span_oracle_{target}", [w[t] for t in pool], signed=True)
+        trow["span_oracle_weight_l1"] = float(np.sum(np.abs(list(w.values()))))
+        for metric in settings(config)["metrics"]:
+            rec = _evaluate(ref, spec, target, metric, config, workdir)
+            trow["systems"].setdefault("span_oracle", {})[metric] = {
+                "acc": rec["accuracy"], "ci": rec["ci"], "n": rec["n"], "correct": rec["correct"]}
 
 
 def fit_adapters(config, workdir: Path, k: int, pool: list[str], variant: str = "") -> dict[str, Path]:
@@ -372,7 +403,8 @@ def pool_geometry(config, workdir: Path, k: int, pool: list[str], variant: str =
     geometry = {}
     for t in targets:
         r = res["targets"][t]
-        geometry[t] = {"span_fraction": r["span_fraction"], "offset_rel_norm": r["offset_rel_norm"]}
+        geometry[t] = {"span_fraction": r["span_fraction"], "offset_rel_norm": r["offset_rel_norm"],
+                       "span_weights": r["span_weights"]}
         for label, g in r["generated"].items():
             geometry[t] |= {f"{label}_{key}": v for key, v in _step_stats(g).items()}
     if not fit_paths:
@@ -458,17 +490,23 @@ def markdown(results: dict) -> str:
     for metric in p["metrics"]:
         others = [o for o in (*COMPARISONS, VARIANT_COMPARISON)
                   if any(o in comps.get(k, {}).get(metric, {}).get("mean", {}) for k in results["pools"])]
+        ceiling = any("ceiling" in comps.get(k, {}).get(metric, {}) for k in results["pools"])
+        ceil_head = [" - ".join(CEILING)] if ceiling else []
         lines += [f"## {metric}: DnD - X averaged over the targets (percentage points, 95% CI)", "",
-                  "| K | " + " | ".join(f"DnD - {o}" for o in others) + " | mean reachable share |",
-                  "|---" * (len(others) + 2) + "|"]
+                  "| K | " + " | ".join([f"DnD - {o}" for o in others] + ceil_head) + " | mean reachable share |",
+                  "|---" * (len(others) + len(ceil_head) + 2) + "|"]
         for k in sorted(results["pools"], key=int):
             c = comps.get(k, {}).get(metric)
             if not c:
                 continue
-            cells = [_ci_cell(c["mean"].get(o)) for o in others]
+            cells = [_ci_cell(c["mean"].get(o)) for o in others] + (
+                [_ci_cell(c.get("ceiling", {}).get("mean"))] if ceiling else [])
             geo = results["pools"][k].get("geometry")
             share = f"{100 * np.mean([g['span_fraction'] for g in geo.values()]):.1f}%" if geo else "–"
             lines.append(f"| {k} | " + " | ".join(cells) + f" | {share} |")
+        if ceiling:
+            lines += ["", "span_oracle: the affine combination of pool K's LoRAs closest in weight space to the "
+                      "target's own LoRA (fitted with it: a ceiling for any weighting of these LoRAs, not a method)."]
         lines += ["", f"### {metric} accuracy (%) per target and K", "",
                   "| target | K | " + " | ".join(SYSTEMS) + " | DnD - merged | DnD - simmerge |",
                   "|---" * (len(SYSTEMS) + 4) + "|"]
@@ -536,6 +574,10 @@ def plot(results: dict, path: Path, metric: str = "cloze") -> None:
         ax.errorbar(ks, [100 * m["diff"] for m in mean],
                     yerr=[[100 * (m["diff"] - m["ci"][0]) for m in mean], [100 * (m["ci"][1] - m["diff"]) for m in mean]],
                     color="black", lw=2.2, capsize=3, label="mean (95% CI)")
+        ceil_ks = [k for k in ks if "ceiling" in comps[k][metric]]
+        if other == CEILING[1] and ceil_ks:
+            ax.plot(ceil_ks, [100 * comps[k][metric]["ceiling"]["mean"]["diff"] for k in ceil_ks], color="black",
+                    ls="--", marker="s", label=f"{CEILING[0]} - {CEILING[1]} (ceiling)")
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_xscale("log")
         ax.set_xlabel("training tasks K")

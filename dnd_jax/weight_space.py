@@ -18,6 +18,10 @@ For a held-out task h with training tasks T (as in the experiment):
   outputs stay near the training tasks' updates can recover no more than this of ``o_h``;
 * for a generated adapter g: ``cos(g - m, o_h)`` and ``rel_err = |g - dW_h|^2 / |m - dW_h|^2``
   (below 1: g is closer to the held-out task's own update than the training mean is);
+* ``span_weights``: the point ``m + P(o_h)`` of the training updates' affine hull closest to
+  ``dW_h``, as weights on the training tasks' updates (summing to 1, possibly negative): the best
+  any combination of the training LoRAs can do in this metric (its ``rel_err`` is
+  ``1 - span_fraction``). It is fitted to ``dW_h``, so it is a ceiling, not a method;
 * with a replica zoo (the same recipe, another seed: another LoRA init and data order), the same
   numbers for the replica's update of h: how reproducible ``o_h`` is at all, i.e. the best any
   prompt-conditioned generator could hope to match.
@@ -58,13 +62,23 @@ class Space:
         den = self.norm(x) * self.norm(y)
         return self.dot(x, y) / den if den > 0 else float("nan")
 
+    def projection(self, x: np.ndarray, basis: Sequence[np.ndarray]) -> np.ndarray:
+        """Coefficients ``c`` of the point ``sum_i c_i basis_i`` of ``span(basis)`` closest to ``x``
+        (least squares in the Gram metric; the minimum-norm ``c`` when the basis is dependent)."""
+        b = np.stack(basis, axis=1)  # (n, k)
+        return np.linalg.lstsq(b.T @ self.gram @ b, b.T @ self.gram @ x, rcond=1e-10)[0]
+
     def span_fraction(self, x: np.ndarray, basis: Sequence[np.ndarray]) -> float:
         """Share of ``|x|^2`` in ``span(basis)`` (least squares in the Gram metric)."""
-        b = np.stack(basis, axis=1)  # (n, k)
-        bgb, bgx = b.T @ self.gram @ b, b.T @ self.gram @ x
-        w = np.linalg.lstsq(bgb, bgx, rcond=1e-10)[0]
+        b = np.stack(basis, axis=1)
         xx = self.dot(x, x)
-        return float(bgx @ w / xx) if xx > 0 else float("nan")
+        return float((b.T @ self.gram @ x) @ self.projection(x, basis) / xx) if xx > 0 else float("nan")
+
+
+def _affine_weights(train: Sequence[str], c: np.ndarray) -> dict[str, float]:
+    """``m + sum_t c_t (u_t - m)`` (``m`` the mean of the ``u_t``) as weights on the ``u_t``: they sum to 1."""
+    w = c + (1.0 - float(np.sum(c))) / len(train)
+    return {t: float(x) for t, x in zip(train, w, strict=True)}
 
 
 def sample_checkpoints(workdir: str | Path, task: str, k: int) -> list[Path]:
@@ -135,6 +149,8 @@ def analyse(workdir: str | Path, targets: Mapping[str, Sequence[str]], generated
             "cos_update_train_mean": space.cos(task_mean[h], m),
             "offset_rel_norm": space.norm(o_h) / space.norm(task_mean[h]),
             "span_fraction": space.span_fraction(o_h, offsets),
+            # m + P(o_h) as affine weights over the training tasks' updates: sum_t c_t (u_t - m) + m
+            "span_weights": _affine_weights(train, space.projection(o_h, offsets)),
             "checkpoint_spread_rel": float(spread / space.dot(o_h, o_h)),
             "train_offsets_mean_pairwise_cos": float(np.mean(pair_cos)) if pair_cos else float("nan"),
             "generated": {},

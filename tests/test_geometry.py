@@ -46,6 +46,7 @@ def test_span_fraction_in_and_out_of_span():
     assert space.span_fraction(e[0] + 2 * e[1], [e[0], e[1]]) == pytest.approx(1.0)
     assert space.span_fraction(e[2], [e[0], e[1]]) == pytest.approx(0.0, abs=1e-12)
     assert space.span_fraction(e[0] + e[2], [e[0], e[1], e[0] + e[1]]) == pytest.approx(0.5)  # redundant basis
+    np.testing.assert_allclose(space.projection(e[0] + 2 * e[1] + e[2], [e[0], e[1]]), [1.0, 2.0], atol=1e-12)
 
 
 def test_analyse_synthetic_zoo(tmp_path):
@@ -82,6 +83,17 @@ def test_analyse_synthetic_zoo(tmp_path):
     with pytest.raises(ValueError, match="outside the analysis"):
         weight_space.analyse(w, {"obqa": train}, {}, checkpoints_per_task=1,
                              combinations={"x": {"obqa": {"hellaswag": 1.0}}})
+    # span_weights: the affine combination of the training updates closest to the target's; its error is
+    # exactly the unreachable share, and no other affine weighting gets closer.
+    sw = row["span_weights"]
+    assert list(sw) == train and sum(sw.values()) == pytest.approx(1.0, abs=1e-12)
+    rng = np.random.default_rng(0)
+    others = {f"r{i}": {"obqa": dict(zip(train, [sw[t] + d for t, d in zip(train, v - v.mean(), strict=True)],
+                                         strict=True))} for i, v in enumerate(rng.normal(0, 0.3, (5, 3)))}
+    again = weight_space.analyse(w, {"obqa": train}, {}, checkpoints_per_task=4,
+                                 combinations={"span": {"obqa": sw}} | others)["targets"]["obqa"]["generated"]
+    assert again["span"]["rel_err"] == pytest.approx(1.0 - row["span_fraction"], abs=1e-9)
+    assert all(again[f"r{i}"]["rel_err"] > again["span"]["rel_err"] for i in range(5))
     curve = row["span_curve"]
     assert [c["k"] for c in curve] == [1, 2, 3]
     assert all(0 <= c["min"] <= c["mean"] <= c["max"] <= 1 + 1e-9 for c in curve)

@@ -52,6 +52,19 @@ def test_merge_recipe_refuses_bad_weights_and_changed_sources(synth, tiny_base, 
     for bad in ([0.5], [0.7, 0.7], [1.5, -0.5], [float("nan"), 1.0]):
         with pytest.raises(ValueError, match="merge weights"):
             baselines.write_merge_spec(ckpts, tmp_path / "bad", bad)
+    # Signed (affine) weights only when asked for: folded exactly as W + sum_k w_k s_k B_k A_k, w_2 < 0.
+    signed = baselines.write_merge_spec(ckpts, tmp_path / "signed", [1.5, -0.5], signed=True)
+    with pytest.raises(ValueError, match="finite numbers summing to 1"):
+        baselines.write_merge_spec(ckpts, tmp_path / "bad", [1.5, -0.4], signed=True)
+    key = "base_model.model.model.layers.0.self_attn.q_proj"
+    with evaluate.model_with_adapter(tiny_base, signed) as (model, _):
+        folded = model.model.layers[0].self_attn.q_proj.weight.detach().double().numpy()
+    with evaluate.model_with_adapter(tiny_base, None) as (model, _):
+        want = model.model.layers[0].self_attn.q_proj.weight.detach().double().numpy()
+    for wk, c in zip([1.5, -0.5], ckpts, strict=True):
+        sd, sc = zoo.load_state_dict(c), baselines.lora_scaling(zoo.adapter_config(c))
+        want += wk * sc * sd[f"{key}.lora_B.weight"].astype(np.float64) @ sd[f"{key}.lora_A.weight"].astype(np.float64)
+    np.testing.assert_allclose(folded, want, atol=1e-5)
     spec = baselines.write_merge_spec(ckpts, tmp_path / "spec")
     data = bytearray((ckpts[1] / zoo.ADAPTER_WEIGHTS).read_bytes())
     data[-8:] = b"\x00\x00\xc0\x7f\x00\x00\xc0\x7f"  # two NaNs at the end of the last tensor
@@ -133,13 +146,20 @@ def test_scaling_curve_end_to_end_and_resume(tmp_path):
     res = scaling.run(config, workdir, str(docs))
     assert list(res["pools"]) == [2] and "2 of 4" in res["skipped"][4]
     row = res["pools"][2]["targets"]["piqa"]
-    for name in ("dnd", "merged", "simmerge", "nearest", "train_mean"):
+    for name in ("dnd", "merged", "simmerge", "nearest", "train_mean", "span_oracle"):
         assert row["systems"][name]["cloze"]["n"] == 6
     assert row["nearest_task"] in ("arc_e", "boolq") and row["train_mean_sample"] == ["arc_e", "boolq"]
     merged = json.loads((workdir / "scaling/K002/adapters/merged" / baselines.MERGE_SPEC).read_text())
     assert [s["weight"] for s in merged["sources"]] == [0.5, 0.5]
     cmp = res["comparisons"][2]["cloze"]
     assert set(cmp["mean"]) == set(scaling.COMPARISONS) and cmp["mean"]["merged"]["targets"] == 1
+    # The span oracle: pool K's LoRAs with the geometry's affine weights, as a folded recipe, paired with merged.
+    spec = json.loads((workdir / "scaling/K002/adapters/span_oracle_piqa" / baselines.MERGE_SPEC).read_text())
+    span_w = res["pools"][2]["geometry"]["piqa"]["span_weights"]
+    assert [s["weight"] for s in spec["sources"]] == [span_w[t] for t in ("arc_e", "boolq")]
+    assert sum(span_w.values()) == pytest.approx(1.0) and row["span_oracle_weight_l1"] >= 1.0 - 1e-9
+    assert cmp["ceiling"]["mean"]["diff"] == pytest.approx(
+        np.mean(row["systems"]["span_oracle"]["cloze"]["correct"]) - np.mean(row["systems"]["merged"]["cloze"]["correct"]))
     geo = res["pools"][2]["geometry"]["piqa"]
     assert 0.0 <= geo["span_fraction"] <= 1.0 + 1e-9 and -1 <= geo["dnd_cos_to_offset"] <= 1
     fit = res["pools"][2]["fit"]  # in-sample: the generator's adapters for its own training tasks
@@ -161,7 +181,8 @@ def test_scaling_curve_end_to_end_and_resume(tmp_path):
     for f in ("results.json", "results.md", "curve.png"):
         assert (docs / f).is_file()
     assert "correct" not in (docs / "results.json").read_text()
-    assert "| piqa | 2 |" in (docs / "results.md").read_text()
+    assert "| piqa | 2 |" in (docs / "results.md").read_text() and "| span_oracle - merged |" in (
+        docs / "results.md").read_text()
     assert f"| {fit['mean_cos_to_offset']:+.3f} | {fit['mean_rel_err']:.3f} |" in (docs / "results.md").read_text()
     assert -1 <= geo["simmerge_cos_to_offset"] <= 1 and geo["dnd_rel_err"] >= 0
 
