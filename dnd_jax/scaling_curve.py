@@ -312,8 +312,11 @@ def run(config, workdir: str | Path, docs: str = "", only_sizes: Sequence[int] =
                                 "variant_overrides": settings_diff(generator_settings(default_config), generator_settings(
                                     config)) if variant and default_config is not None else {}},
                    "refs": _target_refs(config, workdir, ref), "pools": {}, "skipped": {}}
+        kept = previous_pools(out_dir, results["protocol"], all_pools) if only_sizes else {}
         for k, pool in sorted(all_pools.items()):
             if only_sizes and k not in only_sizes:
+                if k in kept:
+                    results["pools"][k] = kept[k]
                 continue
             missing = [t for t in pool if not is_collected(workdir, t)]
             if missing:
@@ -372,6 +375,22 @@ def fit_adapters(config, workdir: Path, k: int, pool: list[str], variant: str = 
 def _step_stats(generated: dict) -> dict:
     return {"cos_to_offset": generated["cos_to_offset"], "step_rel_norm": generated["step_rel_norm"],
             "rel_err": generated["rel_err"]}
+
+
+def previous_pools(out_dir: Path, protocol: dict, all_pools: dict[int, list[str]]) -> dict[int, dict]:
+    """Pools measured by an earlier run into ``out_dir`` under the same protocol, by K.
+
+    A run limited to ``--sizes`` keeps them in its report (a pool measured under another protocol, or
+    with another task list, is dropped from it: its files stay in ``W/scaling/K<K>``).
+    """
+    path = out_dir / "results.json"
+    if not path.is_file():
+        return {}
+    old = json.loads(path.read_text())
+    if old.get("protocol") != json.loads(json.dumps(protocol)):
+        return {}
+    return {int(k): row for k, row in old.get("pools", {}).items()
+            if int(k) in all_pools and row.get("pool") == all_pools[int(k)]}
 
 
 def pool_geometry(config, workdir: Path, k: int, pool: list[str], variant: str = "",

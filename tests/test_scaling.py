@@ -192,6 +192,18 @@ def test_scaling_curve_end_to_end_and_resume(tmp_path):
     # K=2 was resumed from disk: the same generated adapter and the same (cached) numbers
     assert again["pools"][2]["targets"]["piqa"]["systems"]["dnd"]["cloze"]["correct"] == \
         row["systems"]["dnd"]["cloze"]["correct"]
+    # --sizes reruns one pool and keeps the others (same protocol) in the report.
+    only4 = scaling.run(config, workdir, str(docs), only_sizes=[4])
+    assert sorted(only4["pools"]) == [2, 4] and sorted(only4["comparisons"]) == [2, 4]
+    assert only4["pools"][2]["targets"]["piqa"]["systems"]["dnd"]["cloze"]["correct"] == \
+        row["systems"]["dnd"]["cloze"]["correct"]
+    assert "| piqa | 2 |" in (docs / "results.md").read_text() and "| piqa | 4 |" in (docs / "results.md").read_text()
+    saved = (workdir / "scaling/results.json").read_text()
+    stored = json.loads(saved)
+    stored["protocol"]["eval_limit"] = 99  # measured under another protocol: not carried into the report
+    (workdir / "scaling/results.json").write_text(json.dumps(stored))
+    assert sorted(scaling.run(config, workdir, only_sizes=[4])["pools"]) == [4]
+    (workdir / "scaling/results.json").write_text(saved)
     with pytest.raises(scaling.InputError, match="not among"):
         scaling.run(config, workdir, only_sizes=[3])
 
