@@ -40,7 +40,7 @@ METRICS = "metrics.jsonl"
 # Config keys that do not change the trained weights (cadence, paths, later stages).
 _NOT_RECIPE = ("log_steps", "ckpt_steps", "keep_ckpts", "eval_steps", "zoo_workdir", "mesh", "min_shard_size",
                "sharding", "sharding_unsplit",
-               "generate", "eval", "experiment", "zoo")
+               "generate", "eval", "experiment", "zoo", "scaling")
 # Recipe keys added later, with the value a recipe saved before them meant.
 _RECIPE_LEGACY = {"wd_mults": "ndim>1 (kernels, 2-D biases and norm scales)"}
 # Recipe keys added later whose default reproduces exactly what runs saved before them did: a saved

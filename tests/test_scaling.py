@@ -265,3 +265,19 @@ def test_memoized_embedder_encodes_each_text_once():
     np.testing.assert_array_equal(b, embed(["yy", "zzz"]))
     cands = {"t1": ["x", "yy"], "t2": ["zzz"]}
     assert baselines.similarity_weights(["x"], cands, memo) == baselines.similarity_weights(["x"], cands, embed)
+
+
+def test_curve_settings_do_not_retrain_generators():
+    """config.scaling (simmerge temperature, metrics, ...) changes evaluation only: a generator saved under
+    other settings (even one saved when config.scaling was part of the recipe) resumes; a real change does not."""
+    from dnd_jax import trainer
+
+    config = _config()
+    fp = {"train_tasks": ["piqa", "arc_e"]}
+    saved = {"recipe": trainer._recipe(config) | {"scaling": {"temperature": 0.05}}, "data": fp}
+    other = _config()
+    other.scaling.temperature = 0.5
+    assert "scaling" not in trainer._recipe(other)
+    assert trainer._resume_diff(saved, other, fp) == []
+    other.lr = config.lr * 2
+    assert trainer._resume_diff(saved, other, fp) == ["config.lr"]
