@@ -7,7 +7,7 @@ than merged), for weightings w of the pool's final LoRAs:
 
 - ``simmerge``: softmax over tasks of cos(mean MiniLM prompt embeddings) / 0.05 (the curve's);
 - ``kernel``: ``(1 - lam) / K + lam * softmax(cos / T)`` with (T, lam) chosen on the pool alone by
-  leave-one-out: each pool task reconstructed from the others (label-free at test time, like DnD);
+  leave-one-out (:func:`dnd_jax.baselines.tune_kernel`; the curve's ``simmerge_tuned``);
 - ``metric_r<R>``: the same with a learned rank-R correction of the embedding metric,
   ``cos_M(a, b) = a^T (I + U V^T) b``, fitted by the same leave-one-out loss (Adam, weight decay);
 - ``span_oracle``: the best affine weighting, fitted to dW_h itself (``1 - reachable share``): the
@@ -33,9 +33,6 @@ from configs import smollm2_many  # noqa: E402
 from dnd_jax import assets, baselines, plan, scaling_curve, weight_space, zoo  # noqa: E402
 from dnd_jax.weights.lora import load_factors, update_gram  # noqa: E402
 
-TEMPS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
-LAMS = (0.1, 0.25, 0.5, 0.75, 1.0)
-
 
 def rel_dist(gram: np.ndarray, pool: np.ndarray, h: int, w: np.ndarray) -> np.ndarray:
     """Rows of ``w`` (weights over ``pool``): squared distance to update ``h`` over the uniform merge's."""
@@ -44,25 +41,6 @@ def rel_dist(gram: np.ndarray, pool: np.ndarray, h: int, w: np.ndarray) -> np.nd
     d2 = np.einsum("ij,jk,ik->i", w, g, w) - 2 * w @ gh + gram[h, h]
     u = np.full(len(pool), 1.0 / len(pool))
     return d2 / (u @ g @ u - 2 * u @ gh + gram[h, h])
-
-
-def kernel_weights(sims: np.ndarray, temp: float, lam: float) -> np.ndarray:
-    z = np.exp((sims - sims.max(axis=-1, keepdims=True)) / temp)
-    return (1 - lam) / sims.shape[-1] + lam * z / z.sum(axis=-1, keepdims=True)
-
-
-def loo_kernel(gram: np.ndarray, sim: np.ndarray, pool: np.ndarray) -> tuple[float, float, float]:
-    """(T, lam, mean leave-one-out relative distance) of the best grid point on ``pool``."""
-    best = (np.inf, 0.0, 0.0)
-    for temp in TEMPS:
-        for lam in LAMS:
-            errs = []
-            for i in pool:
-                rest = pool[pool != i]
-                errs.append(rel_dist(gram, rest, i, kernel_weights(sim[i, rest], temp, lam))[0])
-            if np.mean(errs) < best[0]:
-                best = (float(np.mean(errs)), temp, lam)
-    return best[1], best[2], best[0]
 
 
 def learned_metric(gram: np.ndarray, emb: np.ndarray, pool: np.ndarray, targets: np.ndarray, rank: int,
@@ -149,10 +127,12 @@ def main() -> None:
     for k in sizes:
         # the first k collected tasks of the pool order (= the curve's pool K while the prefix is collected)
         pool = np.arange(k)
-        temp, lam, loo = loo_kernel(gram, sim, pool)
-        row = {"k": k, "kernel_T": temp, "kernel_lam": lam, "kernel_loo": loo, "targets": {}}
-        per = {"simmerge": [rel_dist(gram, pool, h, kernel_weights(sim[h, pool], 0.05, 1.0))[0] for h in tidx],
-               "kernel": [rel_dist(gram, pool, h, kernel_weights(sim[h, pool], temp, lam))[0] for h in tidx],
+        best = baselines.tune_kernel(gram[np.ix_(pool, pool)], sim[np.ix_(pool, pool)])
+        temp, lam = best["temperature"], best["mix"]
+        row = {"k": k, "kernel_T": temp, "kernel_lam": lam, "kernel_loo": best["loo_rel"], "targets": {}}
+        per = {"simmerge": [rel_dist(gram, pool, h, baselines.kernel_weights(sim[h, pool], 0.05, 1.0))[0]
+                            for h in tidx],
+               "kernel": [rel_dist(gram, pool, h, baselines.kernel_weights(sim[h, pool], temp, lam))[0] for h in tidx],
                "span_oracle": [span_oracle(gram, pool, h) for h in tidx]}
         for rank in [int(r) for r in args.ranks.split(",") if r]:
             loo_m, rel = learned_metric(gram, emb, pool, tidx, rank, args.weight_decay)
@@ -165,7 +145,8 @@ def main() -> None:
         print(f"K={k}: " + ", ".join(f"{n} {row[f'{n}_mean']:.3f}" for n in per), flush=True)
     out = Path(args.out)
     res = {"collected_pool_tasks": len(done), "pool_tasks": len(order), "setup_s": round(setup_s, 1),
-           "grid": {"T": TEMPS, "lam": LAMS}, "weight_decay": args.weight_decay, "rows": rows}
+           "grid": {"T": baselines.KERNEL_TEMPERATURES, "lam": baselines.KERNEL_MIXES},
+           "weight_decay": args.weight_decay, "rows": rows}
     assets.write_json_atomic(out / "results.json", res)
     names_cols = [n for n in rows[0]["targets"]]
     lines = ["# Weight-space headroom of label-free weightings of the pool's LoRAs", "",

@@ -224,6 +224,53 @@ def similarity_weights(target_prompts: Sequence[str], candidates: dict[str, Sequ
     return dict(zip(names, w.tolist(), strict=True)), dict(zip(names, sims.tolist(), strict=True))
 
 
+KERNEL_TEMPERATURES = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+KERNEL_MIXES = (0.1, 0.25, 0.5, 0.75, 1.0)
+
+
+def kernel_weights(sims: np.ndarray, temperature: float, mix: float) -> np.ndarray:
+    """``(1 - mix) / K + mix * softmax(sims / temperature)`` along the last axis (rows sum to 1)."""
+    sims = np.asarray(sims, dtype=np.float64)
+    z = np.exp((sims - sims.max(axis=-1, keepdims=True)) / temperature)
+    return (1.0 - mix) / sims.shape[-1] + mix * z / z.sum(axis=-1, keepdims=True)
+
+
+def tune_kernel(gram: np.ndarray, sims: np.ndarray, temperatures: Sequence[float] = KERNEL_TEMPERATURES,
+                mixes: Sequence[float] = KERNEL_MIXES) -> dict:
+    """Leave-one-out choice of the similarity kernel's (temperature, mix) on K training tasks, no labels.
+
+    ``gram[i, j] = <dW_i, dW_j>`` over the tasks' LoRA updates; ``sims[i, j]`` the cosine of their mean
+    prompt embeddings. Each task i is rebuilt from the others with :func:`kernel_weights` of its
+    similarities to them; the loss is ``|sum_j w_j dW_j - dW_i|^2`` relative to the uniform merge of
+    the others', averaged over i. Returns the best grid point, its loss (``loo_rel``; below 1: the
+    kernel rebuilds a left-out task better than averaging) and the whole grid.
+    """
+    gram, sims = np.asarray(gram, np.float64), np.asarray(sims, np.float64)
+    k = len(gram)
+    if k < 3 or gram.shape != (k, k) or sims.shape != (k, k):
+        raise ValueError(f"tune_kernel needs K >= 3 tasks and K x K gram and sims, got {gram.shape}, {sims.shape}")
+
+    def loss(temperature: float, mix: float) -> float:
+        rel = []
+        for i in range(k):
+            rest = np.delete(np.arange(k), i)
+            g, gi = gram[np.ix_(rest, rest)], gram[rest, i]
+            w = kernel_weights(sims[i, rest], temperature, mix)
+            u = np.full(k - 1, 1.0 / (k - 1))
+            rel.append((w @ g @ w - 2 * w @ gi + gram[i, i]) / (u @ g @ u - 2 * u @ gi + gram[i, i]))
+        return float(np.mean(rel))
+
+    grid = {(float(t), float(m)): loss(t, m) for t in temperatures for m in mixes}
+    (t, m), best = min(grid.items(), key=lambda kv: (kv[1], -kv[0][0]))
+    return {"temperature": t, "mix": m, "loo_rel": best,
+            "grid": [{"temperature": a, "mix": b, "loo_rel": v} for (a, b), v in grid.items()]}
+
+
+def mean_directions(embed: Embedder, prompt_sets: Sequence[Sequence[str]], max_prompts: int = 256) -> np.ndarray:
+    """Unit mean embedding of each prompt set's first ``max_prompts`` prompts, one row per set."""
+    return np.stack([_mean_direction(embed, list(ps)[:max_prompts]) for ps in prompt_sets])
+
+
 def _ckpt_id(ckpt: Path) -> str:
     return zoo.checkpoint_meta(ckpt).get("sha256") or assets.file_sha256(ckpt / zoo.ADAPTER_WEIGHTS)
 

@@ -16,6 +16,10 @@ the targets' families), for each K in ``pool_sizes``, so pools are nested. For e
    - ``simmerge``: the similarity-weighted merge: each pool LoRA weighted by the softmax over tasks of
      cos(mean MiniLM embedding of the target's condition prompts, of the task's zoo prompts) /
      ``scaling.temperature`` (label-free, like DnD; temperature -> inf is merged, -> 0 is nearest);
+   - ``simmerge_tuned`` (``scaling.tuned_simmerge``, with the geometry; default generator only): the
+     same cosines through ``(1 - mix) / K + mix * softmax(cos / T)`` with (T, mix) chosen on the pool
+     alone by leave-one-out reconstruction of each pool task's LoRA from the others' in weight space
+     (:func:`dnd_jax.baselines.tune_kernel`): label-free, tuned without the targets;
    - ``nearest``: the pool LoRA with the highest such cosine;
    - ``train_mean``: the per-question mean over the first ``scaling.mean_sample`` LoRAs of the
      pool order (a random sample shared by every pool; :func:`training_sample`), each evaluated on
@@ -61,8 +65,8 @@ import numpy as np
 from dnd_jax import assets, base_model, baselines, locking, plan, report, scoring, task_pools, zoo
 from dnd_jax.errors import InputError
 
-SYSTEMS = ("base", "train_mean", "merged", "simmerge", "nearest", "dnd", "span_oracle", "oracle")
-COMPARISONS = ("merged", "simmerge", "train_mean", "base")
+SYSTEMS = ("base", "train_mean", "merged", "simmerge", "simmerge_tuned", "nearest", "dnd", "span_oracle", "oracle")
+COMPARISONS = ("merged", "simmerge", "simmerge_tuned", "train_mean", "base")
 CEILING = ("span_oracle", "merged")  # the best combination of the pool's LoRAs against their average, paired
 VARIANT_COMPARISON = "dnd_default"  # a variant's DnD against the default generator's, paired
 # Config sections that define the curve's data and baselines, not the generator: fixed across variants.
@@ -111,7 +115,7 @@ def settings(config) -> dict:
     return {"metrics": tuple(sc.get("metrics", ("cloze",))), "temperature": float(sc.get("temperature", 0.05)),
             "mean_sample": int(sc.get("mean_sample", 12)), "seed": int(sc.get("seed", 0)),
             "geometry": bool(sc.get("geometry", True)), "fit_sample": int(sc.get("fit_sample", 8)),
-            "span_oracle": bool(sc.get("span_oracle", True))}
+            "span_oracle": bool(sc.get("span_oracle", True)), "tuned_simmerge": bool(sc.get("tuned_simmerge", True))}
 
 
 def pools(config) -> dict[int, list[str]]:
@@ -258,14 +262,16 @@ def compare(results: dict, n_boot: int = 1000) -> dict:
         metrics = sorted({m for row in pres["targets"].values() for m in row["systems"]["dnd"]})
         for metric in metrics:
             entry = {"per_target": {}, "mean": {}}
-            others = COMPARISONS + ((VARIANT_COMPARISON,) if all(
-                VARIANT_COMPARISON in row["systems"] for row in pres["targets"].values()) else ())
+            def record(target, row, name, metric=metric):
+                return (row["systems"].get(name) or {}).get(metric) or results["refs"][target][metric].get(name)
+
+            others = [o for o in (*COMPARISONS, VARIANT_COMPARISON)  # those every target of this pool has
+                      if all(record(t, row, o) for t, row in pres["targets"].items())]
             for other in others:
                 pairs = []
                 for target, row in pres["targets"].items():
                     a = row["systems"]["dnd"][metric]["correct"]
-                    b = ((row["systems"].get(other) or {}).get(metric)
-                         or results["refs"][target][metric][other])["correct"]
+                    b = record(target, row, other)["correct"]
                     entry["per_target"].setdefault(target, {})[other] = scoring.paired_bootstrap(a, b, n_boot)
                     pairs.append((a, b))
                 entry["mean"][other] = stratified_paired_bootstrap(pairs, n_boot)
@@ -325,10 +331,10 @@ def run(config, workdir: str | Path, docs: str = "", only_sizes: Sequence[int] =
             results["pools"][k] = run_pool(config, workdir, k, pool, ref, embed, variant)
             if settings(config)["geometry"]:
                 row = results["pools"][k]
-                row["geometry"], row["fit"] = pool_geometry(
+                row["geometry"], row["fit"], pool_gram = pool_geometry(
                     config, workdir, k, pool, variant, {t: r["simmerge_weights"] for t, r in row["targets"].items()})
-                if settings(config)["span_oracle"] and not variant:
-                    evaluate_span_oracle(config, workdir, k, pool, row, ref)
+                if not variant:
+                    evaluate_weightings(config, workdir, k, pool, row, ref, pool_gram, embed)
             results["comparisons"] = compare(results, int(config.eval.bootstrap))
             write(results, out_dir, docs_dir)
         results["comparisons"] = compare(results, int(config.eval.bootstrap))
@@ -338,18 +344,34 @@ def run(config, workdir: str | Path, docs: str = "", only_sizes: Sequence[int] =
     return results
 
 
-def evaluate_span_oracle(config, workdir: Path, k: int, pool: list[str], row: dict, ref) -> None:
-    """Add ``span_oracle`` to every target's systems in ``row`` (pool K's results, with its geometry)."""
+def evaluate_weightings(config, workdir: Path, k: int, pool: list[str], row: dict, ref, pool_gram: np.ndarray,
+                        embed) -> None:
+    """Add ``span_oracle`` and ``simmerge_tuned`` (as enabled in ``config.scaling``) to every target's
+    systems in ``row`` (pool K's results, with its geometry); ``pool_gram``: the pool's update Gram."""
+    st = settings(config)
     finals = [zoo.final_checkpoint(workdir, t) for t in pool]
+    adapters = workdir / "scaling" / f"K{k:03d}" / "adapters"
+    tuned = st["tuned_simmerge"] and len(pool) >= 3  # leave-one-out needs two tasks left to weigh
+    if tuned:
+        pool_dirs = baselines.mean_directions(embed, [zoo.prompts(workdir, t) for t in pool])
+        kernel = baselines.tune_kernel(pool_gram, pool_dirs @ pool_dirs.T)
+        row["simmerge_tuned"] = kernel
     for target, trow in row["targets"].items():
-        w = row["geometry"][target]["span_weights"]
-        spec = baselines.write_merge_spec(finals, workdir / "scaling" / f"K{k:03d}" / "adapters" /
-                                          f"span_oracle_{target}", [w[t] for t in pool], signed=True)
-        trow["span_oracle_weight_l1"] = float(np.sum(np.abs(list(w.values()))))
-        for metric in settings(config)["metrics"]:
-            rec = _evaluate(ref, spec, target, metric, config, workdir)
-            trow["systems"].setdefault("span_oracle", {})[metric] = {
-                "acc": rec["accuracy"], "ci": rec["ci"], "n": rec["n"], "correct": rec["correct"]}
+        specs = {}
+        if st["span_oracle"]:
+            w = row["geometry"][target]["span_weights"]
+            specs["span_oracle"] = baselines.write_merge_spec(finals, adapters / f"span_oracle_{target}",
+                                                              [w[t] for t in pool], signed=True)
+            trow["span_oracle_weight_l1"] = float(np.sum(np.abs(list(w.values()))))
+        if tuned:
+            sims = baselines.mean_directions(embed, [plan.condition_prompts(config, target)]) @ pool_dirs.T
+            w = baselines.kernel_weights(sims[0], kernel["temperature"], kernel["mix"])
+            specs["simmerge_tuned"] = baselines.write_merge_spec(finals, adapters / f"simmerge_tuned_{target}", w)
+        for name, spec in specs.items():
+            for metric in st["metrics"]:
+                rec = _evaluate(ref, spec, target, metric, config, workdir)
+                trow["systems"].setdefault(name, {})[metric] = {
+                    "acc": rec["accuracy"], "ci": rec["ci"], "n": rec["n"], "correct": rec["correct"]}
 
 
 def fit_adapters(config, workdir: Path, k: int, pool: list[str], variant: str = "") -> dict[str, Path]:
@@ -394,8 +416,9 @@ def previous_pools(out_dir: Path, protocol: dict, all_pools: dict[int, list[str]
 
 
 def pool_geometry(config, workdir: Path, k: int, pool: list[str], variant: str = "",
-                  simmerge_weights: dict[str, dict[str, float]] | None = None) -> tuple[dict, dict]:
-    """(geometry, in-sample fit) of pool K, from one pass over its checkpoints.
+                  simmerge_weights: dict[str, dict[str, float]] | None = None) -> tuple[dict, dict, np.ndarray]:
+    """(geometry, in-sample fit, the pool's update Gram in pool order) of pool K, from one pass over
+    its checkpoints.
 
     Geometry: the reachable share of each target's offset in pool K's span, and DnD's (and
     simmerge's) step direction. Steps are measured from the pool mean (the merged adapter):
@@ -418,7 +441,10 @@ def pool_geometry(config, workdir: Path, k: int, pool: list[str], variant: str =
     res = weight_space.analyse(workdir, {t: pool for t in [*targets, *fit_paths]},
                                {"dnd": {t: dnd_dir(workdir, k, t, variant) for t in targets} | fit_paths},
                                checkpoints_per_task=1, subsets_per_size=1,
-                               combinations={"simmerge": simmerge_weights} if simmerge_weights else None)
+                               combinations={"simmerge": simmerge_weights} if simmerge_weights else None,
+                               return_gram=True)
+    idx = [res["tasks"].index(t) for t in pool]
+    pool_gram = res["task_gram"][np.ix_(idx, idx)]
     geometry = {}
     for t in targets:
         r = res["targets"][t]
@@ -427,14 +453,14 @@ def pool_geometry(config, workdir: Path, k: int, pool: list[str], variant: str =
         for label, g in r["generated"].items():
             geometry[t] |= {f"{label}_{key}": v for key, v in _step_stats(g).items()}
     if not fit_paths:
-        return geometry, {}
+        return geometry, {}, pool_gram
     per_task = {t: _step_stats(res["targets"][t]["generated"]["dnd"]) for t in fit_paths}
     # A similarity-centered generator's center for a training task's own prompts weighs that task itself
     # (it is in the bank), so its in-sample fit says little about the decoder: flagged, not hidden.
     fit = {"tasks": per_task, "mean_cos_to_offset": float(np.mean([v["cos_to_offset"] for v in per_task.values()])),
            "mean_rel_err": float(np.mean([v["rel_err"] for v in per_task.values()])),
            "self_centered": centering.settings(config)["mode"] == "similarity"}
-    return geometry, fit
+    return geometry, fit, pool_gram
 
 
 def zoo_status(config, workdir: str | Path) -> dict:

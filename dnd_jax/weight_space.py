@@ -95,7 +95,8 @@ def sample_checkpoints(workdir: str | Path, task: str, k: int) -> list[Path]:
 def analyse(workdir: str | Path, targets: Mapping[str, Sequence[str]], generated: Mapping[str, Mapping[str, Path]],
             checkpoints_per_task: int = 4, replicas: Mapping[str, str | Path] | None = None,
             subsets_per_size: int = 20, seed: int = 0, reference: str = "dnd",
-            combinations: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None) -> dict:
+            combinations: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None,
+            return_gram: bool = False) -> dict:
     """Per-target geometry (see the module docstring) and the tasks' offset cosines.
 
     ``targets`` maps each held-out task to its training tasks; ``generated[label][target]`` is an
@@ -108,6 +109,7 @@ def analyse(workdir: str | Path, targets: Mapping[str, Sequence[str]], generated
     far prompts of another task, or another sample of the same task's, move the generator's output.
     ``combinations[label][target]`` maps training tasks to weights: the point ``sum_t w_t * task_mean[t]``
     (e.g. the similarity-weighted merge, in the merge's own update space) is measured like an adapter.
+    ``return_gram``: also ``task_gram``, the inner products of the tasks' mean updates (order: ``tasks``).
     """
     if not targets:
         raise InputError("no held-out targets to analyse (config.experiment.holdouts and cross_domain are empty)")
@@ -189,6 +191,9 @@ def analyse(workdir: str | Path, targets: Mapping[str, Sequence[str]], generated
     all_mean = np.mean([task_mean[t] for t in tasks], axis=0)
     offs = {t: task_mean[t] - all_mean for t in tasks}
     out["tasks"] = tasks
+    if return_gram:
+        pts = np.stack([task_mean[t] for t in tasks])
+        out["task_gram"] = pts @ space.gram @ pts.T
     out["offset_cosine"] = [[space.cos(offs[a], offs[b]) for b in tasks] for a in tasks]
     out["update_cosine"] = [[space.cos(task_mean[a], task_mean[b]) for b in tasks] for a in tasks]
     return out

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from configs import tiny
-from dnd_jax import baselines, evaluate, scaling, zoo
+from dnd_jax import baselines, evaluate, plan, scaling, zoo
 from dnd_jax.testing import make_synthetic_zoo
 
 
@@ -152,7 +152,7 @@ def test_scaling_curve_end_to_end_and_resume(tmp_path):
     merged = json.loads((workdir / "scaling/K002/adapters/merged" / baselines.MERGE_SPEC).read_text())
     assert [s["weight"] for s in merged["sources"]] == [0.5, 0.5]
     cmp = res["comparisons"][2]["cloze"]
-    assert set(cmp["mean"]) == set(scaling.COMPARISONS) and cmp["mean"]["merged"]["targets"] == 1
+    assert set(cmp["mean"]) == set(scaling.COMPARISONS) - {"simmerge_tuned"} and cmp["mean"]["merged"]["targets"] == 1
     # The span oracle: pool K's LoRAs with the geometry's affine weights, as a folded recipe, paired with merged.
     spec = json.loads((workdir / "scaling/K002/adapters/span_oracle_piqa" / baselines.MERGE_SPEC).read_text())
     span_w = res["pools"][2]["geometry"]["piqa"]["span_weights"]
@@ -189,6 +189,20 @@ def test_scaling_curve_end_to_end_and_resume(tmp_path):
     collect.collect(config, workdir, only=["hellaswag", "obqa"])
     again = scaling.run(config, workdir, str(docs))
     assert sorted(again["pools"]) == [2, 4] and not again["skipped"]
+    # simmerge_tuned from K = 3 on: the pool-tuned kernel of the target's cosines, as a folded recipe.
+    k4 = again["pools"][4]
+    assert "simmerge_tuned" not in again["pools"][2]["targets"]["piqa"]["systems"]
+    assert k4["targets"]["piqa"]["systems"]["simmerge_tuned"]["cloze"]["n"] == 6
+    kernel = k4["simmerge_tuned"]
+    assert kernel["temperature"] in baselines.KERNEL_TEMPERATURES and kernel["mix"] in baselines.KERNEL_MIXES
+    spec = json.loads((workdir / "scaling/K004/adapters/simmerge_tuned_piqa" / baselines.MERGE_SPEC).read_text())
+    embed = baselines.minilm_embedder()
+    dirs = baselines.mean_directions(embed, [zoo.prompts(workdir, t) for t in k4["pool"]])
+    sims = baselines.mean_directions(embed, [plan.condition_prompts(config, "piqa")]) @ dirs.T
+    np.testing.assert_allclose([s["weight"] for s in spec["sources"]],
+                               baselines.kernel_weights(sims[0], kernel["temperature"], kernel["mix"]), atol=1e-9)
+    assert "simmerge_tuned" in again["comparisons"][4]["cloze"]["mean"]
+    assert "simmerge_tuned" not in again["comparisons"][2]["cloze"]["mean"]
     # K=2 was resumed from disk: the same generated adapter and the same (cached) numbers
     assert again["pools"][2]["targets"]["piqa"]["systems"]["dnd"]["cloze"]["correct"] == \
         row["systems"]["dnd"]["cloze"]["correct"]
@@ -281,3 +295,23 @@ def test_curve_settings_do_not_retrain_generators():
     assert trainer._resume_diff(saved, other, fp) == []
     other.lr = config.lr * 2
     assert trainer._resume_diff(saved, other, fp) == ["config.lr"]
+
+
+def test_tuned_kernel_is_chosen_without_the_targets_by_leave_one_out():
+    rng = np.random.default_rng(0)
+    centers, dirs = rng.normal(size=(2, 50)), np.eye(2)
+    cluster = np.array([0, 0, 0, 1, 1, 1])
+    updates = centers[cluster] + 0.1 * rng.normal(size=(6, 50))
+    gram = updates @ updates.T
+    # Prompts that tell the clusters apart: a sharp kernel rebuilds a left-out task from its own cluster.
+    sims = dirs[cluster] @ dirs[cluster].T
+    best = baselines.tune_kernel(gram, sims)
+    assert best["mix"] == 1.0 and best["temperature"] <= 0.2 and best["loo_rel"] < 0.1
+    assert best["loo_rel"] == min(g["loo_rel"] for g in best["grid"]) and len(best["grid"]) == 35
+    # Uninformative prompts: every kernel is the uniform merge, exactly; ties go to the flattest kernel.
+    flat = baselines.tune_kernel(gram, np.ones((6, 6)))
+    assert flat["loo_rel"] == pytest.approx(1.0, abs=1e-12) and flat["temperature"] == max(baselines.KERNEL_TEMPERATURES)
+    w = baselines.kernel_weights(np.array([0.9, 0.1, 0.5]), 0.1, 0.5)
+    assert w.sum() == pytest.approx(1.0) and w.argmax() == 0 and w.min() >= 0.5 / 3
+    with pytest.raises(ValueError, match="K >= 3"):
+        baselines.tune_kernel(gram[:2, :2], sims[:2, :2])
