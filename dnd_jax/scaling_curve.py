@@ -259,28 +259,31 @@ def compare(results: dict, n_boot: int = 1000) -> dict:
     out = {}
     for k, pres in results["pools"].items():
         per_k = {}
-        metrics = sorted({m for row in pres["targets"].values() for m in row["systems"]["dnd"]})
+        # Targets in sorted order: the bootstrap draws them in sequence, and results.json (sorted keys)
+        # gives a pool read back from disk that order, so a fresh and a reloaded pool get the same CIs.
+        rows = dict(sorted(pres["targets"].items()))
+        metrics = sorted({m for row in rows.values() for m in row["systems"]["dnd"]})
         for metric in metrics:
             entry = {"per_target": {}, "mean": {}}
             def record(target, row, name, metric=metric):
                 return (row["systems"].get(name) or {}).get(metric) or results["refs"][target][metric].get(name)
 
             others = [o for o in (*COMPARISONS, VARIANT_COMPARISON)  # those every target of this pool has
-                      if all(record(t, row, o) for t, row in pres["targets"].items())]
+                      if all(record(t, row, o) for t, row in rows.items())]
             for other in others:
                 pairs = []
-                for target, row in pres["targets"].items():
+                for target, row in rows.items():
                     a = row["systems"]["dnd"][metric]["correct"]
                     b = record(target, row, other)["correct"]
                     entry["per_target"].setdefault(target, {})[other] = scoring.paired_bootstrap(a, b, n_boot)
                     pairs.append((a, b))
                 entry["mean"][other] = stratified_paired_bootstrap(pairs, n_boot)
             a_name, b_name = CEILING
-            if all(a_name in row["systems"] for row in pres["targets"].values()):
+            if all(a_name in row["systems"] for row in rows.values()):
                 pairs = [(row["systems"][a_name][metric]["correct"], row["systems"][b_name][metric]["correct"])
-                         for row in pres["targets"].values()]
+                         for row in rows.values()]
                 entry["ceiling"] = {"per_target": {t: scoring.paired_bootstrap(a, b, n_boot) for t, (a, b) in
-                                                   zip(pres["targets"], pairs, strict=True)},
+                                                   zip(rows, pairs, strict=True)},
                                     "mean": stratified_paired_bootstrap(pairs, n_boot)}
             per_k[metric] = entry
         out[k] = per_k

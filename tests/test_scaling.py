@@ -315,3 +315,18 @@ def test_tuned_kernel_is_chosen_without_the_targets_by_leave_one_out():
     assert w.sum() == pytest.approx(1.0) and w.argmax() == 0 and w.min() >= 0.5 / 3
     with pytest.raises(ValueError, match="K >= 3"):
         baselines.tune_kernel(gram[:2, :2], sims[:2, :2])
+
+
+def test_comparison_cis_do_not_depend_on_the_targets_stored_order():
+    """results.json sorts its keys: a pool read back from it must get the CIs a freshly measured one got."""
+    rng = np.random.default_rng(1)
+
+    def row(n):
+        return {"systems": {name: {"cloze": {"correct": rng.integers(0, 2, n).astype(float).tolist()}}
+                            for name in ("dnd", "merged")}}
+
+    targets = {"piqa": row(30), "arc_e": row(50)}
+    refs = {t: {"cloze": {}} for t in targets}
+    fresh = scaling.compare({"pools": {6: {"targets": targets}}, "refs": refs})
+    stored = scaling.compare({"pools": {6: {"targets": dict(sorted(targets.items()))}}, "refs": refs})
+    assert list(fresh[6]["cloze"]["mean"]) == ["merged"] and fresh == stored
