@@ -34,15 +34,6 @@ from dnd_jax import assets, baselines, plan, scaling_curve, weight_space, zoo  #
 from dnd_jax.weights.lora import load_factors, update_gram  # noqa: E402
 
 
-def rel_dist(gram: np.ndarray, pool: np.ndarray, h: int, w: np.ndarray) -> np.ndarray:
-    """Rows of ``w`` (weights over ``pool``): squared distance to update ``h`` over the uniform merge's."""
-    g, gh = gram[np.ix_(pool, pool)], gram[pool, h]
-    w = np.atleast_2d(w)
-    d2 = np.einsum("ij,jk,ik->i", w, g, w) - 2 * w @ gh + gram[h, h]
-    u = np.full(len(pool), 1.0 / len(pool))
-    return d2 / (u @ g @ u - 2 * u @ gh + gram[h, h])
-
-
 def learned_metric(gram: np.ndarray, emb: np.ndarray, pool: np.ndarray, targets: np.ndarray, rank: int,
                    weight_decay: float, steps: int = 400, seed: int = 0) -> tuple[float, np.ndarray]:
     """Leave-one-out fit of ``softmax(a^T (I + U V^T) b / T)`` mixed with uniform; relative distances of the targets."""
@@ -90,7 +81,7 @@ def learned_metric(gram: np.ndarray, emb: np.ndarray, pool: np.ndarray, targets:
         for _ in range(steps):
             p, state, val = step(p, state)
         w = np.asarray(weights(p, et, None))
-    return float(val), np.array([rel_dist(gram, pool, h, w[i])[0] for i, h in enumerate(targets)])
+    return float(val), np.array([baselines.relative_distance(gram, pool, h, w[i])[0] for i, h in enumerate(targets)])
 
 
 def span_oracle(gram: np.ndarray, pool: np.ndarray, h: int) -> float:
@@ -130,9 +121,9 @@ def main() -> None:
         best = baselines.tune_kernel(gram[np.ix_(pool, pool)], sim[np.ix_(pool, pool)])
         temp, lam = best["temperature"], best["mix"]
         row = {"k": k, "kernel_T": temp, "kernel_lam": lam, "kernel_loo": best["loo_rel"], "targets": {}}
-        per = {"simmerge": [rel_dist(gram, pool, h, baselines.kernel_weights(sim[h, pool], 0.05, 1.0))[0]
+        per = {"simmerge": [baselines.relative_distance(gram, pool, h, baselines.kernel_weights(sim[h, pool], 0.05, 1.0))[0]
                             for h in tidx],
-               "kernel": [rel_dist(gram, pool, h, baselines.kernel_weights(sim[h, pool], temp, lam))[0] for h in tidx],
+               "kernel": [baselines.relative_distance(gram, pool, h, baselines.kernel_weights(sim[h, pool], temp, lam))[0] for h in tidx],
                "span_oracle": [span_oracle(gram, pool, h) for h in tidx]}
         for rank in [int(r) for r in args.ranks.split(",") if r]:
             loo_m, rel = learned_metric(gram, emb, pool, tidx, rank, args.weight_decay)

@@ -235,6 +235,19 @@ def kernel_weights(sims: np.ndarray, temperature: float, mix: float) -> np.ndarr
     return (1.0 - mix) / sims.shape[-1] + mix * z / z.sum(axis=-1, keepdims=True)
 
 
+def relative_distance(gram: np.ndarray, pool: Sequence[int], target: int, weights: np.ndarray) -> np.ndarray:
+    """Squared distance of ``sum_j w_j dW_pool[j]`` to ``dW_target`` over the uniform merge's, per row of ``weights``.
+
+    ``gram[i, j] = <dW_i, dW_j>``; ``weights`` is one weighting over ``pool`` or a stack of them. Below
+    1: that weighting lands closer to the target's update than averaging the pool does.
+    """
+    pool = np.asarray(pool)
+    g, gh, hh = gram[np.ix_(pool, pool)], gram[pool, target], gram[target, target]
+    w = np.atleast_2d(np.asarray(weights, np.float64))
+    u = np.full(len(pool), 1.0 / len(pool))
+    return (np.einsum("ij,jk,ik->i", w, g, w) - 2 * w @ gh + hh) / (u @ g @ u - 2 * u @ gh + hh)
+
+
 def tune_kernel(gram: np.ndarray, sims: np.ndarray, temperatures: Sequence[float] = KERNEL_TEMPERATURES,
                 mixes: Sequence[float] = KERNEL_MIXES) -> dict:
     """Leave-one-out choice of the similarity kernel's (temperature, mix) on K training tasks, no labels.
@@ -254,10 +267,7 @@ def tune_kernel(gram: np.ndarray, sims: np.ndarray, temperatures: Sequence[float
         rel = []
         for i in range(k):
             rest = np.delete(np.arange(k), i)
-            g, gi = gram[np.ix_(rest, rest)], gram[rest, i]
-            w = kernel_weights(sims[i, rest], temperature, mix)
-            u = np.full(k - 1, 1.0 / (k - 1))
-            rel.append((w @ g @ w - 2 * w @ gi + gram[i, i]) / (u @ g @ u - 2 * u @ gi + gram[i, i]))
+            rel.append(relative_distance(gram, rest, i, kernel_weights(sims[i, rest], temperature, mix))[0])
         return float(np.mean(rel))
 
     grid = {(float(t), float(m)): loss(t, m) for t in temperatures for m in mixes}

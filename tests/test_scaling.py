@@ -317,6 +317,19 @@ def test_tuned_kernel_is_chosen_without_the_targets_by_leave_one_out():
         baselines.tune_kernel(gram[:2, :2], sims[:2, :2])
 
 
+def test_relative_distance_is_the_squared_distance_over_the_uniform_merges():
+    rng = np.random.default_rng(1)
+    updates = rng.normal(size=(5, 30))
+    gram = updates @ updates.T
+    pool, target = [0, 2, 3], 4
+    w = np.array([[0.5, 0.2, 0.3], [1 / 3, 1 / 3, 1 / 3], [1.5, -0.5, 0.0]])
+    got = baselines.relative_distance(gram, pool, target, w)
+    uniform = np.sum((updates[pool].mean(0) - updates[target]) ** 2)
+    want = [np.sum((wi @ updates[pool] - updates[target]) ** 2) / uniform for wi in w]
+    np.testing.assert_allclose(got, want, rtol=1e-10)
+    assert got[1] == pytest.approx(1.0)
+
+
 def test_comparison_cis_do_not_depend_on_the_targets_stored_order():
     """results.json sorts its keys: a pool read back from it must get the CIs a freshly measured one got."""
     rng = np.random.default_rng(1)
