@@ -592,12 +592,15 @@ def _geometry_lines(results: dict) -> list[str]:
              "distance to the target's LoRA over the merged adapter's (below 1: closer than merged). In-sample: "
              "the same generator's adapters for its own first training tasks, from their zoo prompts "
              "(near 1: it fits its training set, so a held-out gap is one of generalisation).", "",
-             "| K | reachable share | DnD cos | simmerge cos | DnD rel. error | simmerge rel. error | "
-             "DnD in-sample cos | in-sample rel. error |", "|---" * 8 + "|"]
+             "Step length: the step's norm relative to the target's offset (the ideal step has cos 1 and length 1; "
+             "a step in a direction of cos c is closest to the target at length c).", "",
+             "| K | reachable share | DnD cos | simmerge cos | DnD step length | simmerge step length | "
+             "DnD rel. error | simmerge rel. error | DnD in-sample cos | in-sample rel. error |", "|---" * 10 + "|"]
     for k in ks:
         geo, fit = results["pools"][k]["geometry"], results["pools"][k].get("fit") or {}
         lines.append(f"| {k} | {100 * float(np.mean([g['span_fraction'] for g in geo.values()])):.1f}% | "
                      f"{mean(geo, 'dnd_cos_to_offset', '+.3f')} | {mean(geo, 'simmerge_cos_to_offset', '+.3f')} | "
+                     f"{mean(geo, 'dnd_step_rel_norm', '.3f')} | {mean(geo, 'simmerge_step_rel_norm', '.3f')} | "
                      f"{mean(geo, 'dnd_rel_err', '.3f')} | {mean(geo, 'simmerge_rel_err', '.3f')} | "
                      + (f"{fit['mean_cos_to_offset']:+.3f}{'*' if fit.get('self_centered') else ''} | "
                         f"{fit['mean_rel_err']:.3f} |" if fit else "– | – |"))

@@ -185,6 +185,10 @@ def test_scaling_curve_end_to_end_and_resume(tmp_path):
         docs / "results.md").read_text()
     assert f"| {fit['mean_cos_to_offset']:+.3f} | {fit['mean_rel_err']:.3f} |" in (docs / "results.md").read_text()
     assert -1 <= geo["simmerge_cos_to_offset"] <= 1 and geo["dnd_rel_err"] >= 0
+    geos = res["pools"][2]["geometry"].values()
+    step_cells = " | ".join(f"{np.mean([g[f'{s}_step_rel_norm'] for g in geos]):.3f}" for s in ("dnd", "simmerge"))
+    assert "| DnD step length | simmerge step length |" in (docs / "results.md").read_text()
+    assert f"| {step_cells} |" in (docs / "results.md").read_text()
 
     collect.collect(config, workdir, only=["hellaswag", "obqa"])
     again = scaling.run(config, workdir, str(docs))
