@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -301,19 +302,74 @@ def minilm_embedder(batch_size: int = 64) -> Embedder:
     return embed
 
 
-def memoized(embed: Embedder) -> Embedder:
+def memoized(embed: Embedder, cache_dir: str | Path | None = None) -> Embedder:
     """``embed`` remembering every text's embedding: a task's prompts are encoded once per process,
     however many targets, pool sizes and variants compare against them (the scaling curve's 8 targets
-    x 345 pool slots x 256 prompts would otherwise be 706k encodings)."""
-    seen: dict[str, np.ndarray] = {}
+    x 345 pool slots x 256 prompts would otherwise be 706k encodings).
+
+    ``cache_dir``: also remember them across processes (one folder per embedding model: the caller
+    names it). Each call that encodes new texts adds one shard (safetensors: the texts' sha256 and
+    their float64 vectors, written to a temporary name and renamed), so a killed run leaves whole
+    shards only; a shard that does not read back as such is ignored (with a warning) and its texts
+    are encoded again. The vectors are the ones ``embed`` returned, bit for bit.
+    """
+    seen: dict[bytes, np.ndarray] = {}
+    folder = Path(cache_dir) if cache_dir is not None else None
+    if folder is not None and folder.is_dir():
+        for shard in sorted(folder.glob("*.safetensors")):
+            try:
+                keys, vecs = _read_embedding_shard(shard)
+            except Exception as e:  # noqa: BLE001 - any unreadable shard is recomputed, never used
+                warnings.warn(f"ignoring embedding cache shard {shard}: {e}", stacklevel=2)
+                continue
+            seen.update(zip(map(bytes, keys), vecs, strict=True))
 
     def embed_once(texts: list[str]) -> np.ndarray:
-        new = list(dict.fromkeys(t for t in texts if t not in seen))
+        keys = [hashlib.sha256(t.encode("utf-8")).digest() for t in texts]
+        new = {k: t for k, t in zip(keys, texts, strict=True) if k not in seen}
         if new:
-            seen.update(zip(new, np.asarray(embed(new), dtype=np.float64), strict=True))
-        return np.stack([seen[t] for t in texts]) if texts else np.zeros((0, 0))
+            vecs = np.asarray(embed(list(new.values())), dtype=np.float64)
+            if vecs.ndim != 2 or len(vecs) != len(new) or not np.isfinite(vecs).all():
+                raise ValueError(f"the embedder returned {vecs.shape} for {len(new)} texts (or non-finite values)")
+            seen.update(zip(new, vecs, strict=True))
+            if folder is not None:
+                _write_embedding_shard(folder, list(new), vecs)
+        return np.stack([seen[k] for k in keys]) if texts else np.zeros((0, 0))
 
     return embed_once
+
+
+def _write_embedding_shard(folder: Path, keys: list[bytes], vecs: np.ndarray) -> Path:
+    from safetensors.numpy import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {"sha256": np.frombuffer(b"".join(keys), np.uint8).reshape(len(keys), 32),
+              "vectors": np.ascontiguousarray(vecs, np.float64)}
+    name = hashlib.sha256(arrays["sha256"].tobytes()).hexdigest()[:24]
+    path = folder / f"{name}.safetensors"
+    tmp = folder / f".{name}.{os.getpid()}.tmp"
+    save_file(arrays, str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
+def _read_embedding_shard(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    t = load_file(str(path))
+    keys, vecs = t.get("sha256"), t.get("vectors")
+    if keys is None or vecs is None or set(t) != {"sha256", "vectors"}:
+        raise ValueError(f"expected tensors sha256 and vectors, found {sorted(t)}")
+    if keys.dtype != np.uint8 or keys.ndim != 2 or keys.shape[1] != 32 or vecs.ndim != 2 or len(vecs) != len(keys):
+        raise ValueError(f"shapes sha256 {keys.shape} {keys.dtype}, vectors {vecs.shape} do not match")
+    if vecs.dtype != np.float64 or not np.isfinite(vecs).all():
+        raise ValueError("vectors are not finite float64")
+    return keys, vecs
+
+
+def minilm_cache_key() -> str:
+    """Names the embedding cache folder of the embedded MiniLM: its weights' sha256 (prefix)."""
+    return "minilm-" + assets.file_sha256(assets.minilm_dir() / "model.safetensors")[:16]
 
 
 def _mean_direction(embed: Embedder, prompts: Sequence[str]) -> np.ndarray:

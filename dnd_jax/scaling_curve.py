@@ -313,7 +313,9 @@ def run(config, workdir: str | Path, docs: str = "", only_sizes: Sequence[int] =
     docs_dir = str(Path(docs) / "variants" / variant) if docs and variant else docs
     with locking.workdir_lock(workdir / "scaling", "scaling"):
         ref = base_model.resolve(config.base_model, workdir)
-        embed = baselines.memoized(baselines.minilm_embedder())  # pool prompts encoded once
+        # Pool prompts encoded once, across runs too (every K and variant compares against them).
+        embed = baselines.memoized(baselines.minilm_embedder(),
+                                   workdir / "embedding_cache" / baselines.minilm_cache_key())
         results = {"protocol": {"targets": targets, "pool_sizes": list(config.experiment.pool_sizes),
                                 "pool_order": list(config.experiment.pool_order), **settings(config),
                                 "eval_limit": int(config.eval.limit), "variant": variant,

@@ -180,6 +180,7 @@ def test_scaling_curve_end_to_end_and_resume(tmp_path):
     assert geo["dnd_rel_err"] == pytest.approx(alone["generated"]["dnd"]["rel_err"], abs=1e-9)
     for f in ("results.json", "results.md", "curve.png"):
         assert (docs / f).is_file()
+    assert list((workdir / "embedding_cache").glob("minilm-*/*.safetensors"))  # prompts encoded once, kept
     assert "correct" not in (docs / "results.json").read_text()
     assert "| piqa | 2 |" in (docs / "results.md").read_text() and "| span_oracle - merged |" in (
         docs / "results.md").read_text()
@@ -283,6 +284,44 @@ def test_memoized_embedder_encodes_each_text_once():
     np.testing.assert_array_equal(b, embed(["yy", "zzz"]))
     cands = {"t1": ["x", "yy"], "t2": ["zzz"]}
     assert baselines.similarity_weights(["x"], cands, memo) == baselines.similarity_weights(["x"], cands, embed)
+
+
+def test_embedding_cache_survives_the_process_bit_for_bit_and_ignores_bad_shards(tmp_path):
+    rng = np.random.default_rng(0)
+    calls = []
+
+    def embed(texts):
+        calls.append(list(texts))
+        return rng.normal(size=(len(texts), 3)) / 7.0  # values with every mantissa bit in use
+
+    cache = tmp_path / "emb"
+    first = baselines.memoized(embed, cache)
+    a = first(["alpha", "beta"])
+    b = first(["gamma"])
+    assert len(list(cache.glob("*.safetensors"))) == 2 and not list(cache.glob(".*"))
+    # A new process (a new memo on the same folder): nothing is encoded again, the vectors are identical.
+    second = baselines.memoized(embed, cache)
+    got = second(["gamma", "alpha", "beta"])
+    assert len(calls) == 2
+    np.testing.assert_array_equal(got, np.concatenate([b, a]))
+    # A write killed before its rename leaves a temporary file, never read; a truncated or tampered
+    # shard is ignored with a warning and its texts are encoded again.
+    (cache / ".deadbeef.123.tmp").write_bytes(b"half a shard")
+    shard_b = next(p for p in cache.glob("*.safetensors")
+                   if baselines._read_embedding_shard(p)[0].shape[0] == 1)
+    shard_b.write_bytes(shard_b.read_bytes()[:-5])
+    with pytest.warns(UserWarning, match="ignoring embedding cache shard"):
+        third = baselines.memoized(embed, cache)
+    np.testing.assert_array_equal(third(["alpha", "beta"]), a)
+    assert len(calls) == 2
+    fresh = third(["gamma"])
+    assert calls[-1] == ["gamma"] and not np.array_equal(fresh, b)  # re-encoded (this embedder is random)
+    from safetensors.numpy import save_file
+
+    bad = cache / "tampered.safetensors"
+    save_file({"sha256": np.zeros((1, 32), np.uint8), "vectors": np.full((1, 3), np.nan)}, str(bad))
+    with pytest.warns(UserWarning, match="not finite"):
+        baselines.memoized(embed, cache)
 
 
 def test_curve_settings_do_not_retrain_generators():
