@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -204,9 +203,8 @@ def run_pool(config, workdir: Path, k: int, pool: list[str], ref, embed, variant
     targets = list(config.experiment.holdouts)
     root = workdir / "scaling" / f"K{k:03d}"
     gen_dir = root / (f"generator-{variant}" if variant else "generator")
-    t0 = time.perf_counter()
     trainer.train_and_evaluate(pool_config(config, pool), gen_dir)
-    train_s = time.perf_counter() - t0
+    train_s = trainer.train_seconds(gen_dir) or 0.0  # the logged steps: a resumed generator keeps its time
 
     finals = {t: zoo.final_checkpoint(workdir, t) for t in pool}
     merged_dir = baselines.write_merge_spec([finals[t] for t in pool], root / "adapters" / "merged")
@@ -561,7 +559,8 @@ def markdown(results: dict) -> str:
                   "| target | K | " + " | ".join(SYSTEMS) + " | DnD - merged | DnD - simmerge |",
                   "|---" * (len(SYSTEMS) + 4) + "|"]
         for k in sorted(results["pools"], key=int):
-            for target, row in results["pools"][k]["targets"].items():
+            rows = results["pools"][k]["targets"]
+            for target, row in [(t, rows[t]) for t in p["targets"] if t in rows]:  # protocol order, every K
                 accs = []
                 for name in SYSTEMS:
                     e = row["systems"].get(name, {}).get(metric) or results["refs"][target][metric].get(name)

@@ -202,6 +202,21 @@ def read_metrics(workdir: str | Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def train_seconds(workdir: str | Path) -> float | None:
+    """Training time of the steps in metrics.jsonl: each row's mean step time over the steps since the
+    previous row, summed (a resumed run's kept steps count once; work lost to a kill is not in the log).
+    None without a log."""
+    rows = sorted(read_metrics(workdir), key=lambda r: r["step"])
+    if not rows:
+        return None
+    total, prev = 0.0, 0
+    for r in rows:
+        if "step_time" in r and r["step"] > prev:
+            total += float(r["step_time"]) * (r["step"] - prev)
+            prev = r["step"]
+    return total
+
+
 # ----------------------------------------------------------------------------------------------
 # Training.
 

@@ -194,6 +194,8 @@ def test_scaling_curve_end_to_end_and_resume(tmp_path):
     collect.collect(config, workdir, only=["hellaswag", "obqa"])
     again = scaling.run(config, workdir, str(docs))
     assert sorted(again["pools"]) == [2, 4] and not again["skipped"]
+    # A generator trained earlier keeps its training time (the logged steps), not the resume's seconds.
+    assert again["pools"][2]["train_wall_s"] == res["pools"][2]["train_wall_s"] > 0
     # simmerge_tuned from K = 3 on: the pool-tuned kernel of the target's cosines, as a folded recipe.
     k4 = again["pools"][4]
     assert "simmerge_tuned" not in again["pools"][2]["targets"]["piqa"]["systems"]
@@ -386,3 +388,21 @@ def test_comparison_cis_do_not_depend_on_the_targets_stored_order():
     fresh = scaling.compare({"pools": {6: {"targets": targets}}, "refs": refs})
     stored = scaling.compare({"pools": {6: {"targets": dict(sorted(targets.items()))}}, "refs": refs})
     assert list(fresh[6]["cloze"]["mean"]) == ["merged"] and fresh == stored
+    # The report lists targets in the protocol's order for every K, however a pool's rows are stored.
+    acc = {"acc": 0.5, "ci": [0.4, 0.6], "n": 30}
+    pools = {k: {"targets": {t: {"systems": {"dnd": {"cloze": acc}}} for t in order}}
+             for k, order in ((6, ["piqa", "arc_e"]), (12, ["arc_e", "piqa"]))}
+    md = scaling.markdown({"protocol": {"targets": ["piqa", "arc_e"], "pool_sizes": [6, 12], "eval_limit": 30,
+                                        "temperature": 0.05, "mean_sample": 6, "metrics": ["cloze"]},
+                           "pools": pools, "refs": {t: {"cloze": {}} for t in ("piqa", "arc_e")}, "comparisons": {}})
+    rows = [line.split(" | ")[0:2] for line in md.splitlines() if line.startswith(("| piqa", "| arc_e"))]
+    assert rows == [["| piqa", "6"], ["| arc_e", "6"], ["| piqa", "12"], ["| arc_e", "12"]]
+
+
+def test_train_seconds_sums_the_logged_step_times(tmp_path):
+    from dnd_jax import trainer
+
+    assert trainer.train_seconds(tmp_path) is None
+    rows = [{"step": 1, "step_time": 9.0}, {"step": 10, "step_time": 1.0}, {"step": 20, "step_time": 0.5, "val_loss": 1.0}]
+    (tmp_path / trainer.METRICS).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert trainer.train_seconds(tmp_path) == pytest.approx(9.0 + 9 * 1.0 + 10 * 0.5)
