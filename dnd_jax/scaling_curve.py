@@ -669,9 +669,11 @@ def write_variants_index(workdir: Path, docs: Path) -> None:
     lines = ["# Generator variants on the scaling curve (issue 13, item 5)", "",
              "Each variant changes only the generator (same zoo, pools, targets, conditions and cached baselines); "
              "differences are mean over the 8 targets in points with 95% stratified paired bootstrap CIs. "
-             f"`DnD - {VARIANT_COMPARISON}`: the variant's DnD against the default generator's, question by question.",
+             f"`DnD - {VARIANT_COMPARISON}`: the variant's DnD against the default generator's, question by question. "
+             "Generator train steps: the seconds of its logged training steps (checkpoint saves included; "
+             "validation and start-up not).",
              "", "| variant | overrides | K | mean DnD acc (%) | DnD - merged | DnD - simmerge | "
-             f"DnD - {VARIANT_COMPARISON} | generator train wall (s) |", "|---|---|---|---|---|---|---|---|"]
+             f"DnD - {VARIANT_COMPARISON} | generator train steps (s) |", "|---|---|---|---|---|---|---|---|"]
     assets.write_text_atomic(docs / "variants.md", "\n".join(lines + rows) + "\n")
 
 
