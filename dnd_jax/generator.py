@@ -178,11 +178,13 @@ class Generator:
         return self.generate_many([prompts], seed=seed)[0]
 
     def generate_many(self, prompt_sets: Sequence[Sequence[str]], seed: int = 0,
-                      timings: dict | None = None, pad_to: int = 0) -> list[Adapter]:
+                      timings: dict | None = None, pad_to: int = 0, center_only: bool = False) -> list[Adapter]:
         """One encoder pass per set, one batched decoder forward for all sets.
 
         ``pad_to`` > the number of sets pads the decoder batch with zero conditions (dropped after), so
         a server compiles one decoder per batch-size bucket instead of one per batch size.
+        ``center_only`` (a similarity-centered generator only): the adapters its center alone gives,
+        the decoder's output replaced by zeros -- the starting point its learned correction is added to.
         """
         import jax
 
@@ -201,7 +203,12 @@ class Generator:
         n_sets = len(cond)
         if pad_to > n_sets:
             cond = np.concatenate([cond, np.zeros((pad_to - n_sets, *cond.shape[1:]), cond.dtype)])
-        tokens = jax.device_get(self._apply(self.params, cond))[:n_sets]
+        if center_only:
+            if self.bank is None:
+                raise GenerateError(f"center_only needs a similarity-centered generator; {self.workdir} has no center")
+            tokens = np.zeros((n_sets, *self.meta["out_shape"]), np.float32)
+        else:
+            tokens = jax.device_get(self._apply(self.params, cond))[:n_sets]
         if self.bank is not None:  # + the similarity-weighted mean of the training tasks, from up to max_prompts
             n = self.bank.max_prompts
             center_sets = self._cut([list(ps) if len(ps) <= n else choose_prompts(ps, n, seed) for ps in prompt_sets])

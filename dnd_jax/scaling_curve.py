@@ -174,7 +174,9 @@ def stratified_paired_bootstrap(pairs: Sequence[tuple[Sequence[float], Sequence[
             "ci": [float(np.quantile(boots, lo)), float(np.quantile(boots, hi))], "targets": len(diffs)}
 
 
-def _evaluate(ref, adapter, target: str, metric: str, config, workdir: Path) -> dict:
+def evaluate_system(ref, adapter, target: str, metric: str, config, workdir: Path) -> dict:
+    """``adapter`` (a folder, a merge recipe, or None for the base model) on ``target`` under the curve's
+    evaluation settings, through the workdir's evaluation cache."""
     from dnd_jax import evaluation
 
     ec = config.eval
@@ -230,8 +232,8 @@ def run_pool(config, workdir: Path, k: int, pool: list[str], ref, embed, variant
             list(weights.values())))), "simmerge_top": sorted(weights, key=weights.get, reverse=True)[:5],
             "train_mean_sample": sample, "simmerge_weights": {t: float(weights[t]) for t in pool}}
         for metric in st["metrics"]:
-            recs = {name: _evaluate(ref, path, target, metric, config, workdir) for name, path in systems.items()}
-            recs["train_mean"] = _mean_record([_evaluate(ref, finals[t], target, metric, config, workdir)
+            recs = {name: evaluate_system(ref, path, target, metric, config, workdir) for name, path in systems.items()}
+            recs["train_mean"] = _mean_record([evaluate_system(ref, finals[t], target, metric, config, workdir)
                                                for t in sample], int(config.eval.bootstrap))
             for name, rec in recs.items():
                 row["systems"].setdefault(name, {})[metric] = {
@@ -245,8 +247,8 @@ def _target_refs(config, workdir: Path, ref) -> dict:
     for target in config.experiment.holdouts:
         out[target] = {}
         for metric in settings(config)["metrics"]:
-            base = _evaluate(ref, None, target, metric, config, workdir)
-            oracle = _evaluate(ref, zoo.final_checkpoint(workdir, target), target, metric, config, workdir)
+            base = evaluate_system(ref, None, target, metric, config, workdir)
+            oracle = evaluate_system(ref, zoo.final_checkpoint(workdir, target), target, metric, config, workdir)
             out[target][metric] = {name: {"acc": r["accuracy"], "ci": r["ci"], "n": r["n"], "correct": r["correct"]}
                                    for name, r in (("base", base), ("oracle", oracle))}
     return out
@@ -372,7 +374,7 @@ def evaluate_weightings(config, workdir: Path, k: int, pool: list[str], row: dic
             specs["simmerge_tuned"] = baselines.write_merge_spec(finals, adapters / f"simmerge_tuned_{target}", w)
         for name, spec in specs.items():
             for metric in st["metrics"]:
-                rec = _evaluate(ref, spec, target, metric, config, workdir)
+                rec = evaluate_system(ref, spec, target, metric, config, workdir)
                 trow["systems"].setdefault(name, {})[metric] = {
                     "acc": rec["accuracy"], "ci": rec["ci"], "n": rec["n"], "correct": rec["correct"]}
 

@@ -144,8 +144,16 @@ def test_zero_decoder_generates_the_similarity_weighted_merge(trained, tmp_path)
     for k in gen.layout.keys:
         np.testing.assert_allclose(adapter.state_dict[k], want[k], rtol=1e-4, atol=1e-5)
     # A trained decoder moves off that merge (it learned a residual).
-    trained_adapter = generator.Generator.load(gen_dir).generate(prompts, seed=1)
+    trained_gen = generator.Generator.load(gen_dir)
+    trained_adapter = trained_gen.generate(prompts, seed=1)
     assert any(not np.allclose(trained_adapter.state_dict[k], want[k], atol=1e-6) for k in gen.layout.keys)
+    # center_only: the trained generator's starting point, exactly the zeroed decoder's adapter.
+    start = trained_gen.generate_many([prompts], seed=1, center_only=True)[0]
+    for k in gen.layout.keys:
+        np.testing.assert_array_equal(start.state_dict[k], adapter.state_dict[k])
+    trained_gen.bank = None  # a mean-centered generator has no center to start from
+    with pytest.raises(generator.GenerateError, match="center_only needs a similarity-centered generator"):
+        trained_gen.generate_many([prompts], center_only=True)
 
 
 def test_tampered_or_missing_bank_is_refused(trained, tmp_path):
