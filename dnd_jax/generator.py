@@ -211,9 +211,16 @@ class Generator:
             tokens = jax.device_get(self._apply(self.params, cond))[:n_sets]
         if self.bank is not None:  # + the similarity-weighted mean of the training tasks, from up to max_prompts
             n = self.bank.max_prompts
-            center_sets = self._cut([list(ps) if len(ps) <= n else choose_prompts(ps, n, seed) for ps in prompt_sets])
-            tokens = np.asarray(tokens, np.float32) + np.stack(
-                [self.bank.center(conditions.encode_prompts(ps, self.config)) for ps in center_sets])
+            center_sets = [list(ps) if len(ps) <= n else choose_prompts(ps, n, seed) for ps in prompt_sets]
+            if (self.meta.get("center") or {}).get("directions", "encoder") == "sentence":
+                from dnd_jax.weights import centering
+
+                cap = 256 * MAX_PROMPT_CHARS_PER_TOKEN  # MiniLM reads at most 256 tokens of a prompt
+                dirs = centering.sentence_directions_of([[p[:cap] for p in ps] for ps in center_sets], n)
+                centers = [self.bank.center_at(d) for d in dirs]
+            else:
+                centers = [self.bank.center(conditions.encode_prompts(ps, self.config)) for ps in self._cut(center_sets)]
+            tokens = np.asarray(tokens, np.float32) + np.stack(centers)
         tokens = np.asarray(self.normalizer.denormalize(np.asarray(tokens, np.float32)), np.float32)
         tokens = tokens * self.layout.mask()
         bad = int(np.size(tokens) - np.count_nonzero(np.isfinite(tokens)))

@@ -230,6 +230,8 @@ def _resume_diff(meta: dict, config, fingerprint: dict) -> list[str]:
         saved.setdefault(k, f"(legacy) {meaning}")
     for k, default in _RECIPE_ADDED.items():
         saved.setdefault(k, default)
+        if isinstance(default, dict) and isinstance(saved[k], dict):  # a key added inside it later
+            saved[k] = default | saved[k]
     diff = [f"config.{k}" for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
     data = meta.get("data")
     if data is None:  # written before data fingerprints: compare what that metadata has
@@ -398,7 +400,8 @@ def _train_and_evaluate(config, workdir: Path, *, devices, max_steps: int | None
         blob = data.bank.serialize()
         meta["center"] = {"mode": "similarity", "file": centering.BANK_FILE, "sha256": hashlib.sha256(blob).hexdigest(),
                           "tasks": data.bank.tasks, "temperature": data.bank.temperature,
-                          "max_prompts": data.bank.max_prompts}
+                          "max_prompts": data.bank.max_prompts,
+                          "directions": centering.settings(config)["directions"]}
         if jax.process_index() == 0:
             data.bank.save(workdir / centering.BANK_FILE, blob)
 

@@ -181,11 +181,19 @@ def test_center_joins_the_recipe_without_breaking_old_runs(trained):
     assert trainer._resume_diff(meta, cfg, fp) == []
     assert trainer._resume_diff(meta, _config(zoo_dir, "similarity"), fp) == ["config.center"]
     assert trainer._resume_diff(meta, _config(zoo_dir, "mean"), fp) == ["config.center"]  # other temperature
+    # A similarity run saved before center.directions existed resumes under 'encoder' (what it used) only.
+    sim = _config(zoo_dir, "similarity")
+    old = {"recipe": trainer._recipe(sim) | {"center": {k: v for k, v in sim.center.to_dict().items()
+                                                         if k != "directions"}}, "data": fp}
+    assert trainer._resume_diff(old, sim, fp) == []
+    sim.center.directions = "sentence"
+    assert trainer._resume_diff(old, sim, fp) == ["config.center"]
 
 
 def test_bad_center_settings_are_refused_before_training(trained, tmp_path):
     zoo_dir, _ = trained
-    for key, value, msg in (("mode", "nearest", "center.mode"), ("temperature", 0.0, "center.temperature")):
+    for key, value, msg in (("mode", "nearest", "center.mode"), ("temperature", 0.0, "center.temperature"),
+                              ("directions", "tokens", "center.directions")):
         cfg = _config(zoo_dir, "similarity")
         cfg.center[key] = value
         with pytest.raises(trainer.ConfigError, match=msg):
@@ -195,3 +203,40 @@ def test_bad_center_settings_are_refused_before_training(trained, tmp_path):
     with pytest.raises(trainer.ConfigError, match="at least 2 training tasks"):
         trainer.train_and_evaluate(cfg, tmp_path / "one")
     assert not (tmp_path / "one" / centering.BANK_FILE).exists()
+
+
+def test_sentence_directions_center_on_the_similarity_merges_weights(trained, tmp_path):
+    """center.directions='sentence': the bank's directions and the target's are MiniLM embeddings of the
+    whole prompts, so the center weighs the training tasks exactly as the similarity-weighted merge does."""
+    from dnd_jax import baselines
+
+    zoo_dir, _ = trained
+    cfg = _config(zoo_dir, "similarity")
+    cfg.center.directions = "sentence"
+    gen_dir = tmp_path / "sentence"
+    trainer.train_and_evaluate(cfg, gen_dir)
+    gen = generator.Generator.load(gen_dir)
+    assert gen.meta["center"]["directions"] == "sentence"
+    prompts = list(zoo.prompts(zoo_dir, "obqa"))
+    start = gen.generate_many([prompts], seed=1, center_only=True)[0]
+    w, _ = baselines.similarity_weights(prompts, {t: zoo.prompts(zoo_dir, t) for t in TASKS[:3]},
+                                        baselines.minilm_embedder(), 0.1)
+    data = input_pipeline.load(zoo_dir, _config(zoo_dir, "mean"), list(TASKS[:3]))
+    means = np.stack([data.train_tokens[data.train_task == t].mean(0) for t in range(3)])
+    want = gen.normalizer.denormalize(np.tensordot([w[t] for t in TASKS[:3]], means, 1).astype(np.float32))
+    from dnd_jax.weights import layout as layout_lib
+
+    want = layout_lib.detokenize(gen.layout, np.asarray(want, np.float32) * gen.layout.mask())
+    for k in gen.layout.keys:
+        np.testing.assert_allclose(start.state_dict[k], want[k], rtol=1e-4, atol=1e-6)
+    # The encoder-direction generator (the fixture) weighs them differently on the same prompts.
+    enc = generator.Generator.load(trained[1]).generate_many([prompts], seed=1, center_only=True)[0]
+    assert any(not np.allclose(enc.state_dict[k], start.state_dict[k], atol=1e-6) for k in gen.layout.keys)
+    # Its training targets are the residuals from those leave-one-out centers (the pool's own cosines).
+    sim = input_pipeline.load(zoo_dir, cfg, list(TASKS[:3]))
+    dirs = baselines.mean_directions(baselines.minilm_embedder(), [zoo.prompts(zoo_dir, t) for t in TASKS[:3]])
+    np.testing.assert_allclose(sim.bank.dirs, dirs, atol=1e-6)
+    row = 0
+    t = data.train_task[row]
+    lw = centering.weights(dirs[t], dirs, 0.1, exclude=t)
+    np.testing.assert_allclose(sim.train_tokens[row], data.train_tokens[row] - np.tensordot(lw, means, 1), atol=1e-5)

@@ -32,7 +32,12 @@ from pathlib import Path
 import numpy as np
 
 MODES = ("mean", "similarity")
-DEFAULTS = {"max_prompts": 256, "mode": "mean", "temperature": 0.05}  # mode 'mean': what generators before did
+# Where a prompt set's direction comes from: "encoder", the generator's own condition maps (truncated to
+# conditions.max_len tokens); "sentence", the embedded MiniLM's sentence embeddings of the whole prompts
+# (the similarity-weighted merge baseline's cosines, so the center weighs tasks exactly as it does).
+DIRECTIONS = ("encoder", "sentence")
+# mode 'mean': what generators before did; directions 'encoder': what similarity centering before did.
+DEFAULTS = {"directions": "encoder", "max_prompts": 256, "mode": "mean", "temperature": 0.05}
 
 
 def settings(config) -> dict:
@@ -41,11 +46,14 @@ def settings(config) -> dict:
     c = DEFAULTS | (center.to_dict() if center is not None else {})
     if c["mode"] not in MODES:
         raise ValueError(f"center.mode must be one of {MODES}, got '{c['mode']}'")
+    if c["directions"] not in DIRECTIONS:
+        raise ValueError(f"center.directions must be one of {DIRECTIONS}, got '{c['directions']}'")
     if not float(c["temperature"]) > 0:
         raise ValueError(f"center.temperature must be positive, got {c['temperature']}")
     if not int(c["max_prompts"]) > 0:
         raise ValueError(f"center.max_prompts must be positive, got {c['max_prompts']}")
-    return {"mode": c["mode"], "temperature": float(c["temperature"]), "max_prompts": int(c["max_prompts"])}
+    return {"mode": c["mode"], "temperature": float(c["temperature"]), "max_prompts": int(c["max_prompts"]),
+            "directions": c["directions"]}
 BANK_FILE = "center_bank.safetensors"
 _CHUNK = 1 << 20  # columns per GEMM chunk while centering
 
@@ -66,6 +74,17 @@ def direction(cond: np.ndarray) -> np.ndarray:
     """One unit ``(C,)`` direction for a prompt set's conditions ``(P, L, C)``."""
     mean = sentence_directions(cond).mean(axis=0)
     return mean / max(float(np.linalg.norm(mean)), 1e-12)
+
+
+def sentence_directions_of(prompt_sets: Sequence[Sequence[str]], max_prompts: int,
+                           cache_dir: str | Path | None = None) -> np.ndarray:
+    """``(S, C)``: per prompt set, the unit mean MiniLM sentence embedding of its first ``max_prompts``
+    prompts (whole prompts, as the similarity-weighted merge embeds them; ``cache_dir``: a persistent
+    embedding cache, :func:`dnd_jax.baselines.memoized`)."""
+    from dnd_jax import baselines
+
+    embed = baselines.memoized(baselines.minilm_embedder(), cache_dir)
+    return baselines.mean_directions(embed, prompt_sets, max_prompts)
 
 
 def weights(d: np.ndarray, bank_dirs: np.ndarray, temperature: float, exclude: int | None = None) -> np.ndarray:
@@ -93,7 +112,11 @@ class Bank:
 
     def center(self, cond: np.ndarray, exclude: int | None = None) -> np.ndarray:
         """The ``(T, h, w)`` center for a prompt set's conditions ``(P, L, C)``."""
-        w = weights(direction(cond), self.dirs, self.temperature, exclude)
+        return self.center_at(direction(cond), exclude)
+
+    def center_at(self, d: np.ndarray, exclude: int | None = None) -> np.ndarray:
+        """The ``(T, h, w)`` center for a prompt set's unit direction ``d`` (``(C,)``)."""
+        w = weights(d, self.dirs, self.temperature, exclude)
         return np.tensordot(w, self.tokens, axes=1).astype(np.float32)
 
     def serialize(self) -> bytes:
@@ -151,11 +174,11 @@ class Bank:
 
 
 def fit(tasks: Sequence[str], conds: Sequence[np.ndarray], train_tokens: np.ndarray, train_task: np.ndarray,
-        temperature: float, max_prompts: int) -> Bank:
+        temperature: float, max_prompts: int, dirs: np.ndarray | None = None) -> Bank:
     """The bank of normalized training tokens: per-task means and prompt directions.
 
     ``conds[t]`` are task t's saved prompt conditions ``(P_t, L, C)`` (the first ``max_prompts`` are used,
-    as at generation).
+    as at generation); ``dirs``: the tasks' directions given instead (``center.directions = "sentence"``).
     """
     tokens = np.zeros((len(tasks), *train_tokens.shape[1:]), np.float32)
     for t in range(len(tasks)):
@@ -163,7 +186,11 @@ def fit(tasks: Sequence[str], conds: Sequence[np.ndarray], train_tokens: np.ndar
         if not len(rows):
             raise ValueError(f"training task '{tasks[t]}' has no training checkpoint to center on")
         tokens[t] = train_tokens[rows].mean(axis=0, dtype=np.float64)
-    dirs = np.stack([direction(c[:max_prompts]) for c in conds]).astype(np.float32)
+    if dirs is None:
+        dirs = np.stack([direction(c[:max_prompts]) for c in conds])
+    dirs = np.asarray(dirs, np.float32)
+    if dirs.shape[0] != len(tasks):
+        raise ValueError(f"{len(dirs)} directions for {len(tasks)} training tasks")
     return Bank(list(tasks), tokens, dirs, float(temperature), int(max_prompts))
 
 
