@@ -410,11 +410,17 @@ def previous_pools(out_dir: Path, protocol: dict, all_pools: dict[int, list[str]
     A run limited to ``--sizes`` keeps them in its report (a pool measured under another protocol, or
     with another task list, is dropped from it: its files stay in ``W/scaling/K<K>``).
     """
+    from dnd_jax import trainer
+
     path = out_dir / "results.json"
     if not path.is_file():
         return {}
     old = json.loads(path.read_text())
-    if old.get("protocol") != json.loads(json.dumps(protocol)):
+
+    def same(p: dict) -> dict:  # generator settings added since a pool was measured read as their defaults
+        return p | {"generator_settings": trainer.with_added_keys(p.get("generator_settings", {}))}
+
+    if same(old.get("protocol") or {}) != same(json.loads(json.dumps(protocol))):
         return {}
     return {int(k): row for k, row in old.get("pools", {}).items()
             if int(k) in all_pools and row.get("pool") == all_pools[int(k)]}

@@ -221,6 +221,17 @@ def train_seconds(workdir: str | Path) -> float | None:
 # Training.
 
 
+def with_added_keys(recipe: dict) -> dict:
+    """``recipe`` (a saved config, as a dict) with the keys added since filled in with the value that
+    reproduces what runs before them did (:data:`_RECIPE_ADDED`, also a key added inside such a section)."""
+    out = dict(recipe)
+    for k, default in _RECIPE_ADDED.items():
+        out.setdefault(k, default)
+        if isinstance(default, dict) and isinstance(out[k], dict):
+            out[k] = default | out[k]
+    return out
+
+
 def _resume_diff(meta: dict, config, fingerprint: dict) -> list[str]:
     """What differs between a saved step's recipe + data and this run's (empty: safe to resume)."""
     # Filter the saved side too: checkpoints written before a key joined _NOT_RECIPE still resume.
@@ -228,10 +239,7 @@ def _resume_diff(meta: dict, config, fingerprint: dict) -> list[str]:
     now = _recipe(config)
     for k, meaning in _RECIPE_LEGACY.items():
         saved.setdefault(k, f"(legacy) {meaning}")
-    for k, default in _RECIPE_ADDED.items():
-        saved.setdefault(k, default)
-        if isinstance(default, dict) and isinstance(saved[k], dict):  # a key added inside it later
-            saved[k] = default | saved[k]
+    saved = with_added_keys(saved)
     diff = [f"config.{k}" for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
     data = meta.get("data")
     if data is None:  # written before data fingerprints: compare what that metadata has

@@ -221,6 +221,11 @@ def test_scaling_curve_end_to_end_and_resume(tmp_path):
     assert "| piqa | 2 |" in (docs / "results.md").read_text() and "| piqa | 4 |" in (docs / "results.md").read_text()
     saved = (workdir / "scaling/results.json").read_text()
     stored = json.loads(saved)
+    # A pool measured before a generator setting existed (here center.directions) was measured under its
+    # default: it stays in the report.
+    del stored["protocol"]["generator_settings"]["center"]["directions"]
+    (workdir / "scaling/results.json").write_text(json.dumps(stored))
+    assert sorted(scaling.run(config, workdir, only_sizes=[4])["pools"]) == [2, 4]
     stored["protocol"]["eval_limit"] = 99  # measured under another protocol: not carried into the report
     (workdir / "scaling/results.json").write_text(json.dumps(stored))
     assert sorted(scaling.run(config, workdir, only_sizes=[4])["pools"]) == [4]
