@@ -91,7 +91,8 @@ def main() -> None:
 
     cols = ["center", *SYSTEMS]
     lines = [f"# `{args.variant}` at K = {args.k}: the similarity center alone vs. with the decoder's correction", "",
-             f"Produced by `python bench/simres_center.py --workdir {args.workdir} --k {args.k} --out {args.out}` "
+             f"Produced by `python bench/simres_center.py --workdir {args.workdir} --k {args.k} --variant {args.variant} "
+             f"--out {args.out}` "
              f"({out['wall_s']:.0f} s here). {metric} accuracy on the first {int(config.eval.limit)} test questions; "
              "paired differences in points with 95% CIs (mean: stratified over the targets). `dnd` is the full "
              f"`{args.variant}` adapter (center + decoder).", "",
