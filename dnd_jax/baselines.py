@@ -348,8 +348,11 @@ def _write_embedding_shard(folder: Path, keys: list[bytes], vecs: np.ndarray) ->
     name = hashlib.sha256(arrays["sha256"].tobytes()).hexdigest()[:24]
     path = folder / f"{name}.safetensors"
     tmp = folder / f".{name}.{os.getpid()}.tmp"
-    save_file(arrays, str(tmp))
-    os.replace(tmp, path)
+    try:
+        save_file(arrays, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed write leaves nothing (a killed one a .tmp, never read)
     return path
 
 

@@ -149,6 +149,7 @@ class Generator:
             except centering.BankError as e:
                 raise IntegrityError(str(e)) from None
         self._apply = jax.jit(self.model.apply)
+        self._sentence_embed = None  # MiniLM, for a center weighed by sentence directions
         self.load_time_s = time.perf_counter() - t0
 
     @classmethod
@@ -216,7 +217,12 @@ class Generator:
                 from dnd_jax.weights import centering
 
                 cap = 256 * MAX_PROMPT_CHARS_PER_TOKEN  # MiniLM reads at most 256 tokens of a prompt
-                dirs = centering.sentence_directions_of([[p[:cap] for p in ps] for ps in center_sets], n)
+                if self._sentence_embed is None:  # loaded once per generator (a server generates many times)
+                    from dnd_jax import baselines
+
+                    self._sentence_embed = baselines.minilm_embedder()
+                dirs = centering.sentence_directions_of([[p[:cap] for p in ps] for ps in center_sets], n,
+                                                        embed=self._sentence_embed)
                 centers = [self.bank.center_at(d) for d in dirs]
             else:
                 centers = [self.bank.center(conditions.encode_prompts(ps, self.config)) for ps in self._cut(center_sets)]

@@ -411,3 +411,18 @@ def test_train_seconds_sums_the_logged_step_times(tmp_path):
     rows = [{"step": 1, "step_time": 9.0}, {"step": 10, "step_time": 1.0}, {"step": 20, "step_time": 0.5, "val_loss": 1.0}]
     (tmp_path / trainer.METRICS).write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert trainer.train_seconds(tmp_path) == pytest.approx(9.0 + 9 * 1.0 + 10 * 0.5)
+
+
+def test_failed_embedding_shard_write_leaves_nothing(tmp_path, monkeypatch):
+    import safetensors.numpy
+
+    def broken(arrays, path):
+        with open(path, "wb") as f:
+            f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.numpy, "save_file", broken)
+    memo = baselines.memoized(lambda texts: np.ones((len(texts), 2)), tmp_path / "emb")
+    with pytest.raises(OSError, match="disk full"):
+        memo(["a"])
+    assert list((tmp_path / "emb").iterdir()) == []

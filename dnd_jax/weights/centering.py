@@ -77,13 +77,13 @@ def direction(cond: np.ndarray) -> np.ndarray:
 
 
 def sentence_directions_of(prompt_sets: Sequence[Sequence[str]], max_prompts: int,
-                           cache_dir: str | Path | None = None) -> np.ndarray:
+                           cache_dir: str | Path | None = None, embed=None) -> np.ndarray:
     """``(S, C)``: per prompt set, the unit mean MiniLM sentence embedding of its first ``max_prompts``
     prompts (whole prompts, as the similarity-weighted merge embeds them; ``cache_dir``: a persistent
-    embedding cache, :func:`dnd_jax.baselines.memoized`)."""
+    embedding cache, :func:`dnd_jax.baselines.memoized`; ``embed``: an embedder to reuse instead)."""
     from dnd_jax import baselines
 
-    embed = baselines.memoized(baselines.minilm_embedder(), cache_dir)
+    embed = embed or baselines.memoized(baselines.minilm_embedder(), cache_dir)
     return baselines.mean_directions(embed, prompt_sets, max_prompts)
 
 
