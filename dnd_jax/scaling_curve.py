@@ -323,7 +323,9 @@ def run(config, workdir: str | Path, docs: str = "", only_sizes: Sequence[int] =
                                 "variant_overrides": settings_diff(generator_settings(default_config), generator_settings(
                                     config)) if variant and default_config is not None else {}},
                    "refs": _target_refs(config, workdir, ref), "pools": {}, "skipped": {}}
-        kept = previous_pools(out_dir, results["protocol"], all_pools) if only_sizes else {}
+        # Pools measured earlier under this protocol: a --sizes run keeps the others in its report, and a
+        # full run shows those it has not reached yet in its interim reports (replaced as it measures them).
+        kept = previous_pools(out_dir, results["protocol"], all_pools)
         for k, pool in sorted(all_pools.items()):
             if only_sizes and k not in only_sizes:
                 if k in kept:
@@ -340,8 +342,10 @@ def run(config, workdir: str | Path, docs: str = "", only_sizes: Sequence[int] =
                     config, workdir, k, pool, variant, {t: r["simmerge_weights"] for t, r in row["targets"].items()})
                 if not variant:
                     evaluate_weightings(config, workdir, k, pool, row, ref, pool_gram, embed)
-            results["comparisons"] = compare(results, int(config.eval.bootstrap))
-            write(results, out_dir, docs_dir)
+            interim = results | {"pools": dict(sorted(({kk: v for kk, v in kept.items() if kk > k}
+                                                        | results["pools"]).items()))}
+            interim["comparisons"] = compare(interim, int(config.eval.bootstrap))
+            write(interim, out_dir, docs_dir)
         results["comparisons"] = compare(results, int(config.eval.bootstrap))
         write(results, out_dir, docs_dir)
         if docs and variant:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from configs import tiny
-from dnd_jax import baselines, evaluate, plan, scaling, zoo
+from dnd_jax import baselines, evaluate, plan, scaling, scaling_curve, zoo
 from dnd_jax.testing import make_synthetic_zoo
 
 
@@ -134,7 +134,7 @@ def _config():
     return config
 
 
-def test_scaling_curve_end_to_end_and_resume(tmp_path):
+def test_scaling_curve_end_to_end_and_resume(tmp_path, monkeypatch):
     from dnd_jax import collect
 
     workdir, docs = tmp_path / "w", tmp_path / "docs"
@@ -213,6 +213,14 @@ def test_scaling_curve_end_to_end_and_resume(tmp_path):
     # K=2 was resumed from disk: the same generated adapter and the same (cached) numbers
     assert again["pools"][2]["targets"]["piqa"]["systems"]["dnd"]["cloze"]["correct"] == \
         row["systems"]["dnd"]["cloze"]["correct"]
+    # A full rerun's interim reports keep the pools it has not reached yet (nothing vanishes mid-run).
+    written = []
+    real_write = scaling_curve.write
+    monkeypatch.setattr(scaling_curve, "write", lambda res, *a, **k: (written.append(sorted(res["pools"])),
+                                                                       real_write(res, *a, **k)))
+    scaling.run(config, workdir, str(docs))
+    monkeypatch.undo()
+    assert written and all(keys == [2, 4] for keys in written)
     # --sizes reruns one pool and keeps the others (same protocol) in the report.
     only4 = scaling.run(config, workdir, str(docs), only_sizes=[4])
     assert sorted(only4["pools"]) == [2, 4] and sorted(only4["comparisons"]) == [2, 4]
