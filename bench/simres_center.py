@@ -86,9 +86,6 @@ def main() -> None:
         for t in sorted(rows):
             out["per_target"].setdefault(t, {})[label] = scoring.paired_bootstrap(rows[t][a], rows[t][b], n_boot)
 
-    def cell(c: dict) -> str:
-        return f"{100 * c['diff']:+.1f} [{100 * c['ci'][0]:+.1f}, {100 * c['ci'][1]:+.1f}]"
-
     cols = ["center", *SYSTEMS]
     lines = [f"# `{args.variant}` at K = {args.k}: the similarity center alone vs. with the decoder's correction", "",
              f"Produced by `python bench/simres_center.py --workdir {args.workdir} --k {args.k} --variant {args.variant} "
@@ -97,12 +94,12 @@ def main() -> None:
              "paired differences in points with 95% CIs (mean: stratified over the targets). `dnd` is the full "
              f"`{args.variant}` adapter (center + decoder).", "",
              "| | " + " | ".join(pairs) + " |", "|---" * (len(pairs) + 1) + "|",
-             "| mean over targets | " + " | ".join(cell(out["mean"][p]) for p in pairs) + " |", "",
+             "| mean over targets | " + " | ".join(scaling_curve.ci_cell(out["mean"][p]) for p in pairs) + " |", "",
              "| target | " + " | ".join(cols) + " | " + " | ".join(pairs) + " |", "|---" * (len(cols) + len(pairs) + 1) + "|"]
     for t in res["protocol"]["targets"]:
         acc = out["accuracy"][t]
         lines.append(f"| {t} | " + " | ".join(f"{100 * acc[c]:.1f}" for c in cols) + " | "
-                     + " | ".join(cell(out["per_target"][t][p]) for p in pairs) + " |")
+                     + " | ".join(scaling_curve.ci_cell(out["per_target"][t][p]) for p in pairs) + " |")
     mean_acc = {c: 100 * float(np.mean([out["accuracy"][t][c] for t in rows])) for c in cols}
     lines += ["", "Mean accuracy: " + ", ".join(f"{c} {v:.1f}" for c, v in mean_acc.items()) + "."]
     out["mean_accuracy"] = mean_acc

@@ -197,32 +197,31 @@ class Generator:
         for i, ps in enumerate(prompt_sets):
             if isinstance(ps, str) or not all(isinstance(p, str) for p in ps) or not any(p.strip() for p in ps):
                 raise GenerateError(f"prompt set {i} must be a non-empty list of strings")
+        if center_only and self.bank is None:
+            raise GenerateError(f"center_only needs a similarity-centered generator; {self.workdir} has no center")
         chosen = [choose_prompts(ps, self.num_prompts, seed) for ps in prompt_sets]
-        cond = np.stack([conditions.encode_prompts(ps, self.config) for ps in self._cut(chosen)])
-        timings["encode_s"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        n_sets = len(cond)
-        if pad_to > n_sets:
-            cond = np.concatenate([cond, np.zeros((pad_to - n_sets, *cond.shape[1:]), cond.dtype)])
-        if center_only:
-            if self.bank is None:
-                raise GenerateError(f"center_only needs a similarity-centered generator; {self.workdir} has no center")
+        n_sets = len(chosen)
+        if center_only:  # no decoder, so no conditions to encode
+            timings["encode_s"] = 0.0
+            t0 = time.perf_counter()
             tokens = np.zeros((n_sets, *self.meta["out_shape"]), np.float32)
         else:
+            cond = np.stack([conditions.encode_prompts(ps, self.config) for ps in self._cut(chosen)])
+            timings["encode_s"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            if pad_to > n_sets:
+                cond = np.concatenate([cond, np.zeros((pad_to - n_sets, *cond.shape[1:]), cond.dtype)])
             tokens = jax.device_get(self._apply(self.params, cond))[:n_sets]
         if self.bank is not None:  # + the similarity-weighted mean of the training tasks, from up to max_prompts
             n = self.bank.max_prompts
             center_sets = [list(ps) if len(ps) <= n else choose_prompts(ps, n, seed) for ps in prompt_sets]
             if (self.meta.get("center") or {}).get("directions", "encoder") == "sentence":
-                from dnd_jax.weights import centering
+                from dnd_jax import baselines
 
                 cap = 256 * MAX_PROMPT_CHARS_PER_TOKEN  # MiniLM reads at most 256 tokens of a prompt
                 if self._sentence_embed is None:  # loaded once per generator (a server generates many times)
-                    from dnd_jax import baselines
-
                     self._sentence_embed = baselines.minilm_embedder()
-                dirs = centering.sentence_directions_of([[p[:cap] for p in ps] for ps in center_sets], n,
-                                                        embed=self._sentence_embed)
+                dirs = baselines.mean_directions(self._sentence_embed, [[p[:cap] for p in ps] for ps in center_sets], n)
                 centers = [self.bank.center_at(d) for d in dirs]
             else:
                 centers = [self.bank.center(conditions.encode_prompts(ps, self.config)) for ps in self._cut(center_sets)]

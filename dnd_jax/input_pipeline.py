@@ -96,9 +96,10 @@ def load(zoo_workdir: str | Path, config, train_tasks: Sequence[str]) -> ZooData
         if center["directions"] == "sentence":  # whole prompts through MiniLM, as the similarity merge does
             from dnd_jax import baselines
 
-            dirs = centering.sentence_directions_of(
-                [zoo.prompts(zoo_workdir, t) for t in train_tasks], center["max_prompts"],
-                Path(zoo_workdir) / "embedding_cache" / baselines.minilm_cache_key())
+            embed = baselines.memoized(baselines.minilm_embedder(),
+                                       Path(zoo_workdir) / "embedding_cache" / baselines.minilm_cache_key())
+            dirs = baselines.mean_directions(embed, [zoo.prompts(zoo_workdir, t) for t in train_tasks],
+                                             center["max_prompts"])
         bank = centering.fit(train_tasks, conds, train_tokens, train_task, center["temperature"], center["max_prompts"],
                              dirs)
         centering.subtract_centers(bank, [(train_tokens, train_task), (val_tokens, val_task)])

@@ -528,7 +528,8 @@ def _pct(x: float) -> str:
     return f"{100 * x:+.1f}"
 
 
-def _ci_cell(c: dict | None) -> str:
+def ci_cell(c: dict | None) -> str:
+    """A paired difference with its CI, in points: ``+1.2 [-0.3, +2.5]`` (``–`` for none)."""
     return f"{_pct(c['diff'])} [{_pct(c['ci'][0])}, {_pct(c['ci'][1])}]" if c else "–"
 
 
@@ -559,8 +560,8 @@ def markdown(results: dict) -> str:
             c = comps.get(k, {}).get(metric)
             if not c:
                 continue
-            cells = [_ci_cell(c["mean"].get(o)) for o in others] + (
-                [_ci_cell(c.get("ceiling", {}).get("mean"))] if ceiling else [])
+            cells = [ci_cell(c["mean"].get(o)) for o in others] + (
+                [ci_cell(c.get("ceiling", {}).get("mean"))] if ceiling else [])
             geo = results["pools"][k].get("geometry")
             share = f"{100 * np.mean([g['span_fraction'] for g in geo.values()]):.1f}%" if geo else "–"
             lines.append(f"| {k} | " + " | ".join(cells) + f" | {share} |")
@@ -675,8 +676,8 @@ def write_variants_index(workdir: Path, docs: Path) -> None:
         for k in sorted(res.get("comparisons", {}), key=int):
             mean = res["comparisons"][k].get(metric, {}).get("mean", {})
             dnd = np.mean([row["systems"]["dnd"][metric]["acc"] for row in res["pools"][k]["targets"].values()])
-            rows.append(f"| {name} | {overrides or '–'} | {k} | {100 * dnd:.1f} | {_ci_cell(mean.get('merged'))} | "
-                        f"{_ci_cell(mean.get('simmerge'))} | {_ci_cell(mean.get(VARIANT_COMPARISON))} | "
+            rows.append(f"| {name} | {overrides or '–'} | {k} | {100 * dnd:.1f} | {ci_cell(mean.get('merged'))} | "
+                        f"{ci_cell(mean.get('simmerge'))} | {ci_cell(mean.get(VARIANT_COMPARISON))} | "
                         f"{res['pools'][k].get('train_wall_s', float('nan')):.0f} |")
     lines = ["# Generator variants on the scaling curve (issue 13, item 5)", "",
              "Each variant changes only the generator (same zoo, pools, targets, conditions and cached baselines); "

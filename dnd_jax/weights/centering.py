@@ -34,7 +34,8 @@ import numpy as np
 MODES = ("mean", "similarity")
 # Where a prompt set's direction comes from: "encoder", the generator's own condition maps (truncated to
 # conditions.max_len tokens); "sentence", the embedded MiniLM's sentence embeddings of the whole prompts
-# (the similarity-weighted merge baseline's cosines, so the center weighs tasks exactly as it does).
+# (the similarity-weighted merge baseline's cosines, :func:`dnd_jax.baselines.mean_directions`, so the
+# center weighs tasks exactly as it does).
 DIRECTIONS = ("encoder", "sentence")
 # mode 'mean': what generators before did; directions 'encoder': what similarity centering before did.
 DEFAULTS = {"directions": "encoder", "max_prompts": 256, "mode": "mean", "temperature": 0.05}
@@ -74,17 +75,6 @@ def direction(cond: np.ndarray) -> np.ndarray:
     """One unit ``(C,)`` direction for a prompt set's conditions ``(P, L, C)``."""
     mean = sentence_directions(cond).mean(axis=0)
     return mean / max(float(np.linalg.norm(mean)), 1e-12)
-
-
-def sentence_directions_of(prompt_sets: Sequence[Sequence[str]], max_prompts: int,
-                           cache_dir: str | Path | None = None, embed=None) -> np.ndarray:
-    """``(S, C)``: per prompt set, the unit mean MiniLM sentence embedding of its first ``max_prompts``
-    prompts (whole prompts, as the similarity-weighted merge embeds them; ``cache_dir``: a persistent
-    embedding cache, :func:`dnd_jax.baselines.memoized`; ``embed``: an embedder to reuse instead)."""
-    from dnd_jax import baselines
-
-    embed = embed or baselines.memoized(baselines.minilm_embedder(), cache_dir)
-    return baselines.mean_directions(embed, prompt_sets, max_prompts)
 
 
 def weights(d: np.ndarray, bank_dirs: np.ndarray, temperature: float, exclude: int | None = None) -> np.ndarray:
