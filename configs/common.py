@@ -7,6 +7,7 @@ Sections: ``base_model``, ``tasks``/``answer_format`` (registry), ``lora`` + ``z
 """
 import ml_collections
 
+from dnd_jax import function_loss
 from dnd_jax.weights import centering
 
 LLAMA_ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -56,6 +57,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.warmup_steps = 50
     c.grad_clip_norm = 1.0
     c.target_noise = 0.0
+    # Function-space loss (dnd_jax/function_loss.py): weight > 0 adds the answer NLL of the base LM with
+    # the generated adapter on labelled training examples of the row's task (off by default).
+    c.function_loss = dict(function_loss.DEFAULTS)
     c.token_weights = ""  # '' = uniform; 'inverse_count' weights every matrix equally
     c.mesh = (("data", -1), ("model", 1))
     c.min_shard_size = 2**16  # parameters smaller than this (elements) are replicated

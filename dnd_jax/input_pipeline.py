@@ -189,6 +189,11 @@ class Batches:
         ckpt, prompts = batch_indices(self.data, step, self.batch_size, self.num_prompts, self.seed)
         return gather(self.data.train_tokens, self.data.train_task, self.data, ckpt, prompts, self.rows)
 
+    def tasks(self, step: int) -> np.ndarray:
+        """Task index of each of this process's rows of batch ``step``."""
+        ckpt, _ = batch_indices(self.data, step, self.batch_size, self.num_prompts, self.seed)
+        return self.data.train_task[ckpt[self.rows]]
+
     def __call__(self, step: int) -> list[jax.Array]:
         return make_global(self.host(step), self.shardings, (self.cond_shape, self.target_shape))
 

@@ -16,7 +16,7 @@ import dataclasses
 from pathlib import Path
 
 from dnd_jax import zoo
-from dnd_jax.errors import ConfigError
+from dnd_jax.errors import ConfigError, InputError
 
 OPTIMIZERS = ("adamw", "adam", "sgd")  # trainer.make_optimizer builds each of these
 MAX_PADDING = 0.5  # a token shape wasting more of the grid than this is a config error
@@ -145,6 +145,16 @@ def validate(config, workdir: str | Path, num_devices: int | None = None) -> Pla
         raise ConfigError(str(e)) from None
     need(center["mode"] == "mean" or len(train_tasks) >= 2,
          "center.mode='similarity' centers each training task on the others: it needs at least 2 training tasks")
+    from dnd_jax import function_loss
+
+    try:
+        fl = function_loss.settings(config)
+    except InputError as e:
+        raise ConfigError(str(e)) from None
+    if fl["weight"] > 0:
+        for t in train_tasks:
+            need(t not in not_registered, f"function_loss needs labelled examples of every training task: {not_registered.get(t)}")
+            need(not registry.is_generative(t), f"function_loss supports choice tasks only for now; '{t}' is generative")
     token_shape = tuple(config.layout.token_shape)
     need(len(token_shape) == 2 and all(isinstance(d, int) and d > 0 for d in token_shape),
          f"layout.token_shape must be two positive ints (h, w), got {token_shape}")

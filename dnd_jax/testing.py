@@ -61,15 +61,16 @@ def _write_checkpoint(path: Path, tensors: dict[str, np.ndarray], step: int, los
 
 def make_synthetic_zoo(workdir: str | Path, tasks: Sequence[str] = ("arc_e", "piqa", "boolq"), num_ckpts: int = 4,
                        num_prompts: int = 16, shapes: dict[str, tuple[int, int]] | None = None, r: int = 4,
-                       noise: float = 0.01, seed: int = 0) -> Path:
-    """Write a zoo under ``workdir/zoo``; returns ``workdir``."""
+                       noise: float = 0.01, seed: int = 0, base_model: dict | None = None) -> Path:
+    """Write a zoo under ``workdir/zoo``; returns ``workdir``. ``base_model`` ({name, path, sha}) names the
+    model the zoo claims to be trained on (default: a placeholder no verb can load)."""
     workdir = Path(workdir)
     shapes = shapes or tiny_lora_shapes(r=r)
     modules = sorted({k.split(".")[-3] for k in shapes})
     rng = np.random.default_rng(seed)
     shared = {k: rng.normal(0, 0.1, s) for k, s in shapes.items()}
     lora = {"r": r, "lora_alpha": float(2 * r), "lora_dropout": 0.0, "target_modules": modules}
-    base = {"name": "synthetic", "path": "synthetic", "sha": "0" * 16}
+    base = dict(base_model or {"name": "synthetic", "path": "synthetic", "sha": "0" * 16})
     summaries = {}
     for ti, task in enumerate(tasks):
         tdir = zoo.task_dir(workdir, task)

@@ -30,7 +30,7 @@ import optax
 import orbax.checkpoint as ocp
 from absl import logging
 
-from dnd_jax import checkpoint, locking, models, sharding
+from dnd_jax import checkpoint, function_loss, locking, models, sharding
 from dnd_jax.checkpoint import CKPT_DIR, FORMAT, LoadedGenerator, load_generator  # noqa: F401 (re-exported)
 from dnd_jax.errors import IntegrityError, ResumeMismatchError
 from dnd_jax.plan import MAX_PADDING, ConfigError, Plan, find_zoo_workdir, training_tasks, validate  # noqa: F401
@@ -45,7 +45,7 @@ _NOT_RECIPE = ("log_steps", "ckpt_steps", "keep_ckpts", "eval_steps", "zoo_workd
 _RECIPE_LEGACY = {"wd_mults": "ndim>1 (kernels, 2-D biases and norm scales)"}
 # Recipe keys added later whose default reproduces exactly what runs saved before them did: a saved
 # recipe without the key resumes under that default (and only under it).
-_RECIPE_ADDED = {"center": centering.DEFAULTS}
+_RECIPE_ADDED = {"center": centering.DEFAULTS, "function_loss": function_loss.DEFAULTS}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -109,11 +109,17 @@ def masked_mse(pred: jax.Array, target: jax.Array, wmap: jax.Array) -> jax.Array
     return jnp.sum(err, axis=(1, 2, 3)) / jnp.sum(wmap)
 
 
-def make_steps(model, tx, schedule, config):
-    """Pure train and eval steps (jitted by the caller with explicit shardings)."""
-    seed, cond_noise, target_noise = int(config.seed), float(config.conditions.noise), float(config.target_noise)
+def make_steps(model, tx, schedule, config, fl_loss=None):
+    """Pure train and eval steps (jitted by the caller with explicit shardings).
 
-    def train_step(state, cond, target, wmap):
+    With ``fl_loss`` (:func:`dnd_jax.function_loss.make_loss`), ``train_step`` takes the function-space
+    inputs ``(lm_params, base, ids, lengths, answer_len)`` after ``wmap`` and minimizes
+    ``mse + function_loss.weight * nll``; its metrics gain ``mse`` and ``fl_nll``.
+    """
+    seed, cond_noise, target_noise = int(config.seed), float(config.conditions.noise), float(config.target_noise)
+    fl_weight = float(function_loss.settings(config)["weight"]) if fl_loss is not None else 0.0
+
+    def train_step(state, cond, target, wmap, *fl_inputs):
         step = state["step"]
         key_c, key_t = jax.random.split(jax.random.fold_in(jax.random.key(seed), step))
         if cond_noise > 0:
@@ -122,12 +128,17 @@ def make_steps(model, tx, schedule, config):
             target = target + target_noise * jax.random.normal(key_t, target.shape, target.dtype) * (wmap > 0)
 
         def loss_fn(params):
-            return jnp.mean(masked_mse(model.apply(params, cond), target, wmap))
+            pred = model.apply(params, cond)
+            mse = jnp.mean(masked_mse(pred, target, wmap))
+            if fl_loss is None:
+                return mse, {}
+            nll = fl_loss(pred, *fl_inputs)
+            return mse + fl_weight * nll, {"mse": mse, "fl_nll": nll}
 
-        loss, grads = jax.value_and_grad(loss_fn)(state["params"])
+        (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         new = {"step": step + 1, "params": optax.apply_updates(state["params"], updates), "opt_state": opt_state}
-        return new, {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": schedule(step)}
+        return new, {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": schedule(step), **parts}
 
     def eval_step(params, cond, target, wmap, weight):
         per_example = masked_mse(model.apply(params, cond), target, wmap)
@@ -380,6 +391,8 @@ def _train_and_evaluate(config, workdir: Path, *, devices, max_steps: int | None
         return _finished(workdir, latest)
 
     # Data, model, optimizer, shardings.
+    fl_base = function_loss.resolve_base(config, plan.zoo_workdir, plan.train_tasks) \
+        if function_loss.enabled(config) else None
     mesh = sharding.make_mesh(config.mesh, devices)
     data = input_pipeline.load(plan.zoo_workdir, config, plan.train_tasks)
     in_shape = (int(config.conditions.num_prompts), *data.conds[0].shape[1:])
@@ -413,9 +426,10 @@ def _train_and_evaluate(config, workdir: Path, *, devices, max_steps: int | None
         if jax.process_index() == 0:
             data.bank.save(workdir / centering.BANK_FILE, blob)
 
-    train_step, eval_step = make_steps(sharded_model, tx, schedule, config)
-    p_train = jax.jit(train_step, in_shardings=(state_sh, batch_sh, batch_sh, rep), out_shardings=(state_sh, rep),
-                      donate_argnums=(0,))
+    fl = _FunctionLoss(config, fl_base, data, batches, mesh) if fl_base is not None else None
+    train_step, eval_step = make_steps(sharded_model, tx, schedule, config, fl.loss if fl else None)
+    p_train = jax.jit(train_step, in_shardings=(state_sh, batch_sh, batch_sh, rep, *(fl.shardings if fl else ())),
+                      out_shardings=(state_sh, rep), donate_argnums=(0,))
     p_eval = jax.jit(eval_step, in_shardings=(state_sh["params"], batch_sh, batch_sh, rep,
                                               sharding.batch_sharding(mesh, 1)), out_shardings=(rep, rep))
 
@@ -454,14 +468,15 @@ def _train_and_evaluate(config, workdir: Path, *, devices, max_steps: int | None
     t_last, since, last_val = time.perf_counter(), 0, None
     for step in range(start, stop):
         cond, target = batches(step)
-        state, metrics = p_train(state, cond, target, wmap)
+        state, metrics = p_train(state, cond, target, wmap, *(fl.inputs(step) if fl else ()))
         done, since = step + 1, since + 1
         bar.update(1)
         evaluate = done % config.eval_steps == 0 or done == total
         if done == 1 or done % config.log_steps == 0 or evaluate:
             m = {k: float(v) for k, v in jax.device_get(metrics).items()}
             row = {"step": done, "loss": m["loss"], "lr": m["lr"], "grad_norm": m["grad_norm"],
-                   "step_time": (time.perf_counter() - t_last) / since}
+                   "step_time": (time.perf_counter() - t_last) / since,
+                   **{k: m[k] for k in ("mse", "fl_nll") if k in m}}
             if evaluate and (last_val := val_loss()) is not None:
                 row["val_loss"] = last_val
             log.write(row)
@@ -476,6 +491,54 @@ def _train_and_evaluate(config, workdir: Path, *, devices, max_steps: int | None
     final_step = int(jax.device_get(state["step"]))
     return {"step": final_step, "params": state["params"], "val_loss": last_val, "history": read_metrics(workdir),
             "metadata": {**meta, "step": final_step}}
+
+
+class _FunctionLoss:
+    """The function-space loss's inputs for every step (:mod:`dnd_jax.function_loss`)."""
+
+    def __init__(self, config, ref, data, batches, mesh):
+        from transformers import AutoTokenizer
+
+        from dnd_jax import jax_lm
+        from dnd_jax.weights import lora as lora_lib
+
+        s = function_loss.settings(config)
+        tokenizer = AutoTokenizer.from_pretrained(ref.path)
+        self.examples = function_loss.load_examples(config, data.tasks, tokenizer)
+        lm_cfg, lm_params = jax_lm.load(ref.path)
+        scaling = lora_lib.lora_scaling(data.lora)
+        self.loss = function_loss.make_loss(lm_cfg, data.layout, data.normalizer, scaling, self.examples.max_answer,
+                                            bool(s["remat"]))
+        self.n, self.seed, self.data, self.batches = int(s["examples"]), int(config.seed), data, batches
+        rep = sharding.replicated(mesh)
+        self.lm_params = jax.device_put(lm_params, rep)
+        self.base_sh = batches.shardings[1] if data.bank is not None else rep
+        self.shardings = (jax.tree.map(lambda _: rep, lm_params), self.base_sh, sharding.batch_sharding(mesh, 3),
+                          sharding.batch_sharding(mesh, 2), sharding.batch_sharding(mesh, 2))
+        self._centers: dict[int, np.ndarray] = {}
+
+    def _center(self, t: int) -> np.ndarray:
+        if t not in self._centers:  # the leave-one-out center its training targets are residuals from
+            if len(self._centers) >= 16:
+                self._centers.pop(next(iter(self._centers)))
+            bank = self.data.bank
+            self._centers[t] = bank.center_at(bank.dirs[t], exclude=t)
+        return self._centers[t]
+
+    def inputs(self, step: int) -> tuple:
+        from dnd_jax import input_pipeline
+
+        tasks = self.batches.tasks(step)  # this process's rows
+        ids, lengths, ans = self.examples.sample(tasks, step, self.seed, self.n)
+        b = self.batches.batch_size
+        arrays = input_pipeline.make_global(
+            [ids, lengths, ans], self.shardings[2:], [(b, *ids.shape[1:]), (b, self.n), (b, self.n)])
+        if self.data.bank is None:
+            base = jax.device_put(np.zeros((), np.float32), self.base_sh)
+        else:
+            base = input_pipeline.make_global([np.stack([self._center(int(t)) for t in tasks])], [self.base_sh],
+                                              [self.batches.target_shape])[0]
+        return (self.lm_params, base, *arrays)
 
 
 def place_state(config, mesh, abstract_state) -> sharding.Placement:

@@ -21,3 +21,21 @@ def tiny_base(tmp_path_factory):
     from dnd_jax import base_model
 
     return base_model.resolve({"kind": "tiny_llama"}, tmp_path_factory.mktemp("tiny_base"))
+
+
+@pytest.fixture(scope="module")
+def compile_cache(tmp_path_factory):
+    """A module's runs repeat the same programs: a persistent compilation cache compiles each once."""
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache
+
+    keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+            "jax_persistent_cache_min_entry_size_bytes")
+    old = {k: getattr(jax.config, k) for k in keys}
+    for k, v in zip(keys, (str(tmp_path_factory.mktemp("jax_cache")), 0, 0), strict=True):
+        jax.config.update(k, v)
+    compilation_cache.reset_cache()
+    yield
+    for k, v in old.items():
+        jax.config.update(k, v)
+    compilation_cache.reset_cache()

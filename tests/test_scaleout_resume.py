@@ -15,22 +15,7 @@ import pytest
 from configs import tiny
 from dnd_jax import testing, trainer
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _compile_cache(tmp_path_factory):
-    """The full and the killed run compile the same programs: a persistent cache compiles them once."""
-    from jax.experimental.compilation_cache import compilation_cache
-
-    keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-            "jax_persistent_cache_min_entry_size_bytes")
-    old = {k: getattr(jax.config, k) for k in keys}
-    for k, v in zip(keys, (str(tmp_path_factory.mktemp("jax_cache")), 0, 0), strict=True):
-        jax.config.update(k, v)
-    compilation_cache.reset_cache()
-    yield
-    for k, v in old.items():
-        jax.config.update(k, v)
-    compilation_cache.reset_cache()
+pytestmark = pytest.mark.usefixtures("compile_cache")
 
 
 @pytest.fixture(scope="module")

@@ -276,3 +276,20 @@ def detokenize(layout: WeightLayout, tokens: Any) -> dict[str, np.ndarray]:
             seg = np.swapaxes(seg, -1, -2)
         out[e.key] = np.array(seg, dtype=np.float32, order="C")  # a copy: never aliases the tokens
     return out
+
+
+def detokenize_jax(layout: WeightLayout, tokens: Any) -> dict[str, Any]:
+    """:func:`detokenize` as JAX ops (jit-able, differentiable): tokens (..., T, h, w) -> {key: (..., *shape)}."""
+    import jax.numpy as jnp
+
+    tokens = jnp.asarray(tokens)
+    if tuple(tokens.shape[-3:]) != layout.grid_shape:
+        raise LayoutMismatchError(f"tokens of shape {tuple(tokens.shape)} do not end in the layout grid {layout.grid_shape}")
+    batch = tokens.shape[:-3]
+    flat = tokens.reshape((*batch, -1))
+    out = {}
+    for e in layout.entries:
+        start = e.offset * layout.token_size
+        seg = flat[..., start:start + e.numel].reshape((*batch, *e.stored_shape))
+        out[e.key] = jnp.swapaxes(seg, -1, -2) if e.transpose else seg
+    return out

@@ -1,0 +1,155 @@
+"""The JAX base LM (dnd_jax/jax_lm.py) against transformers + peft: same logits, same LoRA math."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from dnd_jax import jax_lm, lora_train
+from dnd_jax.errors import InputError
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+
+def _peft_model(path, r=4, alpha=8.0, seed=0, modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                         "down_proj")):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32)
+    peft = get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, target_modules=list(modules), lora_dropout=0.0))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # B is zero at init: give every factor random values so the LoRA path matters
+        for name, p in peft.named_parameters():
+            if "lora_" in name:
+                p.copy_(0.3 * torch.randn(p.shape, generator=g))
+    return peft.eval()
+
+
+def _factors(peft) -> dict:
+    out = {}
+    for name, p in peft.named_parameters():
+        if ".lora_A." in name:
+            mod = name.split(".lora_A.")[0].removeprefix("base_model.model.")
+            b = dict(peft.named_parameters())[name.replace(".lora_A.", ".lora_B.")]
+            out[mod] = (p.detach().numpy(), b.detach().numpy())
+    return out
+
+
+def _batch(vocab: int, rows: int = 3, width: int = 11, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    lengths = np.array([width, width - 4, width - 7][:rows])
+    ids = rng.integers(3, vocab, (rows, width))
+    for i, n in enumerate(lengths):
+        ids[i, n:] = 0
+    return ids, lengths
+
+
+def _torch_logits(model, ids, lengths):
+    att = (np.arange(ids.shape[1])[None] < lengths[:, None]).astype(np.int64)
+    with torch.no_grad():
+        return model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(att)).logits.numpy()
+
+
+def _check_logits(path, **lora_kw):
+    peft = _peft_model(path, **lora_kw)
+    cfg, params = jax_lm.load(path)
+    ids, lengths = _batch(cfg.vocab_size)
+    scale = lora_kw.get("alpha", 8.0) / lora_kw.get("r", 4)
+    lora = jax_lm.stack_lora(cfg, {k: (jnp.asarray(a), jnp.asarray(b)) for k, (a, b) in _factors(peft).items()})
+    got = np.asarray(jax_lm.logits(cfg, params, jnp.asarray(ids)[:, None], jnp.asarray(lengths)[:, None], lora, scale))
+    want = _torch_logits(peft, ids, lengths)
+    with peft.disable_adapter():
+        want_base = _torch_logits(peft, ids, lengths)
+    got_base = np.asarray(jax_lm.logits(cfg, params, jnp.asarray(ids)[:, None], jnp.asarray(lengths)[:, None]))
+    for i, n in enumerate(lengths):  # padded positions are never read
+        np.testing.assert_allclose(got[i, 0, :n], want[i, :n], atol=2e-5, rtol=1e-4)
+        np.testing.assert_allclose(got_base[i, 0, :n], want_base[i, :n], atol=2e-5, rtol=1e-4)
+        assert np.abs(want[i, :n] - want_base[i, :n]).max() > 1e-2  # the LoRA really changes the logits
+
+
+def test_llama_logits_match_transformers_and_peft(tiny_base):
+    _check_logits(tiny_base.path)
+
+
+def test_partial_lora_modules_match_peft(tiny_base):
+    _check_logits(tiny_base.path, r=2, alpha=3.0, modules=("q_proj", "down_proj"))
+
+
+def test_qwen2_attention_bias_matches_transformers(tmp_path):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      intermediate_size=48, tie_word_embeddings=False, rope_theta=5000.0)
+    model = Qwen2ForCausalLM(cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.copy_(0.5 * torch.randn(p.shape))
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    _check_logits(tmp_path)
+
+
+def test_per_row_adapters_equal_one_adapter_at_a_time(tiny_base):
+    cfg, params = jax_lm.load(tiny_base.path)
+    ids, lengths = _batch(cfg.vocab_size)
+    facs = [_factors(_peft_model(tiny_base.path, seed=s)) for s in (1, 2, 3)]
+    batched = jax_lm.stack_lora(cfg, {k: (jnp.stack([f[k][0] for f in facs]), jnp.stack([f[k][1] for f in facs]))
+                                      for k in facs[0]})
+    # every adapter row b scores the same 3 sequences: (B=3, N=3, S)
+    ids3, len3 = jnp.broadcast_to(jnp.asarray(ids), (3, *ids.shape)), jnp.broadcast_to(jnp.asarray(lengths), (3, 3))
+    got = np.asarray(jax_lm.logits(cfg, params, ids3, len3, batched, 2.0))
+    for b, f in enumerate(facs):
+        one = jax_lm.stack_lora(cfg, {k: (jnp.asarray(a), jnp.asarray(bb)) for k, (a, bb) in f.items()})
+        want = np.asarray(jax_lm.logits(cfg, params, jnp.asarray(ids)[None], jnp.asarray(lengths)[None], one, 2.0))[0]
+        np.testing.assert_allclose(got[b], want, atol=1e-5, rtol=1e-5)
+
+
+def test_answer_logprob_equals_the_torch_answer_loss(tiny_base):
+    """The function-space objective is the zoo's own training loss (lora_train.answer_loss), per token."""
+    from transformers import AutoTokenizer
+
+    peft = _peft_model(tiny_base.path, seed=4)
+    tok = AutoTokenizer.from_pretrained(tiny_base.path)
+    pairs = [("The sky is", " blue"), ("Two plus two makes a number that is", " four, of course"), ("Q: cats? A:", " yes")]
+    enc = lora_train.encode_pairs(tok, pairs, max_len=64)
+    batch = lora_train.collate(enc, tok.pad_token_id)
+    with torch.no_grad():
+        want = float(lora_train.answer_loss(peft, batch))  # mean NLL over all answer tokens of the batch
+    cfg, params = jax_lm.load(tiny_base.path)
+    lora = jax_lm.stack_lora(cfg, {k: (jnp.asarray(a), jnp.asarray(b)) for k, (a, b) in _factors(peft).items()})
+    ids = jnp.asarray(batch.input_ids.numpy())[:, None]
+    lengths = jnp.asarray(batch.attention_mask.numpy().sum(1))[:, None]
+    n_ans = jnp.asarray([n for _, n in enc])[:, None]
+    lp = jax_lm.answer_logprob(cfg, params, ids, lengths, n_ans, lora, 2.0, max_answer=int(n_ans.max()))
+    assert float(-lp.sum() / n_ans.sum()) == pytest.approx(want, rel=1e-5)
+    # max_answer only bounds the work: the full-width default gives the same numbers
+    full = jax_lm.answer_logprob(cfg, params, ids, lengths, n_ans, lora, 2.0)
+    np.testing.assert_allclose(np.asarray(full), np.asarray(lp), rtol=1e-6)
+    # and the gradient reaches the LoRA factors
+    g = jax.grad(lambda lo: jax_lm.answer_logprob(cfg, params, ids, lengths, n_ans, lo, 2.0, remat=True).sum())(lora)
+    assert all(float(jnp.abs(gb).max()) > 0 for _, gb in g.values())
+
+
+def test_refuses_unsupported_settings_by_name(tmp_path, tiny_base):
+    d = json.loads((Path(tiny_base.path) / "config.json").read_text())
+    for change, needle in (({"model_type": "gpt2"}, "model_type 'gpt2'"),
+                           ({"rope_scaling": {"rope_type": "yarn", "factor": 2.0}}, "rope type 'yarn'"),
+                           ({"hidden_act": "gelu"}, "hidden_act 'gelu'")):
+        with pytest.raises(jax_lm.UnsupportedModelError, match=needle):
+            jax_lm.LMConfig.from_hf({**d, **change})
+    with pytest.raises(InputError, match="no config.json"):
+        jax_lm.load(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps(d))
+    (tmp_path / "pytorch_model.bin").write_bytes(b"\x80\x04pickle")
+    with pytest.raises(InputError, match="no \\*.safetensors"):
+        jax_lm.load(tmp_path)
+    cfg, _ = jax_lm.load(tiny_base.path)
+    with pytest.raises(jax_lm.UnsupportedModelError, match="lm_head"):
+        jax_lm.stack_lora(cfg, {"lm_head": (np.zeros((2, 4)), np.zeros((4, 2)))})
