@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dnd_jax import models, sharding
+from dnd_jax import function_loss, models, sharding
 
 # (layers, hidden, kv_dim, intermediate) of Llama/Qwen2-style bases (config.json of each model).
 ARCHS = {
@@ -33,6 +33,20 @@ ARCHS = {
     "qwen25_1p5b": (28, 1536, 256, 8960),  # Qwen2.5-1.5B: 12 heads, 2 kv heads, head dim 128
     "qwen25_7b": (28, 3584, 512, 18944),  # Qwen2.5-7B: 28 heads, 4 kv heads, head dim 128
     "tiny_llama": (2, 32, 16, 64),
+}
+# The rest of each base's config.json that a forward needs (the function-space loss): heads, head dim,
+# vocabulary, tied output embeddings, q/k/v biases.
+LM_ARCHS = {
+    "smollm2": dict(num_heads=9, num_kv_heads=3, head_dim=64, vocab_size=49152, tie_word_embeddings=True,
+                    attention_bias=False, rope_theta=100000.0),
+    "qwen25_0p5b": dict(num_heads=14, num_kv_heads=2, head_dim=64, vocab_size=151936, tie_word_embeddings=True,
+                        attention_bias=True, rope_theta=1000000.0),
+    "qwen25_1p5b": dict(num_heads=12, num_kv_heads=2, head_dim=128, vocab_size=151936, tie_word_embeddings=True,
+                        attention_bias=True, rope_theta=1000000.0),
+    "qwen25_7b": dict(num_heads=28, num_kv_heads=4, head_dim=128, vocab_size=152064, tie_word_embeddings=False,
+                      attention_bias=True, rope_theta=1000000.0),
+    "tiny_llama": dict(num_heads=4, num_kv_heads=2, head_dim=8, vocab_size=259, tie_word_embeddings=True,
+                       attention_bias=False, rope_theta=10000.0),
 }
 ENCODER_DIM = 384  # MiniLM / Sentence-BERT token embeddings
 
@@ -57,6 +71,20 @@ def lora_shapes(config) -> dict[str, tuple[int, int]]:
     layers, hidden, kv, inter = ARCHS[arch_of(config)]
     return testing.tiny_lora_shapes(layers=layers, hidden=hidden, kv=kv, inter=inter, r=int(config.lora.r),
                                     modules=tuple(config.lora.target_modules))
+
+
+def lm_config(config):
+    """The :class:`dnd_jax.jax_lm.LMConfig` of ``config.base_model`` from :data:`ARCHS` + :data:`LM_ARCHS`."""
+    from dnd_jax import jax_lm
+
+    arch = arch_of(config)
+    layers, hidden, _, inter = ARCHS[arch]
+    return jax_lm.LMConfig(vocab_size=LM_ARCHS[arch]["vocab_size"], hidden_size=hidden, intermediate_size=inter,
+                           num_layers=layers, num_heads=LM_ARCHS[arch]["num_heads"],
+                           num_kv_heads=LM_ARCHS[arch]["num_kv_heads"], head_dim=LM_ARCHS[arch]["head_dim"],
+                           rms_norm_eps=1e-6, rope_theta=LM_ARCHS[arch]["rope_theta"],
+                           tie_word_embeddings=LM_ARCHS[arch]["tie_word_embeddings"],
+                           attention_bias=LM_ARCHS[arch]["attention_bias"])
 
 
 def shapes_for(config, lora: dict | None = None) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
@@ -104,13 +132,16 @@ def estimate(config, mesh, in_shape, out_shape, batch_size: int | None = None, c
         return out
     state_sh = placement.shardings
     batch_sh, rep = sharding.batch_sharding(mesh, 4), sharding.replicated(mesh)
-    train_step, _ = trainer.make_steps(models.for_shardings(model, state_sh["params"]), tx, schedule, config)
-    step = jax.jit(train_step, in_shardings=(state_sh, batch_sh, batch_sh, rep), out_shardings=(state_sh, rep),
+    fl_loss, fl_sh, fl_args = None, (), ()
+    if function_loss.enabled(config):  # the base LM (replicated) and one step's examples join the program
+        fl_loss, fl_sh, fl_args, out["function_loss"] = _function_loss_inputs(config, mesh, batch, out_shape)
+    train_step, _ = trainer.make_steps(models.for_shardings(model, state_sh["params"]), tx, schedule, config, fl_loss)
+    step = jax.jit(train_step, in_shardings=(state_sh, batch_sh, batch_sh, rep, *fl_sh), out_shardings=(state_sh, rep),
                    donate_argnums=(0,))
     sds = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sh)
     args = (sds, jax.ShapeDtypeStruct((batch, *in_shape), jnp.float32, sharding=batch_sh),
             jax.ShapeDtypeStruct((batch, *out_shape), jnp.float32, sharding=batch_sh),
-            jax.ShapeDtypeStruct(tuple(out_shape), jnp.float32, sharding=rep))
+            jax.ShapeDtypeStruct(tuple(out_shape), jnp.float32, sharding=rep), *fl_args)
     compiled = step.lower(*args).compile()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else (cost or {})
@@ -126,6 +157,40 @@ def estimate(config, mesh, in_shape, out_shape, batch_size: int | None = None, c
     return out
 
 
+def _function_loss_inputs(config, mesh, batch: int, out_shape) -> tuple:
+    """(loss, shardings, abstract inputs, description) of the function-space term for a dry run."""
+    from dnd_jax import jax_lm
+    from dnd_jax.weights import layout as layout_lib
+    from dnd_jax.weights import lora as lora_lib
+    from dnd_jax.weights import normalization
+
+    s = function_loss.settings(config)
+    lm_cfg = lm_config(config)
+    layout = layout_lib.build_layout(lora_shapes(config), tuple(config.layout.token_shape))
+    if tuple(layout.grid_shape) != tuple(out_shape):
+        raise ValueError(f"function_loss dry run: the architecture's LoRA grid {layout.grid_shape} is not the "
+                         f"generator's {tuple(out_shape)} (a zoo of other shapes)")
+    norm = normalization.Normalizer.identity(layout.mask())
+    max_answer = int(s["max_answer"]) or int(s["max_len"]) - 1
+    loss = function_loss.make_loss(lm_cfg, layout, norm, lora_lib.lora_scaling({"r": int(config.lora.r),
+                                   "lora_alpha": float(config.lora.alpha)}), max_answer, bool(s["remat"]))
+    rep = sharding.replicated(mesh)
+    e, length = int(s["examples"]), int(s["max_len"])
+    lm = jax_lm.abstract_params(lm_cfg)
+    shardings = (jax.tree.map(lambda _: rep, lm), rep, sharding.batch_sharding(mesh, 3),
+                 sharding.batch_sharding(mesh, 2), sharding.batch_sharding(mesh, 2))
+    args = (jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), lm),
+            jax.ShapeDtypeStruct((), jnp.float32, sharding=rep),
+            jax.ShapeDtypeStruct((batch, e, length), jnp.int32, sharding=shardings[2]),
+            jax.ShapeDtypeStruct((batch, e), jnp.int32, sharding=shardings[3]),
+            jax.ShapeDtypeStruct((batch, e), jnp.int32, sharding=shardings[4]))
+    lm_bytes = int(sum(math.prod(a.shape) * a.dtype.itemsize for a in jax.tree.leaves(lm)))
+    desc = {"weight": float(s["weight"]), "examples_per_row": e, "max_len": length, "max_answer": max_answer,
+            "remat": bool(s["remat"]), "base_lm_params": int(sum(math.prod(a.shape) for a in jax.tree.leaves(lm))),
+            "base_lm_bytes_per_device": lm_bytes}  # replicated: every device holds the whole base model
+    return loss, shardings, args, desc
+
+
 def summary(r: dict) -> str:
     """A few readable lines of :func:`estimate`'s result."""
     gib = 2**30
@@ -139,6 +204,11 @@ def summary(r: dict) -> str:
     if "memory_per_device" in r:
         m = r["memory_per_device"]
         lines.append("per-device memory (XLA): " + ", ".join(f"{k} {v / gib:.3f} GiB" for k, v in m.items()))
+    if "function_loss" in r:
+        f = r["function_loss"]
+        lines.append(f"function loss: base LM {f['base_lm_params'] / 1e6:.1f}M params replicated "
+                     f"({f['base_lm_bytes_per_device'] / gib:.3f} GiB/device), {f['examples_per_row']} examples x "
+                     f"{f['max_len']} tokens per row")
     for u in r["unsplit"]:
         lines.append(f"UNSPLIT {u}")
     return "\n".join(lines)

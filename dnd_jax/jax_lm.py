@@ -153,6 +153,22 @@ def load(path: str | Path, dtype=jnp.float32) -> tuple[LMConfig, dict]:
     return cfg, params
 
 
+def abstract_params(cfg: LMConfig, dtype=jnp.float32) -> dict:
+    """The parameter pytree of :func:`load` as ``jax.ShapeDtypeStruct`` (dry runs: nothing is allocated)."""
+    L, d, f = cfg.num_layers, cfg.hidden_size, cfg.intermediate_size
+    q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+    sds = lambda *shape: jax.ShapeDtypeStruct(shape, dtype)  # noqa: E731
+    layers = {"input_norm": sds(L, d), "post_norm": sds(L, d), "q_proj": sds(L, q, d), "k_proj": sds(L, kv, d),
+              "v_proj": sds(L, kv, d), "o_proj": sds(L, d, q), "gate_proj": sds(L, f, d), "up_proj": sds(L, f, d),
+              "down_proj": sds(L, d, f)}
+    if cfg.attention_bias:
+        layers.update(q_proj_bias=sds(L, q), k_proj_bias=sds(L, kv), v_proj_bias=sds(L, kv))
+    out = {"embed": sds(cfg.vocab_size, d), "norm": sds(d), "layers": layers}
+    if not cfg.tie_word_embeddings:
+        out["lm_head"] = sds(cfg.vocab_size, d)
+    return out
+
+
 def stack_lora(cfg: LMConfig, factors: Mapping[str, tuple]) -> dict:
     """``{module path: (A (..., r, in), B (..., out, r))}`` -> ``{linear: (A (L, ..., r, in), B (L, ..., out, r))}``.
 

@@ -1,4 +1,5 @@
 """``train --dry_run``: abstract estimate vs what a real step allocates (tiny config, 8 CPU devices)."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -70,3 +71,28 @@ def test_cli_dry_run_trains_nothing(tmp_path):
     result = json.loads(out[out.index("\n{") + 1:])
     assert result["mesh"] == {"data": 4, "model": 2} and result["lora_shapes_from"] == "arch tiny_llama"
     assert not (tmp_path / "w" / trainer.CKPT_DIR).exists()
+
+
+def test_function_loss_joins_the_estimate(tiny_base):
+    """With function_loss on, the base LM (replicated) and the examples are arguments of the compiled step."""
+    from dnd_jax import jax_lm
+
+    config = _config()
+    in_shape, out_shape = dry_run.shapes_for(config)
+    mesh = sharding.make_mesh(config.mesh)
+    plain = dry_run.estimate(config, mesh, in_shape, out_shape)
+    config.function_loss.weight = 1.0
+    config.function_loss.examples, config.function_loss.max_len = 2, 24
+    est = dry_run.estimate(config, mesh, in_shape, out_shape)
+    # The abstract base model is exactly what jax_lm.load builds from the real tiny checkpoint.
+    cfg, params = jax_lm.load(tiny_base.path)
+    assert dry_run.lm_config(config) == dataclasses.replace(cfg, rms_norm_eps=1e-6)
+    abstract = jax_lm.abstract_params(cfg)
+    assert jax.tree.structure(abstract) == jax.tree.structure(params)
+    assert all(a.shape == p.shape for a, p in zip(jax.tree.leaves(abstract), jax.tree.leaves(params), strict=True))
+    lm_bytes = sum(p.nbytes for p in jax.tree.leaves(params))
+    assert est["function_loss"]["base_lm_bytes_per_device"] == lm_bytes
+    b = config.batch_size // 4
+    example_bytes = 4 * (b * 2 * 24 + 2 * b * 2) + 4  # ids, lengths, answer lengths, the scalar base
+    assert est["memory_per_device"]["argument"] == plain["memory_per_device"]["argument"] + lm_bytes + example_bytes
+    assert est["flops_per_step"] > plain["flops_per_step"]
