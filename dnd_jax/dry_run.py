@@ -173,7 +173,8 @@ def _function_loss_inputs(config, mesh, batch: int, out_shape) -> tuple:
     norm = normalization.Normalizer.identity(layout.mask())
     max_answer = int(s["max_answer"]) or int(s["max_len"]) - 1
     loss = function_loss.make_loss(lm_cfg, layout, norm, lora_lib.lora_scaling({"r": int(config.lora.r),
-                                   "lora_alpha": float(config.lora.alpha)}), max_answer, bool(s["remat"]))
+                                   "lora_alpha": float(config.lora.alpha)}), max_answer, bool(s["remat"]),
+                                   row_sharding=sharding.batch_sharding(mesh, 4))
     rep = sharding.replicated(mesh)
     e, length = int(s["examples"]), int(s["max_len"])
     lm = jax_lm.abstract_params(lm_cfg)

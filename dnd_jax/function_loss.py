@@ -135,20 +135,25 @@ def lora_from_tokens(layout: layout_lib.WeightLayout, tokens: Any) -> dict[str, 
 
 
 def make_loss(lm_cfg: jax_lm.LMConfig, layout: layout_lib.WeightLayout, normalizer: normalization.Normalizer,
-              scaling: float, max_answer: int, remat: bool = True):
+              scaling: float, max_answer: int, remat: bool = True, row_sharding=None):
     """``loss(pred, lm_params, base, ids, lengths, answer_len) -> mean NLL per answer token``.
 
     ``pred`` (B, T, h, w) is the generator's normalized output and ``base`` what it is a residual from
     (zeros, or the rows' similarity centers); the adapter is ``denormalize(pred + base)``. Answers are
-    at most ``max_answer`` tokens (:attr:`Examples.max_answer`).
+    at most ``max_answer`` tokens (:attr:`Examples.max_answer`). ``row_sharding`` (a sharding of the
+    ``(B, T, h, w)`` tokens, rows over the data axis and nothing else split) is imposed on the adapter's
+    tokens before they are cut into matrices: each device then builds only its own rows' adapters.
     """
 
+    import jax
     import jax.numpy as jnp
 
     from dnd_jax import jax_lm
 
     def loss(pred, lm_params, base, ids, lengths, answer_len):
         raw = normalizer.denormalize(pred.astype(jnp.float32) + base)
+        if row_sharding is not None:
+            raw = jax.lax.with_sharding_constraint(raw, row_sharding)
         lora = jax_lm.stack_lora(lm_cfg, lora_from_tokens(layout, raw))
         lp = jax_lm.answer_logprob(lm_cfg, lm_params, ids, lengths, answer_len, lora, scaling,
                                    max_answer=max_answer, remat=remat)

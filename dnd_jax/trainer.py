@@ -508,7 +508,7 @@ class _FunctionLoss:
         lm_cfg, lm_params = jax_lm.load(ref.path)
         scaling = lora_lib.lora_scaling(data.lora)
         self.loss = function_loss.make_loss(lm_cfg, data.layout, data.normalizer, scaling, self.examples.max_answer,
-                                            bool(s["remat"]))
+                                            bool(s["remat"]), row_sharding=batches.shardings[1])
         self.n, self.seed, self.data, self.batches = int(s["examples"]), int(config.seed), data, batches
         rep = sharding.replicated(mesh)
         self.lm_params = jax.device_put(lm_params, rep)
