@@ -89,23 +89,22 @@ class LMConfig:
 
 
 def _read_safetensors(folder: Path) -> dict[str, np.ndarray]:
-    from safetensors.numpy import load_file
+    """Every tensor of ``folder/*.safetensors`` as float32 numpy (bfloat16/float16 checkpoints included)."""
+    from safetensors import safe_open
 
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise InputError(f"{folder} has no *.safetensors weights (pickled weights are never loaded)")
     out: dict[str, np.ndarray] = {}
     for f in files:
-        for k, v in load_file(str(f)).items():
-            out[k.removeprefix("model.") if k.startswith("model.model.") else k] = v
+        with safe_open(str(f), framework="flax") as st:  # JAX arrays: bfloat16 has no numpy dtype
+            for k in st.keys():
+                out[k] = np.asarray(st.get_tensor(k).astype(jnp.float32))
     return out
 
 
 def _as_f32(x) -> np.ndarray:
-    x = np.asarray(x)
-    if x.dtype.kind == "V" or str(x.dtype) == "bfloat16":  # bfloat16 via ml_dtypes
-        return x.astype(np.float32)
-    return x.astype(np.float32, copy=False)
+    return np.asarray(x, np.float32)
 
 
 def load(path: str | Path, dtype=jnp.float32) -> tuple[LMConfig, dict]:

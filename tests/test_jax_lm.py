@@ -96,6 +96,17 @@ def test_qwen2_attention_bias_matches_transformers(tmp_path):
     _check_logits(tmp_path)
 
 
+def test_bfloat16_checkpoints_load_exactly(tmp_path, tiny_base):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_base.path, dtype=torch.bfloat16)
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    cfg, params = jax_lm.load(tmp_path)
+    want = model.model.layers[1].mlp.down_proj.weight.detach().float().numpy()
+    np.testing.assert_array_equal(np.asarray(params["layers"]["down_proj"][1]), want)
+    np.testing.assert_array_equal(np.asarray(params["embed"]), model.model.embed_tokens.weight.detach().float().numpy())
+
+
 def test_per_row_adapters_equal_one_adapter_at_a_time(tiny_base):
     cfg, params = jax_lm.load(tiny_base.path)
     ids, lengths = _batch(cfg.vocab_size)
