@@ -11,7 +11,9 @@ function-space loss computes, :func:`dnd_jax.function_loss.make_loss`) of their 
   exactly in weight space would produce.
 
 A generator's ``fl_nll`` between ``mean`` and ``own`` shows how far the function-space term has moved
-it from the mean toward its training tasks' own adapters.
+it from the mean toward its training tasks' own adapters. ``--generator NAME=PATH`` (repeatable) adds
+the adapter each trained generator makes for the task from the task's zoo prompts (in-sample: the
+pool's tasks trained it), on the same examples.
 
     python bench/function_loss_reference.py --workdir workdir/many --k 152 --tasks 24 \
         --out docs/scaling/variants/function_loss_reference.json
@@ -36,6 +38,7 @@ def main() -> None:
     ap.add_argument("--tasks", type=int, default=24, help="evaluate every (K / tasks)-th pool task")
     ap.add_argument("--examples", type=int, default=16)
     ap.add_argument("--max_len", type=int, default=64)
+    ap.add_argument("--generator", action="append", default=[], help="NAME=GENERATOR_WORKDIR (repeatable)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
@@ -83,13 +86,24 @@ def main() -> None:
             tokens = np.zeros(layout.grid_shape, np.float32)
         return float(loss(jnp.asarray(tokens)[None], params, 0.0, ids, lens, ans))
 
+    from dnd_jax import generator as generator_lib
+
+    gens = {}
+    for spec in args.generator:
+        name, _, path = spec.partition("=")
+        if not name or not path:
+            sys.exit(f"error: --generator wants NAME=PATH, got '{spec}'")
+        gens[name] = generator_lib.Generator.load(path)
     rows = []
     for i, t in enumerate(chosen):
         own = layout_lib.tokenize(layout, zoo.load_state_dict(ckpts[t][-1]))[0]
         row = {"task": t, "base": nll(None, i), "mean": nll(mean, i), "own": nll(own, i)}
+        for name, gen in gens.items():
+            adapter = gen.generate_many([zoo.prompts(workdir, t)], seed=int(config.generate.seed))[0]
+            row[name] = nll(layout_lib.tokenize(layout, adapter.state_dict)[0], i)
         rows.append(row)
         print(row, flush=True)
-    avg = {k: float(np.mean([r[k] for r in rows])) for k in ("base", "mean", "own")}
+    avg = {k: float(np.mean([r[k] for r in rows])) for k in ("base", "mean", "own", *gens)}
     out = {"command": " ".join(["python", "bench/function_loss_reference.py", *sys.argv[1:]]),
            "k": args.k, "tasks": len(chosen), "examples_per_task": args.examples, "max_len": args.max_len,
            "mean_nll_per_answer_token": avg, "per_task": rows, "wall_s": round(time.perf_counter() - t0, 1)}
