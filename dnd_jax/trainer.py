@@ -528,8 +528,12 @@ class _FunctionLoss:
     def inputs(self, step: int) -> tuple:
         from dnd_jax import input_pipeline
 
-        tasks = self.batches.tasks(step)  # this process's rows
-        ids, lengths, ans = self.examples.sample(tasks, step, self.seed, self.n)
+        # Drawn for the whole global batch, then cut to this process's rows: every process, and a
+        # single-process run, draws the same examples for the same row.
+        everyone = self.batches.tasks(step, all_rows=True)
+        rows = self.batches.rows
+        ids, lengths, ans = (a[rows] for a in self.examples.sample(everyone, step, self.seed, self.n))
+        tasks = everyone[rows]
         b = self.batches.batch_size
         arrays = input_pipeline.make_global(
             [ids, lengths, ans], self.shardings[2:], [(b, *ids.shape[1:]), (b, self.n), (b, self.n)])

@@ -25,10 +25,25 @@ def zoo_dir(tmp_path_factory) -> Path:
     return testing.make_synthetic_zoo(tmp_path_factory.mktemp("zoo"), tasks=("arc_e", "piqa", "boolq"))
 
 
-def _cmd(zoo: Path, workdir: Path) -> list[str]:
+@pytest.fixture(scope="module")
+def fl_zoo_dir(tmp_path_factory) -> Path:
+    """A zoo that claims the tiny config's own base model (built in the zoo's workdir, where train finds it)."""
+    from configs import tiny
+    from dnd_jax import base_model
+
+    workdir = tmp_path_factory.mktemp("flzoo")
+    ref = base_model.resolve(tiny.get_config().base_model, workdir)
+    return testing.make_synthetic_zoo(workdir, tasks=("arc_e", "piqa", "boolq"), base_model=ref.to_dict())
+
+
+FUNCTION_LOSS = ["--config.function_loss.weight=0.5", "--config.function_loss.pool=8",
+                 "--config.function_loss.max_len=48", "--config.total_steps=4"]
+
+
+def _cmd(zoo: Path, workdir: Path, extra: tuple[str, ...] = ()) -> list[str]:
     return [sys.executable, "-m", "dnd_jax.train", "--config", str(REPO / "configs/tiny.py"), "--workdir", str(workdir),
             f"--config.zoo_workdir={zoo}", "--config.total_steps=10", "--config.log_steps=2",
-            "--config.ckpt_steps=10", "--config.eval_steps=10", "--config.mesh=(('data', -1), ('model', 1))"]
+            "--config.ckpt_steps=10", "--config.eval_steps=10", "--config.mesh=(('data', -1), ('model', 1))", *extra]
 
 
 def _env(devices: int) -> dict:
@@ -46,16 +61,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_match_one(zoo_dir, tmp_path):
-    one = subprocess.run(_cmd(zoo_dir, tmp_path / "one"), capture_output=True, text=True, cwd=REPO, env=_env(4),
-                         timeout=600)
-    assert one.returncode == 0, one.stderr[-3000:]
-    assert "process 0/1 builds rows 0-7 of every global batch of 8" in one.stderr
-    assert "placement on mesh" in one.stderr and "params/params/stage_0/prompt/kernel" in one.stderr
-
+def _two_processes(cmd: list[str]) -> list[tuple[str, str]]:
     port = _free_port()
-    procs = [subprocess.Popen(_cmd(zoo_dir, tmp_path / "two") + [f"--coordinator_address=127.0.0.1:{port}",
-                                                                "--num_processes=2", f"--process_id={i}"],
+    procs = [subprocess.Popen(cmd + [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                                     f"--process_id={i}"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=_env(2))
              for i in range(2)]
     outs = []
@@ -68,6 +77,31 @@ def test_two_processes_match_one(zoo_dir, tmp_path):
                 p.kill()
     for p, (_, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err[-3000:]
+    return outs
+
+
+def test_function_loss_two_processes_match_one(fl_zoo_dir, tmp_path):
+    """Each process draws the labelled examples of its own rows only; the sums agree with one process."""
+    one = subprocess.run(_cmd(fl_zoo_dir, tmp_path / "one", FUNCTION_LOSS), capture_output=True, text=True, cwd=REPO,
+                         env=_env(4), timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    _two_processes(_cmd(fl_zoo_dir, tmp_path / "two", FUNCTION_LOSS))
+    rows = {w: [json.loads(x) for x in (tmp_path / w / "metrics.jsonl").read_text().splitlines() if x.strip()]
+            for w in ("one", "two")}
+    assert [r["step"] for r in rows["two"]] == [r["step"] for r in rows["one"]] == [1, 2, 4]
+    for a, b in zip(rows["two"], rows["one"], strict=True):
+        assert a["fl_nll"] > 0 and a["fl_nll"] == pytest.approx(b["fl_nll"], rel=1e-5)
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+
+
+def test_two_processes_match_one(zoo_dir, tmp_path):
+    one = subprocess.run(_cmd(zoo_dir, tmp_path / "one"), capture_output=True, text=True, cwd=REPO, env=_env(4),
+                         timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert "process 0/1 builds rows 0-7 of every global batch of 8" in one.stderr
+    assert "placement on mesh" in one.stderr and "params/params/stage_0/prompt/kernel" in one.stderr
+
+    outs = _two_processes(_cmd(zoo_dir, tmp_path / "two"))
     # Each process builds only its half of every batch.
     assert re.search(r"process 0/2 builds rows 0-3 of every global batch of 8", outs[0][1])
     assert re.search(r"process 1/2 builds rows 4-7 of every global batch of 8", outs[1][1])
