@@ -189,10 +189,10 @@ class Batches:
         ckpt, prompts = batch_indices(self.data, step, self.batch_size, self.num_prompts, self.seed)
         return gather(self.data.train_tokens, self.data.train_task, self.data, ckpt, prompts, self.rows)
 
-    def tasks(self, step: int, all_rows: bool = False) -> np.ndarray:
-        """Task index of each of this process's rows of batch ``step`` (of every row with ``all_rows``)."""
+    def tasks(self, step: int) -> np.ndarray:
+        """Task index of every row of global batch ``step`` (all processes agree on it)."""
         ckpt, _ = batch_indices(self.data, step, self.batch_size, self.num_prompts, self.seed)
-        return self.data.train_task[ckpt if all_rows else ckpt[self.rows]]
+        return self.data.train_task[ckpt]
 
     def __call__(self, step: int) -> list[jax.Array]:
         return make_global(self.host(step), self.shardings, (self.cond_shape, self.target_shape))

@@ -103,10 +103,6 @@ def _read_safetensors(folder: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def _as_f32(x) -> np.ndarray:
-    return np.asarray(x, np.float32)
-
-
 def load(path: str | Path, dtype=jnp.float32) -> tuple[LMConfig, dict]:
     """``(config, params)`` of the HF causal LM in ``path`` (safetensors only)."""
     folder = Path(path)
@@ -126,7 +122,7 @@ def load(path: str | Path, dtype=jnp.float32) -> tuple[LMConfig, dict]:
         key = f"model.layers.{i}.{name}"
         if key not in raw:
             raise InputError(f"{folder} lacks {key}")
-        return _as_f32(raw[key])
+        return raw[key]
 
     def stacked(name: str) -> jax.Array:
         return jnp.asarray(np.stack([layer(i, name) for i in range(cfg.num_layers)]), dtype)
@@ -143,12 +139,12 @@ def load(path: str | Path, dtype=jnp.float32) -> tuple[LMConfig, dict]:
         for m in ("q_proj", "k_proj", "v_proj"):
             layers[f"{m}_bias"] = stacked(f"self_attn.{m}.bias")
     params = {
-        "embed": jnp.asarray(_as_f32(raw["model.embed_tokens.weight"]), dtype),
-        "norm": jnp.asarray(_as_f32(raw["model.norm.weight"]), dtype),
+        "embed": jnp.asarray(raw["model.embed_tokens.weight"], dtype),
+        "norm": jnp.asarray(raw["model.norm.weight"], dtype),
         "layers": layers,
     }
     if not cfg.tie_word_embeddings:
-        params["lm_head"] = jnp.asarray(_as_f32(raw["lm_head.weight"]), dtype)
+        params["lm_head"] = jnp.asarray(raw["lm_head.weight"], dtype)
     return cfg, params
 
 

@@ -18,6 +18,7 @@ feeds its slice of every global batch.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import time
@@ -515,22 +516,16 @@ class _FunctionLoss:
         self.base_sh = batches.shardings[1] if data.bank is not None else rep
         self.shardings = (jax.tree.map(lambda _: rep, lm_params), self.base_sh, sharding.batch_sharding(mesh, 3),
                           sharding.batch_sharding(mesh, 2), sharding.batch_sharding(mesh, 2))
-        self._centers: dict[int, np.ndarray] = {}
-
-    def _center(self, t: int) -> np.ndarray:
-        if t not in self._centers:  # the leave-one-out center its training targets are residuals from
-            if len(self._centers) >= 16:
-                self._centers.pop(next(iter(self._centers)))
-            bank = self.data.bank
-            self._centers[t] = bank.center_at(bank.dirs[t], exclude=t)
-        return self._centers[t]
+        if data.bank is not None:  # a task's leave-one-out center: what its training targets are residuals from
+            bank = data.bank
+            self._center = functools.lru_cache(maxsize=16)(lambda t: bank.center_at(bank.dirs[t], exclude=t))
 
     def inputs(self, step: int) -> tuple:
         from dnd_jax import input_pipeline
 
         # Drawn for the whole global batch, then cut to this process's rows: every process, and a
         # single-process run, draws the same examples for the same row.
-        everyone = self.batches.tasks(step, all_rows=True)
+        everyone = self.batches.tasks(step)
         rows = self.batches.rows
         ids, lengths, ans = (a[rows] for a in self.examples.sample(everyone, step, self.seed, self.n))
         tasks = everyone[rows]

@@ -258,12 +258,8 @@ def tokenize_batch(layout: WeightLayout, state_dicts: Sequence[Mapping[str, Any]
     return tokens, layout.mask()
 
 
-def detokenize(layout: WeightLayout, tokens: Any) -> dict[str, np.ndarray]:
-    """Tokens (..., T, h, w) -> {key: float32 array (..., *shape)} in layout order (padding ignored).
-
-    Leading batch dims are kept on every tensor. Exact inverse of :func:`tokenize`.
-    """
-    tokens = to_numpy_f32(tokens)
+def _cut(layout: WeightLayout, tokens: Any, swapaxes) -> dict[str, Any]:
+    """The one cut of tokens (..., T, h, w) into {key: (..., *shape)} behind both detokenizers."""
     if tuple(tokens.shape[-3:]) != layout.grid_shape:
         raise LayoutMismatchError(f"tokens of shape {tuple(tokens.shape)} do not end in the layout grid {layout.grid_shape}")
     batch = tokens.shape[:-3]
@@ -272,24 +268,21 @@ def detokenize(layout: WeightLayout, tokens: Any) -> dict[str, np.ndarray]:
     for e in layout.entries:
         start = e.offset * layout.token_size
         seg = flat[..., start:start + e.numel].reshape((*batch, *e.stored_shape))
-        if e.transpose:
-            seg = np.swapaxes(seg, -1, -2)
-        out[e.key] = np.array(seg, dtype=np.float32, order="C")  # a copy: never aliases the tokens
+        out[e.key] = swapaxes(seg, -1, -2) if e.transpose else seg
     return out
+
+
+def detokenize(layout: WeightLayout, tokens: Any) -> dict[str, np.ndarray]:
+    """Tokens (..., T, h, w) -> {key: float32 array (..., *shape)} in layout order (padding ignored).
+
+    Leading batch dims are kept on every tensor. Exact inverse of :func:`tokenize`.
+    """
+    cut = _cut(layout, to_numpy_f32(tokens), np.swapaxes)
+    return {k: np.array(v, dtype=np.float32, order="C") for k, v in cut.items()}  # copies: never alias the tokens
 
 
 def detokenize_jax(layout: WeightLayout, tokens: Any) -> dict[str, Any]:
     """:func:`detokenize` as JAX ops (jit-able, differentiable): tokens (..., T, h, w) -> {key: (..., *shape)}."""
     import jax.numpy as jnp
 
-    tokens = jnp.asarray(tokens)
-    if tuple(tokens.shape[-3:]) != layout.grid_shape:
-        raise LayoutMismatchError(f"tokens of shape {tuple(tokens.shape)} do not end in the layout grid {layout.grid_shape}")
-    batch = tokens.shape[:-3]
-    flat = tokens.reshape((*batch, -1))
-    out = {}
-    for e in layout.entries:
-        start = e.offset * layout.token_size
-        seg = flat[..., start:start + e.numel].reshape((*batch, *e.stored_shape))
-        out[e.key] = jnp.swapaxes(seg, -1, -2) if e.transpose else seg
-    return out
+    return _cut(layout, jnp.asarray(tokens), jnp.swapaxes)
