@@ -133,7 +133,7 @@ def estimate(config, mesh, in_shape, out_shape, batch_size: int | None = None, c
     state_sh = placement.shardings
     batch_sh, rep = sharding.batch_sharding(mesh, 4), sharding.replicated(mesh)
     fl_loss, fl_sh, fl_args = None, (), ()
-    if function_loss.enabled(config):  # the base LM (replicated) and one step's examples join the program
+    if function_loss.enabled(config):  # the base LM (placed by config.sharding) and one step's examples join
         fl_loss, fl_sh, fl_args, out["function_loss"] = _function_loss_inputs(config, mesh, batch, out_shape)
     train_step, _ = trainer.make_steps(models.for_shardings(model, state_sh["params"]), tx, schedule, config, fl_loss)
     step = jax.jit(train_step, in_shardings=(state_sh, batch_sh, batch_sh, rep, *fl_sh), out_shardings=(state_sh, rep),
@@ -177,18 +177,21 @@ def _function_loss_inputs(config, mesh, batch: int, out_shape) -> tuple:
                                    row_sharding=sharding.batch_sharding(mesh, 4))
     rep = sharding.replicated(mesh)
     e, length = int(s["examples"]), int(s["max_len"])
-    lm = jax_lm.abstract_params(lm_cfg)
-    shardings = (jax.tree.map(lambda _: rep, lm), rep, sharding.batch_sharding(mesh, 3),
+    lm = jax_lm.abstract_params(lm_cfg, function_loss.dtype(config))
+    placement = sharding.place(mesh, {function_loss.BASE_PREFIX: lm}, sharding.config_rules(config),
+                               int(config.min_shard_size))
+    lm_sh = placement.shardings[function_loss.BASE_PREFIX]
+    shardings = (lm_sh, rep, sharding.batch_sharding(mesh, 3),
                  sharding.batch_sharding(mesh, 2), sharding.batch_sharding(mesh, 2))
-    args = (jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), lm),
+    args = (jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), lm, lm_sh),
             jax.ShapeDtypeStruct((), jnp.float32, sharding=rep),
             jax.ShapeDtypeStruct((batch, e, length), jnp.int32, sharding=shardings[2]),
             jax.ShapeDtypeStruct((batch, e), jnp.int32, sharding=shardings[3]),
             jax.ShapeDtypeStruct((batch, e), jnp.int32, sharding=shardings[4]))
-    lm_bytes = int(sum(math.prod(a.shape) * a.dtype.itemsize for a in jax.tree.leaves(lm)))
     desc = {"weight": float(s["weight"]), "examples_per_row": e, "max_len": length, "max_answer": max_answer,
             "remat": bool(s["remat"]), "base_lm_params": int(sum(math.prod(a.shape) for a in jax.tree.leaves(lm))),
-            "base_lm_bytes_per_device": lm_bytes}  # replicated: every device holds the whole base model
+            "base_lm_dtype": str(s["dtype"]), "base_lm_bytes": placement.total_bytes(),
+            "base_lm_bytes_per_device": placement.bytes_per_device(), "base_lm_unsplit": placement.unsplit}
     return loss, shardings, args, desc
 
 
@@ -207,9 +210,9 @@ def summary(r: dict) -> str:
         lines.append("per-device memory (XLA): " + ", ".join(f"{k} {v / gib:.3f} GiB" for k, v in m.items()))
     if "function_loss" in r:
         f = r["function_loss"]
-        lines.append(f"function loss: base LM {f['base_lm_params'] / 1e6:.1f}M params replicated "
-                     f"({f['base_lm_bytes_per_device'] / gib:.3f} GiB/device), {f['examples_per_row']} examples x "
-                     f"{f['max_len']} tokens per row")
+        lines.append(f"function loss: base LM {f['base_lm_params'] / 1e6:.1f}M params in {f.get('base_lm_dtype', 'float32')} "
+                     f"({f['base_lm_bytes_per_device'] / gib:.3f} GiB/device of {f.get('base_lm_bytes', 0) / gib:.3f} GiB), "
+                     f"{f['examples_per_row']} examples x {f['max_len']} tokens per row")
     for u in r["unsplit"]:
         lines.append(f"UNSPLIT {u}")
     return "\n".join(lines)

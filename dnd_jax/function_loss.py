@@ -13,6 +13,13 @@ The examples are the zoo's training examples (the train split; never a held-out 
 exactly as the zoo's LoRAs were trained on them (:func:`dnd_jax.lora_train.encode_pairs`, cut to
 ``function_loss.max_len`` tokens). Batch ``step``'s examples are a pure function of ``(seed, step)``,
 so a resumed run draws what an uninterrupted one would.
+
+At scale the frozen base LM is the term's largest input: ``function_loss.dtype = 'bfloat16'`` keeps its
+weights and activations in bfloat16 (LoRA factors are cast to it; attention softmax, logits and the loss
+stay float32), and ``config.sharding``'s rules place it like the generator's parameters, over
+``base_lm/<path>`` paths (``base_lm/embed``, ``base_lm/layers/q_proj``, ...): the default rules replicate
+it, ``(r"base_lm/.*", "fsdp(axis='data')")`` (or the FSDP configs' catch-all) splits every weight over
+the data axis. Each process reads the checkpoint and places only its own devices' shards.
 """
 from __future__ import annotations
 
@@ -37,7 +44,10 @@ if TYPE_CHECKING:  # configs import DEFAULTS: JAX loads only where the loss is b
 # pool: labelled examples kept per task (the first ones of its train split); examples: drawn per row
 # and step; max_len: tokens per sequence (context cut from the left); max_answer: answer positions
 # scored (0: the longest answer in the pool; answers longer than it are scored on their last tokens).
-DEFAULTS = dict(weight=0.0, examples=2, pool=256, max_len=64, max_answer=0, remat=True)
+# dtype: the base LM's weights and compute ('float32' or 'bfloat16').
+DEFAULTS = dict(weight=0.0, examples=2, pool=256, max_len=64, max_answer=0, remat=True, dtype="float32")
+DTYPES = ("float32", "bfloat16")
+BASE_PREFIX = "base_lm"  # the base LM's parameter paths under config.sharding: base_lm/layers/q_proj
 
 
 def settings(config) -> dict:
@@ -50,11 +60,28 @@ def settings(config) -> dict:
             raise InputError(f"function_loss.{k} must be >= 1, got {s[k]}")
     if int(s["max_answer"]) < 0:
         raise InputError(f"function_loss.max_answer must be >= 0, got {s['max_answer']}")
+    if str(s["dtype"]) not in DTYPES:
+        raise InputError(f"function_loss.dtype must be one of {DTYPES}, got '{s['dtype']}'")
     return s
 
 
 def enabled(config) -> bool:
     return float(settings(config)["weight"]) > 0
+
+
+def dtype(config):
+    """The base LM's dtype (a JAX dtype) under ``function_loss.dtype``."""
+    import jax.numpy as jnp
+
+    return jnp.dtype(str(settings(config)["dtype"]))
+
+
+def put_base(host_params, shardings):
+    """Host (numpy) base-LM leaves onto their shardings; every process supplies only its devices' shards."""
+    import jax
+
+    return jax.tree.map(lambda a, s: jax.make_array_from_callback(a.shape, s, lambda idx: a[idx]),
+                        host_params, shardings)
 
 
 @dataclasses.dataclass

@@ -88,29 +88,38 @@ class LMConfig:
         )
 
 
-def _read_safetensors(folder: Path) -> dict[str, np.ndarray]:
-    """Every tensor of ``folder/*.safetensors`` as float32 numpy (bfloat16/float16 checkpoints included)."""
+def _read_safetensors(folder: Path, dtype=np.float32) -> dict[str, np.ndarray]:
+    """Every tensor of ``folder/*.safetensors`` as host numpy in ``dtype`` (bfloat16/float16 checkpoints
+    included; numpy's bfloat16 is ml_dtypes')."""
     from safetensors import safe_open
 
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise InputError(f"{folder} has no *.safetensors weights (pickled weights are never loaded)")
     out: dict[str, np.ndarray] = {}
-    for f in files:
-        with safe_open(str(f), framework="flax") as st:  # JAX arrays: bfloat16 has no numpy dtype
-            for k in st.keys():
-                out[k] = np.asarray(st.get_tensor(k).astype(jnp.float32))
+    # The flax reader yields JAX arrays (numpy has no bfloat16 reader): keep them on the host's CPU device.
+    with jax.default_device(jax.local_devices(backend="cpu")[0]):
+        for f in files:
+            with safe_open(str(f), framework="flax") as st:
+                for k in st.keys():
+                    out[k] = np.asarray(st.get_tensor(k).astype(dtype))
     return out
 
 
-def load(path: str | Path, dtype=jnp.float32) -> tuple[LMConfig, dict]:
-    """``(config, params)`` of the HF causal LM in ``path`` (safetensors only)."""
-    folder = Path(path)
-    cfg_file = folder / "config.json"
+def read_config(path: str | Path) -> LMConfig:
+    """The :class:`LMConfig` of the HF folder ``path`` (its ``config.json``; no weights are read)."""
+    cfg_file = Path(path) / "config.json"
     if not cfg_file.is_file():
-        raise InputError(f"{folder} has no config.json")
-    cfg = LMConfig.from_hf(json.loads(cfg_file.read_text()))
-    raw = _read_safetensors(folder)
+        raise InputError(f"{path} has no config.json")
+    return LMConfig.from_hf(json.loads(cfg_file.read_text()))
+
+
+def load_host(path: str | Path, dtype=jnp.float32) -> tuple[LMConfig, dict]:
+    """``(config, params)`` of the HF causal LM in ``path`` (safetensors only) as host numpy arrays in
+    ``dtype``: to be placed shard by shard (:func:`dnd_jax.function_loss.put_base`)."""
+    folder = Path(path)
+    cfg = read_config(folder)
+    raw = _read_safetensors(folder, dtype)
     need = ["model.embed_tokens.weight", "model.norm.weight"]
     if not cfg.tie_word_embeddings:
         need.append("lm_head.weight")
@@ -118,14 +127,12 @@ def load(path: str | Path, dtype=jnp.float32) -> tuple[LMConfig, dict]:
     if missing:
         raise InputError(f"{folder} lacks {missing[0]} ({len(missing)} expected tensors missing)")
 
-    def layer(i: int, name: str) -> np.ndarray:
-        key = f"model.layers.{i}.{name}"
-        if key not in raw:
-            raise InputError(f"{folder} lacks {key}")
-        return raw[key]
-
-    def stacked(name: str) -> jax.Array:
-        return jnp.asarray(np.stack([layer(i, name) for i in range(cfg.num_layers)]), dtype)
+    def stacked(name: str) -> np.ndarray:
+        keys = [f"model.layers.{i}.{name}" for i in range(cfg.num_layers)]
+        for key in keys:
+            if key not in raw:
+                raise InputError(f"{folder} lacks {key}")
+        return np.stack([raw.pop(key) for key in keys])  # pop: one copy of the weights at a time
 
     layers = {
         "input_norm": stacked("input_layernorm.weight"),
@@ -138,14 +145,16 @@ def load(path: str | Path, dtype=jnp.float32) -> tuple[LMConfig, dict]:
     if cfg.attention_bias:
         for m in ("q_proj", "k_proj", "v_proj"):
             layers[f"{m}_bias"] = stacked(f"self_attn.{m}.bias")
-    params = {
-        "embed": jnp.asarray(raw["model.embed_tokens.weight"], dtype),
-        "norm": jnp.asarray(raw["model.norm.weight"], dtype),
-        "layers": layers,
-    }
+    params = {"embed": raw["model.embed_tokens.weight"], "norm": raw["model.norm.weight"], "layers": layers}
     if not cfg.tie_word_embeddings:
-        params["lm_head"] = jnp.asarray(raw["lm_head.weight"], dtype)
+        params["lm_head"] = raw["lm_head.weight"]
     return cfg, params
+
+
+def load(path: str | Path, dtype=jnp.float32) -> tuple[LMConfig, dict]:
+    """``(config, params)`` of the HF causal LM in ``path`` (safetensors only), on the default device."""
+    cfg, params = load_host(path, dtype)
+    return cfg, jax.tree.map(jnp.asarray, params)
 
 
 def abstract_params(cfg: LMConfig, dtype=jnp.float32) -> dict:
@@ -213,7 +222,7 @@ def _linear(x: jax.Array, w: jax.Array, lora: tuple | None, scale: float, bias: 
     if bias is not None:
         y = y + bias
     if lora is not None:
-        a, b = lora
+        a, b = (f.astype(x.dtype) for f in lora)  # computed in the model's dtype, as peft does
         if a.ndim == 2:
             y = y + scale * ((x @ a.T) @ b.T)
         else:
@@ -249,7 +258,7 @@ def hidden_states(cfg: LMConfig, params: Mapping, ids: jax.Array, lengths: jax.A
         k = _rope(k.reshape(bsz, n, s, kvh, hd), positions, cfg.rope_theta)
         v = v.reshape(bsz, n, s, kvh, hd)
         q = q.reshape(bsz, n, s, kvh, h // kvh, hd)
-        att = jnp.einsum("bnqkgd,bnskd->bnkgqs", q, k).astype(jnp.float32) / np.sqrt(hd)
+        att = jnp.einsum("bnqkgd,bnskd->bnkgqs", q, k, preferred_element_type=jnp.float32) / np.sqrt(hd)
         att = jnp.where(mask[:, :, :, None], att, jnp.finfo(jnp.float32).min)
         att = jax.nn.softmax(att, axis=-1).astype(x.dtype)
         o = jnp.einsum("bnkgqs,bnskd->bnqkgd", att, v).reshape(bsz, n, s, h * hd)

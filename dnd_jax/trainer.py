@@ -506,15 +506,20 @@ class _FunctionLoss:
         s = function_loss.settings(config)
         tokenizer = AutoTokenizer.from_pretrained(ref.path)
         self.examples = function_loss.load_examples(config, data.tasks, tokenizer)
-        lm_cfg, lm_params = jax_lm.load(ref.path)
+        lm_dtype = function_loss.dtype(config)
+        rep = sharding.replicated(mesh)
+        placement = place_state(config, mesh, {function_loss.BASE_PREFIX: jax_lm.abstract_params(
+            jax_lm.read_config(ref.path), lm_dtype)}, what=f"function_loss base LM ({s['dtype']})")
+        lm_sh = placement.shardings[function_loss.BASE_PREFIX]
+        lm_cfg, host = jax_lm.load_host(ref.path, lm_dtype)
         scaling = lora_lib.lora_scaling(data.lora)
         self.loss = function_loss.make_loss(lm_cfg, data.layout, data.normalizer, scaling, self.examples.max_answer,
                                             bool(s["remat"]), row_sharding=batches.shardings[1])
         self.n, self.seed, self.data, self.batches = int(s["examples"]), int(config.seed), data, batches
-        rep = sharding.replicated(mesh)
-        self.lm_params = jax.device_put(lm_params, rep)
+        self.lm_params = function_loss.put_base(host, lm_sh)
+        del host
         self.base_sh = batches.shardings[1] if data.bank is not None else rep
-        self.shardings = (jax.tree.map(lambda _: rep, lm_params), self.base_sh, sharding.batch_sharding(mesh, 3),
+        self.shardings = (lm_sh, self.base_sh, sharding.batch_sharding(mesh, 3),
                           sharding.batch_sharding(mesh, 2), sharding.batch_sharding(mesh, 2))
         if data.bank is not None:  # a task's leave-one-out center: what its training targets are residuals from
             bank = data.bank
@@ -540,17 +545,21 @@ class _FunctionLoss:
         return (self.lm_params, base, *arrays)
 
 
-def place_state(config, mesh, abstract_state) -> sharding.Placement:
-    """Placement of the train state under ``config.sharding``; logged (process 0); unsplit kernels
-    are warnings, or a :class:`ConfigError` with ``config.sharding_unsplit='error'``."""
+def place_state(config, mesh, abstract_state, what: str = "") -> sharding.Placement:
+    """Placement of the train state (or of ``what``: another tree) under ``config.sharding``; logged
+    (process 0); unsplit kernels are warnings, or a :class:`ConfigError` with ``config.sharding_unsplit='error'``."""
     try:
         placement = sharding.place(mesh, abstract_state, sharding.config_rules(config), int(config.min_shard_size))
     except sharding.ShardingRuleError as e:
         raise ConfigError(f"config.sharding: {e}") from None
     if jax.process_index() == 0:
-        logging.info("placement on mesh %s (params %.1f MiB/device, optimizer state %.1f MiB/device):\n%s",
-                     dict(mesh.shape), placement.bytes_per_device("params") / 2**20,
-                     placement.bytes_per_device("opt_state") / 2**20, placement.table())
+        if what:
+            logging.info("placement of the %s on mesh %s (%.1f MiB/device of %.1f MiB):\n%s", what, dict(mesh.shape),
+                         placement.bytes_per_device() / 2**20, placement.total_bytes() / 2**20, placement.table())
+        else:
+            logging.info("placement on mesh %s (params %.1f MiB/device, optimizer state %.1f MiB/device):\n%s",
+                         dict(mesh.shape), placement.bytes_per_device("params") / 2**20,
+                         placement.bytes_per_device("opt_state") / 2**20, placement.table())
         for line in placement.unsplit:
             logging.warning("not split as the rules ask: %s", line)
     if placement.unsplit and config.get("sharding_unsplit", "warn") == "error":

@@ -10,12 +10,16 @@ import pytest
 import torch
 
 from configs import tiny
-from dnd_jax import function_loss, jax_lm, lora_train, testing, trainer, zoo
+from dnd_jax import function_loss, jax_lm, lora_train, sharding, testing, trainer, zoo
 from dnd_jax import tasks as tasks_lib
 from dnd_jax.weights import layout as layout_lib
 from dnd_jax.weights import normalization
 
 TASKS = ("arc_e", "piqa", "boolq")
+BASE_SHARDED = ((r"base_lm/layers/(gate|up)_proj", "shard_dim(axis='model', dim=1)|fsdp(axis='data')"),
+                (r"base_lm/layers/down_proj", "shard_dim(axis='model', dim=2)|fsdp(axis='data')"),
+                (r"base_lm/.*", "fsdp(axis='data')"),
+                (r".*/kernel", "shard_dim(axis='model', dim=-1)"), (r".*", "replicate"))
 pytestmark = pytest.mark.usefixtures("compile_cache")
 
 
@@ -113,7 +117,17 @@ def test_training_logs_both_terms_sharded_equals_unsharded_and_resumes_exactly(z
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
     for r in rows:
         assert r["fl_nll"] > 0 and r["loss"] == pytest.approx(r["mse"] + 0.5 * r["fl_nll"], rel=1e-5)
-    c8 = _config(zoo_dir, tiny_base, mesh=(("data", 4), ("model", 2)), min_shard_size=256)
+    # On 4x2 devices, with the base LM split too (config.sharding's rules over base_lm/... paths): FSDP over
+    # 'data' for every weight, and the MLP's hidden dimension over 'model' as well.
+    c8 = _config(zoo_dir, tiny_base, mesh=(("data", 4), ("model", 2)), min_shard_size=256,
+                 sharding=BASE_SHARDED)
+    placed = trainer.place_state(c8, sharding.make_mesh(c8.mesh), {function_loss.BASE_PREFIX: jax_lm.abstract_params(
+        jax_lm.read_config(tiny_base.path))})
+    specs = sharding.describe(placed.shardings)
+    assert specs["base_lm/embed"] == "P(None, 'data')" and not placed.unsplit  # 259 x 32: 32 divides
+    assert specs["base_lm/layers/up_proj"] == "P(None, 'model', 'data')"
+    assert specs["base_lm/layers/down_proj"] == "P(None, 'data', 'model')"
+    assert placed.bytes_per_device() < placed.total_bytes() / 3
     sharded = trainer.train_and_evaluate(c8, tmp_path / "eight")
     for a, b in zip(sharded["history"], rows, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4) and a["fl_nll"] == pytest.approx(b["fl_nll"], rel=1e-4)
@@ -129,6 +143,23 @@ def test_training_logs_both_terms_sharded_equals_unsharded_and_resumes_exactly(z
                  resumed["params"], full["params"])
     # A run saved before function_loss joined the recipe is the weight-0 run: it resumes under weight 0 only.
     assert trainer.with_added_keys({})["function_loss"] == function_loss.DEFAULTS
+
+
+def test_bfloat16_base_lm_trains_like_float32(zoo_dir, tiny_base, tmp_path):
+    """function_loss.dtype='bfloat16': the same run, its NLL within bfloat16's error of float32's."""
+    one = jax.devices()[:1]
+    mesh = (("data", -1), ("model", 1))
+    f32 = trainer.train_and_evaluate(_config(zoo_dir, tiny_base, mesh=mesh, total_steps=3), tmp_path / "f32",
+                                     devices=one)["history"]
+    c = _config(zoo_dir, tiny_base, mesh=mesh, total_steps=3)
+    c.function_loss.dtype = "bfloat16"
+    bf16 = trainer.train_and_evaluate(c, tmp_path / "bf16", devices=one)["history"]
+    for a, b in zip(bf16, f32, strict=True):
+        assert a["fl_nll"] == pytest.approx(b["fl_nll"], rel=1e-2) and a["fl_nll"] != b["fl_nll"]
+        assert a["mse"] == pytest.approx(b["mse"], rel=1e-2)
+    # A run saved as float32 does not resume as bfloat16: the dtype is part of the recipe.
+    with pytest.raises(trainer.ResumeMismatchError, match="function_loss"):
+        trainer.train_and_evaluate(c, tmp_path / "f32", devices=one)
 
 
 def test_similarity_center_is_added_before_the_adapter_is_built(zoo_dir, tiny_base, tmp_path):
@@ -148,6 +179,7 @@ def test_similarity_center_is_added_before_the_adapter_is_built(zoo_dir, tiny_ba
     ({"weight": -1.0}, "function_loss.weight must be"),
     ({"examples": 0}, "function_loss.examples must be"),
     ({"max_answer": -2}, "function_loss.max_answer must be"),
+    ({"dtype": "float16"}, "function_loss.dtype must be one of"),
 ])
 def test_bad_settings_are_refused_before_any_work(zoo_dir, tiny_base, tmp_path, overrides, match):
     c = _config(zoo_dir, tiny_base)

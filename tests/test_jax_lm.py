@@ -53,7 +53,7 @@ def _batch(vocab: int, rows: int = 3, width: int = 11, seed: int = 0):
 def _torch_logits(model, ids, lengths):
     att = (np.arange(ids.shape[1])[None] < lengths[:, None]).astype(np.int64)
     with torch.no_grad():
-        return model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(att)).logits.numpy()
+        return model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(att)).logits.float().numpy()
 
 
 def _check_logits(path, **lora_kw):
@@ -164,3 +164,58 @@ def test_refuses_unsupported_settings_by_name(tmp_path, tiny_base):
     cfg, _ = jax_lm.load(tiny_base.path)
     with pytest.raises(jax_lm.UnsupportedModelError, match="lm_head"):
         jax_lm.stack_lora(cfg, {"lm_head": (np.zeros((2, 4)), np.zeros((4, 2)))})
+
+
+def test_bfloat16_weights_and_compute_track_float32(tiny_base):
+    """function_loss.dtype='bfloat16': weights rounded once to bfloat16 (as torch rounds them), activations
+    in bfloat16, float32 logits; the loss and its gradient to (float32) LoRA factors follow float32's."""
+    peft = _peft_model(tiny_base.path, seed=4)
+    cfg, p32 = jax_lm.load(tiny_base.path)
+    cfg16, p16 = jax_lm.load(tiny_base.path, jnp.bfloat16)
+    assert cfg16 == cfg and {a.dtype for a in jax.tree.leaves(p16)} == {jnp.dtype(jnp.bfloat16)}
+    for name in ("q_proj", "down_proj"):
+        want = torch.tensor(np.asarray(p32["layers"][name])).bfloat16().float().numpy()
+        np.testing.assert_array_equal(np.asarray(p16["layers"][name]).astype(np.float32), want)
+    lora = jax_lm.stack_lora(cfg, {k: (jnp.asarray(a), jnp.asarray(b)) for k, (a, b) in _factors(peft).items()})
+    ids_np, len_np = _batch(cfg.vocab_size)
+    ids, lengths = (jnp.asarray(x)[:, None] for x in (ids_np, len_np))
+    l32, l16 = (np.asarray(jax_lm.logits(cfg, p, ids, lengths, lora, 2.0)) for p in (p32, p16))
+    assert l16.dtype == np.float32
+    # As close to float32 as torch + peft in bfloat16 are (its error: 0.009-0.034 on these rows; ours 0.007-0.041).
+    t32 = _torch_logits(peft, ids_np, len_np)
+    t16 = _torch_logits(peft.to(torch.bfloat16), ids_np, len_np)
+    for i, n in enumerate(len_np):
+        err, torch_err = (np.abs(x[:n] - t32[i, :n]).max() for x in (l16[i, 0], t16[i]))
+        assert 0 < err < 2 * torch_err
+    # The answer NLL's gradient to the LoRA factors: bfloat16 changes it as much as it changes torch's (this
+    # random tiny model's saturated attention makes q/k gradients sensitive: cosine 0.92 with float32 here, 0.93 in torch).
+    n_ans = [4, 3, 2]
+
+    def nll(params):
+        return lambda lo: -jax_lm.answer_logprob(cfg, params, ids, lengths, jnp.asarray(n_ans)[:, None], lo, 2.0,
+                                                 remat=True).sum()
+
+    def torch_grads(model) -> np.ndarray:
+        att = torch.tensor((np.arange(ids_np.shape[1])[None] < len_np[:, None]).astype(np.int64))
+        lp = torch.log_softmax(model(input_ids=torch.tensor(ids_np), attention_mask=att).logits.float(), -1)
+        loss = -sum(lp[i, n - a - 1 + j, int(ids_np[i, n - a + j])] for i, (n, a) in enumerate(zip(len_np, n_ans))
+                    for j in range(a))
+        model.zero_grad()
+        loss.backward()
+        named = dict(model.named_parameters())
+        return float(loss), np.concatenate([  # jax_lm's order: linear, then A/B, then layer
+            named[f"base_model.model.model.layers.{i}.{'self_attn' if m in jax_lm.ATTN else 'mlp'}.{m}.lora_{f}"
+                  f".default.weight"].grad.float().numpy().ravel()
+            for m in sorted(lora) for f in "AB" for i in range(cfg.num_layers)])
+
+    def cos(a, b) -> float:
+        return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+    (v32, g32), (v16, g16) = (jax.value_and_grad(nll(p))(lora) for p in (p32, p16))
+    flat32, flat16 = (np.concatenate([np.ravel(x) for x in jax.tree.leaves(g)]) for g in (g32, g16))
+    assert flat16.dtype == np.float32 and np.isfinite(flat16).all()
+    t32, tg32 = torch_grads(_peft_model(tiny_base.path, seed=4))
+    t16, tg16 = torch_grads(_peft_model(tiny_base.path, seed=4).to(torch.bfloat16))
+    assert float(v32) == pytest.approx(t32, rel=1e-5) and cos(flat32, tg32) > 1 - 1e-6  # the same function
+    assert abs(float(v16) - float(v32)) < 2 * abs(t16 - t32) + 1e-3 * abs(t32)
+    assert cos(flat16, flat32) > cos(tg16, tg32) - 0.02

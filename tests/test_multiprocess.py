@@ -80,12 +80,19 @@ def _two_processes(cmd: list[str]) -> list[tuple[str, str]]:
     return outs
 
 
+# The base LM split over 'data' (4 devices, 2 per process: each process places only its own shards).
+BASE_FSDP = ["--config.min_shard_size=256", "--config.sharding=((r'base_lm/.*', \"fsdp(axis='data')\"), "
+             "(r'.*/kernel', \"shard_dim(axis='model', dim=-1)\"), (r'.*', 'replicate'))"]
+
+
 def test_function_loss_two_processes_match_one(fl_zoo_dir, tmp_path):
-    """Each process draws the labelled examples of its own rows only; the sums agree with one process."""
+    """Each process draws the labelled examples of its own rows only and holds its shards of the base LM;
+    the sums agree with one process that holds all of it."""
     one = subprocess.run(_cmd(fl_zoo_dir, tmp_path / "one", FUNCTION_LOSS), capture_output=True, text=True, cwd=REPO,
                          env=_env(4), timeout=600)
     assert one.returncode == 0, one.stderr[-3000:]
-    _two_processes(_cmd(fl_zoo_dir, tmp_path / "two", FUNCTION_LOSS))
+    outs = _two_processes(_cmd(fl_zoo_dir, tmp_path / "two", FUNCTION_LOSS + BASE_FSDP))
+    assert re.search(r"base_lm/layers/gate_proj .*'data'", outs[0][1])  # the placement table (process 0's log)
     rows = {w: [json.loads(x) for x in (tmp_path / w / "metrics.jsonl").read_text().splitlines() if x.strip()]
             for w in ("one", "two")}
     assert [r["step"] for r in rows["two"]] == [r["step"] for r in rows["one"]] == [1, 2, 4]

@@ -74,7 +74,8 @@ def test_cli_dry_run_trains_nothing(tmp_path):
 
 
 def test_function_loss_joins_the_estimate(tiny_base):
-    """With function_loss on, the base LM (replicated) and the examples are arguments of the compiled step."""
+    """With function_loss on, the base LM (placed by config.sharding's rules over base_lm/... paths: this
+    config's FSDP catch-all splits it over 'data') and the examples are arguments of the compiled step."""
     from dnd_jax import jax_lm
 
     config = _config()
@@ -83,16 +84,30 @@ def test_function_loss_joins_the_estimate(tiny_base):
     plain = dry_run.estimate(config, mesh, in_shape, out_shape)
     config.function_loss.weight = 1.0
     config.function_loss.examples, config.function_loss.max_len = 2, 24
-    est = dry_run.estimate(config, mesh, in_shape, out_shape)
     # The abstract base model is exactly what jax_lm.load builds from the real tiny checkpoint.
     cfg, params = jax_lm.load(tiny_base.path)
     assert dry_run.lm_config(config) == dataclasses.replace(cfg, rms_norm_eps=1e-6)
     abstract = jax_lm.abstract_params(cfg)
     assert jax.tree.structure(abstract) == jax.tree.structure(params)
     assert all(a.shape == p.shape for a, p in zip(jax.tree.leaves(abstract), jax.tree.leaves(params), strict=True))
-    lm_bytes = sum(p.nbytes for p in jax.tree.leaves(params))
-    assert est["function_loss"]["base_lm_bytes_per_device"] == lm_bytes
+
+    def per_device(itemsize: int) -> int:  # fsdp over data=4: leaves of >= 256 elements with a dim that divides
+        return sum(p.size * itemsize // (4 if p.size >= 256 and any(d % 4 == 0 for d in p.shape) else 1)
+                   for p in jax.tree.leaves(params))
+
     b = config.batch_size // 4
     example_bytes = 4 * (b * 2 * 24 + 2 * b * 2) + 4  # ids, lengths, answer lengths, the scalar base
-    assert est["memory_per_device"]["argument"] == plain["memory_per_device"]["argument"] + lm_bytes + example_bytes
-    assert est["flops_per_step"] > plain["flops_per_step"]
+    for dtype, itemsize in (("float32", 4), ("bfloat16", 2)):
+        config.function_loss.dtype = dtype
+        est = dry_run.estimate(config, mesh, in_shape, out_shape)
+        f = est["function_loss"]
+        assert f["base_lm_dtype"] == dtype and f["base_lm_bytes"] == sum(p.size for p in jax.tree.leaves(params)) * itemsize
+        assert f["base_lm_bytes_per_device"] == per_device(itemsize) < f["base_lm_bytes"] / 3
+        assert est["memory_per_device"]["argument"] == plain["memory_per_device"]["argument"] + per_device(itemsize) \
+            + example_bytes
+        assert est["flops_per_step"] > plain["flops_per_step"]
+    # The default rules replicate the base LM: every device holds all of it.
+    config.sharding = ((r".*/kernel", "shard_dim(axis='model', dim=-1)"), (r".*", "replicate"))
+    config.function_loss.dtype = "float32"
+    assert dry_run.estimate(config, mesh, in_shape, out_shape, compile=True)["function_loss"][
+        "base_lm_bytes_per_device"] == sum(p.nbytes for p in jax.tree.leaves(params))
