@@ -8,7 +8,9 @@ Two measurements on SmolLM2-135M-Instruct (``configs/smollm2_many.py``'s base mo
 2. **Cost** of the function-loss term alone: forward + backward of ``function_loss.make_loss``'s
    answer NLL with respect to ``B`` generated adapters (the generator's output, 1590 tokens of
    192 x 8), for ``E`` examples of ``S`` tokens each, with and without rematerialisation: compile
-   time, step time (median of 3), and the process's peak RSS.
+   time, step time (median of 3), and the process's peak RSS; and the cut of the tokens into the
+   per-row LoRA factors alone (forward + backward, 4 adapters). The bench fails if the loss does not
+   depend on the tokens (it would be timing the base model alone).
 
     python bench/function_loss.py --out docs/bench/function_loss.json
 """
@@ -79,6 +81,19 @@ def main() -> None:
     layout = layout_lib.build_layout({k: v.shape for k, v in sd.items()}, (192, 8))
     tokens, mask = layout_lib.tokenize_batch(layout, [sd])
     norm = normalization.Normalizer.fit(np.concatenate([tokens, 0.9 * tokens]), mask, "per_element")
+    # The cut of generated tokens into per-row LoRA factors, alone (forward + backward, B=4).
+    cut = jax.jit(jax.grad(lambda x: sum(jnp.sum(a * a) + jnp.sum(b * b) for a, b in jax_lm.stack_lora(
+        cfg, function_loss.lora_from_tokens(layout, norm.denormalize(x))).values())))
+    pred4 = jnp.asarray(np.repeat(norm.normalize(tokens), 4, axis=0))
+    jax.block_until_ready(cut(pred4))
+    times = []
+    for _ in range(3):
+        t = time.perf_counter()
+        jax.block_until_ready(cut(pred4))
+        times.append(time.perf_counter() - t)
+    cut_row = {"B": 4, "tensors": len(layout.entries), "grid": list(layout.grid_shape),
+               "fwd_bwd_s": round(float(np.median(times)), 4), "load_avg_1m": os.getloadavg()[0]}
+    print("cut", cut_row, flush=True)
     cases = []
     for spec in args.shapes.split(","):
         b, e, s = (int(x) for x in spec.split("x"))
@@ -95,16 +110,20 @@ def main() -> None:
             times = []
             for _ in range(3):
                 t = time.perf_counter()
-                jax.block_until_ready(step(pred, params, 0.0, ids, lens, ans))
+                value, grad = jax.block_until_ready(step(pred, params, 0.0, ids, lens, ans))
                 times.append(time.perf_counter() - t)
+            grad_max = float(jnp.abs(grad).max())
+            if not grad_max > 0:  # the adapter must reach the loss, or this times the base model alone
+                raise SystemExit(f"the loss does not depend on the generated tokens (max |grad| {grad_max})")
             row = {"B": b, "E": e, "S": s, "remat": remat, "compile_and_first_s": round(first, 2),
                    "step_s": round(float(np.median(times)), 3), "tokens": b * e * s,
+                   "nll": round(float(value), 4), "grad_abs_max": grad_max,
                    "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),
                    "load_avg_1m": os.getloadavg()[0]}
             print(row, flush=True)
             cases.append(row)
     out = {"command": "python bench/function_loss.py --out " + args.out, "base_model": ref.name,
-           "devices": str(jax.devices()), "agreement": agreement, "cost": cases,
+           "devices": str(jax.devices()), "agreement": agreement, "cut": cut_row, "cost": cases,
            "note": "peak RSS is the process's running maximum (it includes the torch model of part 1)"}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")

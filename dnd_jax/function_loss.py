@@ -149,16 +149,24 @@ def load_examples(config, tasks: Sequence[str], tokenizer) -> Examples:
 
 
 def lora_from_tokens(layout: layout_lib.WeightLayout, tokens: Any) -> dict[str, tuple[Any, Any]]:
-    """Raw weight tokens ``(B, T, h, w)`` -> ``{module path: (A (B, r, in), B (B, out, r))}`` (differentiable)."""
+    """Raw weight tokens ``(B, T, h, w)`` -> ``{module path: (A (B, r, in), B (B, out, r))}`` (differentiable).
+
+    Every tensor of the layout must be one factor of a complete LoRA pair (peft's saved
+    ``.lora_A.weight`` / in-memory ``.lora_A.<adapter>.weight`` names): anything else is refused, never
+    skipped (a skipped factor would leave the loss blind to part of the generated adapter).
+    """
     mats = layout_lib.detokenize_jax(layout, tokens)
-    out = {}
-    for key, a in mats.items():
-        if key.endswith(lora_lib.A_SUFFIX):
-            b_key = key[: -len(lora_lib.A_SUFFIX)] + lora_lib.B_SUFFIX
-            if b_key not in mats:
-                raise InputError(f"the layout has {key} but no {b_key}")
-            out[lora_lib.module_path(key)] = (a, mats[b_key])
-    return out
+    pairs: dict[str, dict[str, Any]] = {}
+    for key, m in mats.items():
+        try:
+            module = lora_lib.module_path(key)
+        except ValueError:
+            raise InputError(f"function_loss: layout tensor '{key}' is not a LoRA A/B factor") from None
+        pairs.setdefault(module, {})["A" if ".lora_A." in key else "B"] = m
+    for module, ab in pairs.items():
+        if len(ab) != 2:
+            raise InputError(f"function_loss: the layout has lora_{next(iter(ab))} of {module} but not its other factor")
+    return {module: (ab["A"], ab["B"]) for module, ab in pairs.items()}
 
 
 def make_loss(lm_cfg: jax_lm.LMConfig, layout: layout_lib.WeightLayout, normalizer: normalization.Normalizer,

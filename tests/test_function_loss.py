@@ -12,6 +12,7 @@ import torch
 from configs import tiny
 from dnd_jax import function_loss, jax_lm, lora_train, sharding, testing, trainer, zoo
 from dnd_jax import tasks as tasks_lib
+from dnd_jax.errors import InputError
 from dnd_jax.weights import layout as layout_lib
 from dnd_jax.weights import normalization
 
@@ -52,6 +53,27 @@ def test_detokenize_jax_equals_detokenize(zoo_dir):
     for k in want:
         np.testing.assert_array_equal(np.asarray(got[k]), want[k])
         np.testing.assert_array_equal(want[k][0], sd[k])
+
+
+def test_lora_from_tokens_takes_every_factor_or_refuses():
+    """peft's saved and in-memory (adapter-named) keys give the same pairs; a tensor that is not a LoRA
+    factor, or a factor without its pair, is refused instead of silently left out of the loss."""
+    rng = np.random.default_rng(0)
+    m = "base_model.model.model.layers.0.self_attn.q_proj"
+    sd = {f"{m}.lora_A.weight": rng.normal(size=(4, 8)), f"{m}.lora_B.weight": rng.normal(size=(8, 4))}
+    named = {k.replace(".weight", ".default.weight"): v for k, v in sd.items()}
+    for d in (sd, named):
+        lay = layout_lib.build_layout({k: v.shape for k, v in d.items()}, (4, 4))
+        tokens = jnp.asarray(layout_lib.tokenize(lay, d)[0])[None]
+        (mod, (a, b)), = function_loss.lora_from_tokens(lay, tokens).items()
+        assert mod == "model.layers.0.self_attn.q_proj"
+        np.testing.assert_allclose(np.asarray(a)[0], sd[f"{m}.lora_A.weight"], rtol=1e-6)
+        np.testing.assert_allclose(np.asarray(b)[0], sd[f"{m}.lora_B.weight"], rtol=1e-6)
+    for bad, match in (({**sd, "model.norm.weight": rng.normal(size=(8,))}, "is not a LoRA A/B factor"),
+                       ({f"{m}.lora_A.weight": sd[f"{m}.lora_A.weight"]}, "has lora_A of .* but not its other")):
+        lay = layout_lib.build_layout({k: v.shape for k, v in bad.items()}, (4, 4))
+        with pytest.raises(InputError, match=match):
+            function_loss.lora_from_tokens(lay, jnp.zeros((1, *lay.grid_shape)))
 
 
 def test_loss_is_the_torch_answer_loss_of_that_adapter(zoo_dir, tiny_base):

@@ -258,16 +258,21 @@ def tokenize_batch(layout: WeightLayout, state_dicts: Sequence[Mapping[str, Any]
     return tokens, layout.mask()
 
 
-def _cut(layout: WeightLayout, tokens: Any, swapaxes) -> dict[str, Any]:
-    """The one cut of tokens (..., T, h, w) into {key: (..., *shape)} behind both detokenizers."""
+def _cut(layout: WeightLayout, tokens: Any, swapaxes, split) -> dict[str, Any]:
+    """The one cut of tokens (..., T, h, w) into {key: (..., *shape)} behind both detokenizers.
+
+    One ``split`` of the flat tokens into each tensor's whole tokens (they tile the grid), then each
+    piece drops its padding: in JAX the gradient is then one concatenate of per-tensor pads, not a
+    grid-sized pad per tensor (which made the backward of 420 SmolLM2 matrices cost seconds).
+    """
     if tuple(tokens.shape[-3:]) != layout.grid_shape:
         raise LayoutMismatchError(f"tokens of shape {tuple(tokens.shape)} do not end in the layout grid {layout.grid_shape}")
     batch = tokens.shape[:-3]
     flat = tokens.reshape((*batch, -1))
+    pieces = split(flat, [e.num_tokens * layout.token_size for e in layout.entries])
     out = {}
-    for e in layout.entries:
-        start = e.offset * layout.token_size
-        seg = flat[..., start:start + e.numel].reshape((*batch, *e.stored_shape))
+    for e, piece in zip(layout.entries, pieces, strict=True):
+        seg = piece[..., :e.numel].reshape((*batch, *e.stored_shape))
         out[e.key] = swapaxes(seg, -1, -2) if e.transpose else seg
     return out
 
@@ -277,12 +282,14 @@ def detokenize(layout: WeightLayout, tokens: Any) -> dict[str, np.ndarray]:
 
     Leading batch dims are kept on every tensor. Exact inverse of :func:`tokenize`.
     """
-    cut = _cut(layout, to_numpy_f32(tokens), np.swapaxes)
+    cut = _cut(layout, to_numpy_f32(tokens), np.swapaxes,
+               lambda x, sizes: np.split(x, np.cumsum(sizes)[:-1], axis=-1))
     return {k: np.array(v, dtype=np.float32, order="C") for k, v in cut.items()}  # copies: never alias the tokens
 
 
 def detokenize_jax(layout: WeightLayout, tokens: Any) -> dict[str, Any]:
     """:func:`detokenize` as JAX ops (jit-able, differentiable): tokens (..., T, h, w) -> {key: (..., *shape)}."""
     import jax.numpy as jnp
+    from jax import lax
 
-    return _cut(layout, jnp.asarray(tokens), jnp.swapaxes)
+    return _cut(layout, jnp.asarray(tokens), jnp.swapaxes, lambda x, sizes: lax.split(x, sizes, axis=x.ndim - 1))
