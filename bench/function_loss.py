@@ -29,6 +29,20 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: configs/, dnd_jax/
 
 
+def _timed(fn, *args) -> tuple[float, float, object]:
+    """(seconds of the first call (compile included), median seconds of 3 more, the last result)."""
+    import jax
+
+    t = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    first, times = time.perf_counter() - t, []
+    for _ in range(3):
+        t = time.perf_counter()
+        out = jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t)
+    return first, float(np.median(times)), out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True)
@@ -85,14 +99,9 @@ def main() -> None:
     cut = jax.jit(jax.grad(lambda x: sum(jnp.sum(a * a) + jnp.sum(b * b) for a, b in jax_lm.stack_lora(
         cfg, function_loss.lora_from_tokens(layout, norm.denormalize(x))).values())))
     pred4 = jnp.asarray(np.repeat(norm.normalize(tokens), 4, axis=0))
-    jax.block_until_ready(cut(pred4))
-    times = []
-    for _ in range(3):
-        t = time.perf_counter()
-        jax.block_until_ready(cut(pred4))
-        times.append(time.perf_counter() - t)
+    _, cut_s, _ = _timed(cut, pred4)
     cut_row = {"B": 4, "tensors": len(layout.entries), "grid": list(layout.grid_shape),
-               "fwd_bwd_s": round(float(np.median(times)), 4), "load_avg_1m": os.getloadavg()[0]}
+               "fwd_bwd_s": round(cut_s, 4), "load_avg_1m": os.getloadavg()[0]}
     print("cut", cut_row, flush=True)
     cases = []
     for spec in args.shapes.split(","):
@@ -104,19 +113,12 @@ def main() -> None:
         for remat in (True, False):
             loss = function_loss.make_loss(cfg, layout, norm, 2.0, max_answer=8, remat=remat)
             step = jax.jit(jax.value_and_grad(loss))
-            t = time.perf_counter()
-            jax.block_until_ready(step(pred, params, 0.0, ids, lens, ans))
-            first = time.perf_counter() - t
-            times = []
-            for _ in range(3):
-                t = time.perf_counter()
-                value, grad = jax.block_until_ready(step(pred, params, 0.0, ids, lens, ans))
-                times.append(time.perf_counter() - t)
+            first, step_s, (value, grad) = _timed(step, pred, params, 0.0, ids, lens, ans)
             grad_max = float(jnp.abs(grad).max())
             if not grad_max > 0:  # the adapter must reach the loss, or this times the base model alone
                 raise SystemExit(f"the loss does not depend on the generated tokens (max |grad| {grad_max})")
             row = {"B": b, "E": e, "S": s, "remat": remat, "compile_and_first_s": round(first, 2),
-                   "step_s": round(float(np.median(times)), 3), "tokens": b * e * s,
+                   "step_s": round(step_s, 3), "tokens": b * e * s,
                    "nll": round(float(value), 4), "grad_abs_max": grad_max,
                    "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),
                    "load_avg_1m": os.getloadavg()[0]}

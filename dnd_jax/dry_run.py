@@ -210,8 +210,8 @@ def summary(r: dict) -> str:
         lines.append("per-device memory (XLA): " + ", ".join(f"{k} {v / gib:.3f} GiB" for k, v in m.items()))
     if "function_loss" in r:
         f = r["function_loss"]
-        lines.append(f"function loss: base LM {f['base_lm_params'] / 1e6:.1f}M params in {f.get('base_lm_dtype', 'float32')} "
-                     f"({f['base_lm_bytes_per_device'] / gib:.3f} GiB/device of {f.get('base_lm_bytes', 0) / gib:.3f} GiB), "
+        lines.append(f"function loss: base LM {f['base_lm_params'] / 1e6:.1f}M params in {f['base_lm_dtype']} "
+                     f"({f['base_lm_bytes_per_device'] / gib:.3f} GiB/device of {f['base_lm_bytes'] / gib:.3f} GiB), "
                      f"{f['examples_per_row']} examples x {f['max_len']} tokens per row")
     for u in r["unsplit"]:
         lines.append(f"UNSPLIT {u}")

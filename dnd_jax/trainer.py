@@ -517,7 +517,6 @@ class _FunctionLoss:
                                             bool(s["remat"]), row_sharding=batches.shardings[1])
         self.n, self.seed, self.data, self.batches = int(s["examples"]), int(config.seed), data, batches
         self.lm_params = function_loss.put_base(host, lm_sh)
-        del host
         self.base_sh = batches.shardings[1] if data.bank is not None else rep
         self.shardings = (lm_sh, self.base_sh, sharding.batch_sharding(mesh, 3),
                           sharding.batch_sharding(mesh, 2), sharding.batch_sharding(mesh, 2))
