@@ -2,18 +2,20 @@
 
 1. collect the zoo (resumable);
 2. for each held-out task T in ``config.experiment.holdouts``: train a generator on the other
-   tasks, generate T's adapter from a sample of T's *test prompts* (unlabeled), and evaluate it on
-   T's test split against every baseline;
+   tasks, generate T's adapter from a sample of T's unscored, unlabeled prompts
+   (:func:`plan.condition_prompts`), and evaluate it on T's test split against every baseline;
 3. cross-domain (``config.experiment.cross_domain``, e.g. SciQ): a generator trained on all the
    commonsense tasks generates for the new domain.
 
 Every stage is resumable (zoo and generator checkpoints, adapters written atomically, evaluation
 results cached), so a killed run restarts without redoing finished stages. Results go to
-``W/results/`` and, with ``--docs``, to ``docs/results/``.
+``W/results/`` and, with ``--docs``, to ``docs/results/``, with ``experiment_stages.json`` (every
+stage's wall time over its runs and the process's peak RSS by then).
 """
 from __future__ import annotations
 
 import json
+import resource
 import time
 from pathlib import Path
 
@@ -27,11 +29,14 @@ output_root = plan.output_root
 
 
 def _stage_log(root: Path, name: str, seconds: float) -> None:
-    """Accumulate a stage's wall time over runs (a resumed stage adds only what it still did)."""
+    """Accumulate a stage's wall time over runs (a resumed stage adds only what it still did) and the
+    peak RSS of the processes that ran it (this one's, or a child's if larger; Linux reports KiB)."""
     path = root / "experiment_stages.json"
     stages = json.loads(path.read_text()) if path.is_file() else {}
     runs = stages.get(name, {}).get("runs", [stages[name]["wall_s"]] if name in stages else []) + [round(seconds, 2)]
-    stages[name] = {"wall_s": round(sum(runs), 2), "runs": runs}
+    rss_kib = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    peak = max(stages.get(name, {}).get("peak_rss_gb", 0.0), round(rss_kib * 1024 / 1e9, 2))
+    stages[name] = {"wall_s": round(sum(runs), 2), "runs": runs, "peak_rss_gb": peak}
     root.mkdir(parents=True, exist_ok=True)
     assets.write_json_atomic(path, stages)
 
@@ -209,3 +214,6 @@ def write_report(results: dict, out_dir: Path, docs: str = "") -> None:
     report.write(results, out_dir)
     if docs:
         report.write(results, Path(docs))
+        stages = out_dir.parent / "experiment_stages.json"
+        if stages.is_file():  # the stage times the README quotes, next to the results they produced
+            assets.write_json_atomic(Path(docs) / "experiment_stages.json", json.loads(stages.read_text()))

@@ -39,3 +39,18 @@ def compile_cache(tmp_path_factory):
     for k, v in old.items():
         jax.config.update(k, v)
     compilation_cache.reset_cache()
+
+
+@pytest.fixture
+def condition_spy(monkeypatch):
+    """Every prompt set a generator is conditioned on, in call order (the real method still runs)."""
+    from dnd_jax import generator
+
+    seen, real = [], generator.Generator.generate_many
+
+    def spy(self, prompt_sets, *args, **kwargs):
+        seen.extend(list(ps) for ps in prompt_sets)
+        return real(self, prompt_sets, *args, **kwargs)
+
+    monkeypatch.setattr(generator.Generator, "generate_many", spy)
+    return seen

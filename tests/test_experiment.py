@@ -19,9 +19,15 @@ def _config():
     return config
 
 
-def test_experiment_end_to_end_and_resume(tmp_path):
+def test_experiment_end_to_end_and_resume(tmp_path, condition_spy):
+    from dnd_jax import tasks
+
     workdir, docs = tmp_path / "w", tmp_path / "docs"
+    seen = condition_spy
     results = experiment.run(_config(), workdir, docs=str(docs))
+    # The held-out adapter is generated from unscored prompts: none of the 6 scored questions.
+    scored = {e.prompt for e in tasks.load_examples("piqa", "test", 6)}
+    assert len(seen) == 1 and len(seen[0]) >= 32 and not set(seen[0]) & scored
     res = results["targets"]["piqa"]
     systems = res["systems"]
     for name in ("base", "training_loras_mean", "merged", "nearest", "oracle", "dnd"):
@@ -35,6 +41,8 @@ def test_experiment_end_to_end_and_resume(tmp_path):
     assert "| piqa |" in md and "DnD" in md
     stages = json.loads((workdir / "experiment_stages.json").read_text())
     assert {"collect", "train/piqa", "evaluate/piqa"} <= set(stages)
+    assert all(0.05 < s["peak_rss_gb"] < 64 for s in stages.values()), stages  # GB, not KiB or bytes
+    assert json.loads((docs / "experiment_stages.json").read_text()) == stages  # the docs carry their times
 
     # A rerun finds every stage done: the same numbers, no retraining (generator step unchanged).
     again = experiment.run(_config(), workdir)

@@ -96,6 +96,18 @@ def test_qwen2_attention_bias_matches_transformers(tmp_path):
     _check_logits(tmp_path)
 
 
+def test_mistral_matches_transformers(tmp_path):
+    """The Mistral family (no sliding window: v0.2 and later) is the Llama forward; checked, not assumed."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(1)
+    cfg = MistralConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, intermediate_size=48, sliding_window=None, rope_theta=20000.0)
+    MistralForCausalLM(cfg).save_pretrained(tmp_path, safe_serialization=True)
+    assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "mistral"
+    _check_logits(tmp_path)
+
+
 def test_bfloat16_checkpoints_load_exactly(tmp_path, tiny_base):
     from transformers import AutoModelForCausalLM
 
@@ -152,7 +164,10 @@ def test_refuses_unsupported_settings_by_name(tmp_path, tiny_base):
     d = json.loads((Path(tiny_base.path) / "config.json").read_text())
     for change, needle in (({"model_type": "gpt2"}, "model_type 'gpt2'"),
                            ({"rope_scaling": {"rope_type": "yarn", "factor": 2.0}}, "rope type 'yarn'"),
-                           ({"hidden_act": "gelu"}, "hidden_act 'gelu'")):
+                           ({"hidden_act": "gelu"}, "hidden_act 'gelu'"),
+                           ({"model_type": "qwen2", "use_sliding_window": True}, "sliding-window"),
+                           ({"model_type": "mistral", "sliding_window": 4096}, "sliding-window"),
+                           ({"mlp_bias": True}, "mlp_bias")):
         with pytest.raises(jax_lm.UnsupportedModelError, match=needle):
             jax_lm.LMConfig.from_hf({**d, **change})
     with pytest.raises(InputError, match="no config.json"):

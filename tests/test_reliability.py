@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from dnd_jax import checkpoint, cli, errors, generator, locking, testing, trainer, zoo
+from dnd_jax import assets, checkpoint, cli, errors, generator, locking, testing, trainer, zoo
 from dnd_jax.weights import peft_io
 
 REPO = Path(__file__).resolve().parents[1]
@@ -210,6 +210,18 @@ def test_finished_run_with_other_training_tasks_is_refused_then_started_over(zoo
     other_conditions.conditions.max_len = int(other_conditions.conditions.max_len) // 2
     with pytest.raises(errors.ResumeMismatchError, match="data.conditions"):
         trainer.train_and_evaluate(other_conditions, w)
+    # so is the encoder: the same settings with another sentence encoder (CLS instead of mean pooling)
+    enc = tmp_path / "encoder"
+    shutil.copytree(assets.minilm_dir(), enc)
+    pooling = json.loads((enc / "1_Pooling/config.json").read_text())
+    assert pooling["pooling_mode_mean_tokens"]
+    pooling |= {"pooling_mode_mean_tokens": False, "pooling_mode_cls_token": True}
+    (enc / "1_Pooling/config.json").write_text(json.dumps(pooling))
+    other_encoder = _config(zoo_dir)
+    other_encoder.experiment.cross_domain = ("boolq",)
+    other_encoder.encoder = dict(kind="path", path=str(enc))
+    with pytest.raises(errors.ResumeMismatchError, match="encoder"):
+        trainer.train_and_evaluate(other_encoder, w)
 
 
 def test_killed_run_resumed_on_another_zoo_is_refused(zoo_dir, tmp_path):
@@ -316,6 +328,35 @@ def test_every_writer_refuses_a_workdir_locked_by_another_process(zoo_dir, tmp_p
                 call()
             assert cli.is_user_error(e.value), name
         assert sorted(p.name for p in w.iterdir()) == [locking.LOCK_FILE]  # nothing else written
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+
+
+def test_scaling_refuses_a_curve_locked_by_another_process(tmp_path):
+    """``scaling`` holds ``W/scaling/.dnd_lock`` (README): a second curve run on the same zoo is refused, naming
+    the holder, before it resolves the base model or writes anything."""
+    from dnd_jax import scaling_curve
+
+    w = testing.make_synthetic_zoo(tmp_path / "w", tasks=("piqa", "arc_e", "boolq"))
+    before = sorted(p.relative_to(w) for p in w.rglob("*"))
+    holder = subprocess.Popen([sys.executable, "-c", "import time\nfrom dnd_jax import locking\n"
+                               f"with locking.workdir_lock({str(w / 'scaling')!r}, 'scaling'):\n"
+                               "    print('held', flush=True); time.sleep(120)"],
+                              cwd=REPO, env=ENV, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        config = tiny.get_config()
+        config.experiment.holdouts = ("piqa",)
+        config.experiment.pool_order = ("arc_e", "boolq")
+        config.experiment.pool_sizes = (2,)
+        with pytest.raises(errors.LockedError, match=f"pid {holder.pid}.*scaling") as e:
+            scaling_curve.run(config, w, str(tmp_path / "docs"))
+        assert cli.is_user_error(e.value)
+        after = sorted(p.relative_to(w) for p in w.rglob("*"))
+        assert after == sorted(before + [Path("scaling"), Path("scaling") / locking.LOCK_FILE])
+        assert not (tmp_path / "docs").exists()
     finally:
         holder.kill()
         holder.wait()

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from configs import tiny
-from dnd_jax import baselines, evaluate, plan, scaling, scaling_curve, zoo
+from dnd_jax import baselines, evaluate, plan, scaling, scaling_curve, tasks, zoo
 from dnd_jax.testing import make_synthetic_zoo
 
 
@@ -134,7 +134,7 @@ def _config():
     return config
 
 
-def test_scaling_curve_end_to_end_and_resume(tmp_path, monkeypatch):
+def test_scaling_curve_end_to_end_and_resume(tmp_path, monkeypatch, condition_spy):
     from dnd_jax import collect
 
     workdir, docs = tmp_path / "w", tmp_path / "docs"
@@ -143,8 +143,13 @@ def test_scaling_curve_end_to_end_and_resume(tmp_path, monkeypatch):
     st = scaling.zoo_status(config, workdir)
     assert st["targets_collected"] == ["piqa"] and st["pool_collected_prefix"] == 2 and st["ready_pool_sizes"] == [2]
     assert st["lora_step_wall_s"]["min"] > 0 and "| arc_e |" in scaling.status_markdown(st)
+    seen = condition_spy
     res = scaling.run(config, workdir, str(docs))
     assert list(res["pools"]) == [2] and "2 of 4" in res["skipped"][4]
+    # The target's adapter (and the in-sample fit's) come from unscored prompts: none of the 6 scored questions.
+    scored = {e.prompt for e in tasks.load_examples("piqa", "test", 6)}
+    assert seen and not any(set(ps) & scored for ps in seen)
+    assert any(set(ps) <= {e.prompt for e in tasks.load_examples("piqa", "test")[6:]} for ps in seen)
     row = res["pools"][2]["targets"]["piqa"]
     for name in ("dnd", "merged", "simmerge", "nearest", "train_mean", "span_oracle"):
         assert row["systems"][name]["cloze"]["n"] == 6
