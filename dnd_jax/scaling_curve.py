@@ -664,7 +664,7 @@ def plot(results: dict, path: Path, metric: str = "cloze") -> None:
 
 def write_variants_index(workdir: Path, docs: Path) -> None:
     """``DOCS/variants.md``: every variant's overrides and mean DnD - X per K, next to the default's."""
-    rows = []
+    rows, series = [], {}
     runs = [("default", workdir / "scaling" / "results.json")]
     runs += [(d.name, d / "results.json") for d in sorted((workdir / "scaling" / "variants").glob("*"))]
     for name, path in runs:
@@ -676,6 +676,7 @@ def write_variants_index(workdir: Path, docs: Path) -> None:
         for k in sorted(res.get("comparisons", {}), key=int):
             mean = res["comparisons"][k].get(metric, {}).get("mean", {})
             dnd = np.mean([row["systems"]["dnd"][metric]["acc"] for row in res["pools"][k]["targets"].values()])
+            series.setdefault(name, []).append((int(k), mean.get("merged"), mean.get("simmerge")))
             rows.append(f"| {name} | {overrides or '–'} | {k} | {100 * dnd:.1f} | {ci_cell(mean.get('merged'))} | "
                         f"{ci_cell(mean.get('simmerge'))} | {ci_cell(mean.get(VARIANT_COMPARISON))} | "
                         f"{res['pools'][k].get('train_wall_s', float('nan')):.0f} |")
@@ -687,7 +688,39 @@ def write_variants_index(workdir: Path, docs: Path) -> None:
              "validation and start-up not).",
              "", "| variant | overrides | K | mean DnD acc (%) | DnD - merged | DnD - simmerge | "
              f"DnD - {VARIANT_COMPARISON} | generator train steps (s) |", "|---|---|---|---|---|---|---|---|"]
+    lines[2] += " The picture: [variants.png](variants.png)."
     assets.write_text_atomic(docs / "variants.md", "\n".join(lines + rows) + "\n")
+    plot_variants(series, docs / "variants.png")
+
+
+def plot_variants(series: dict[str, list[tuple[int, dict | None, dict | None]]], path: Path) -> None:
+    """DnD - merged and DnD - simmerge against K (log axis), one line with 95% CIs per generator variant.
+
+    ``series``: variant name -> ``(K, mean merged comparison, mean simmerge comparison)`` per measured K.
+    Variants are nudged apart along K (a few percent) so their error bars do not overlap.
+    """
+    if not series:
+        return
+    plt = report.pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
+    for ax, (col, other) in zip(axes, ((1, "merged"), (2, "simmerge")), strict=True):
+        for i, (name, points) in enumerate(sorted(series.items(), key=lambda kv: kv[0] != "default")):
+            pts = sorted(((p[0], p[col]) for p in points if p[col]), key=lambda kc: kc[0])
+            if not pts:
+                continue
+            ks = [k * 1.04 ** i for k, _ in pts]
+            d = [100 * c["diff"] for _, c in pts]
+            err = [[100 * (c["diff"] - c["ci"][0]) for _, c in pts], [100 * (c["ci"][1] - c["diff"]) for _, c in pts]]
+            ax.errorbar(ks, d, yerr=err, marker="o", capsize=3, label=name,
+                        lw=2.2 if name == "default" else 1.4, ls="-" if len(pts) > 1 else "none")
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("training tasks K")
+        ax.set_ylabel(f"DnD - {other} (points, mean of targets)")
+        ax.set_title(f"DnD - {other}, by generator variant (95% CI)")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    report.save_figure(fig, path, dpi=120)
 
 
 def write(results: dict, out_dir: Path, docs: str = "") -> None:

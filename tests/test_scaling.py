@@ -261,6 +261,7 @@ def test_scaling_curve_end_to_end_and_resume(tmp_path, monkeypatch, condition_sp
     assert (docs / "variants/lr3/results.md").is_file() and (docs / "results.json").is_file()
     index = (docs / "variants.md").read_text()
     assert "| default | – | 2 |" in index and "| default | – | 4 |" in index and "| lr3 | `lr`=" in index
+    assert (docs / "variants.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "variants.png" in index
     # The similarity-centered generator as a variant: its bank beside it, its in-sample fit flagged.
     simres = _config()
     simres.center.mode = "similarity"
@@ -439,3 +440,25 @@ def test_failed_embedding_shard_write_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         memo(["a"])
     assert list((tmp_path / "emb").iterdir()) == []
+
+
+def test_variants_plot_draws_each_variants_mean_difference_and_ci(tmp_path, monkeypatch):
+    """variants.png: per variant, DnD - merged (left) and DnD - simmerge (right) in points against K, CIs as
+    asymmetric error bars, variants nudged apart along K; a comparison a run lacks is left out, not drawn as 0."""
+    import matplotlib.axes
+
+    drawn = []
+    real = matplotlib.axes.Axes.errorbar
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar", lambda self, x, y, yerr=None, **kw: (
+        drawn.append((kw["label"], list(x), list(y), [list(e) for e in yerr])), real(self, x, y, yerr=yerr, **kw))[1])
+    c = lambda d, lo, hi: {"diff": d, "ci": [lo, hi]}  # noqa: E731
+    series = {"fl1": [(152, c(0.016, 0.002, 0.030), c(-0.016, -0.034, 0.001)), (25, c(0.01, 0.0, 0.02), None)],
+              "default": [(6, c(-0.008, -0.015, -0.002), c(0.009, -0.006, 0.023))]}
+    scaling_curve.plot_variants(series, tmp_path / "v.png")
+    assert (tmp_path / "v.png").is_file()
+    merged = {name: (x, y, e) for name, x, y, e in drawn[:2]}
+    assert merged["default"][0] == [6] and merged["default"][1] == pytest.approx([-0.8])
+    assert merged["fl1"][0] == pytest.approx([25 * 1.04, 152 * 1.04]) and merged["fl1"][1] == pytest.approx([1.0, 1.6])
+    assert merged["fl1"][2] == [pytest.approx([1.0, 1.4]), pytest.approx([1.0, 1.4])]
+    simmerge = {name: (x, y) for name, x, y, _ in drawn[2:]}
+    assert simmerge["fl1"][0] == pytest.approx([152 * 1.04]) and simmerge["fl1"][1] == pytest.approx([-1.6])
