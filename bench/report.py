@@ -264,24 +264,19 @@ def scaling_section(d: dict | None) -> list[str]:
 
 
 def device_section(d: dict | None) -> list[str]:
-    out = ["## On an accelerator (for the lead: one H200)", "",
-           "`bench/device_h200_decoder.py` needs only jax (with the GPU plugin), flax and numpy from the working "
-           "tree; it measures the chip's matmul rate (float32 at `precision=highest`, float32 default = TF32, "
-           "bfloat16; 8192 square) and the SmolLM2 and Qwen2.5-0.5B decoders' forward and train-step FLOP rates "
-           "(XLA cost analysis) as fractions of it (sized for under 3 minutes; not yet run on a GPU), writing "
-           "`$OUT/device_h200_decoder.json`:", "",
-           "```bash", "python bench/device_h200_decoder.py --out \"$OUT\"", "```", "",
-           "`python bench/device_h200_decoder.py --tiny --out /tmp/t` is its CPU smoke test (tiny shapes; it also "
-           "checks the shapes copied into the script against the configs); `make bench` runs it.", ""]
-    if d is None:
+    out = ["## On an accelerator (one H200)", "",
+           "Three scripts need only jax (with the GPU plugin), numpy and, for the decoder, flax from the working "
+           "tree: `bench/device_h200.py` (the paper-scale generator's train step and generation: time, FLOP rate, "
+           "XLA's memory estimate against the allocator's peak), `bench/device_h200_decoder.py` (the chip's matmul "
+           "rate and both decoders' FLOP rates as fractions of it) and `bench/device_function_loss.py` (the "
+           "function-space term's memory on XLA:CPU, XLA:GPU and for real, and its FLOP rate). Each has a CPU smoke "
+           "test (`--tiny`); `make bench` runs those. FLOP rates use analytic counts: on a GPU, XLA's cost analysis "
+           "leaves out the cuDNN/cuBLAS calls.", ""]
+    page = common.ROOT / "docs" / "bench" / "device_h200.md"
+    if d is None or not page.is_file():
         return out + ["_No accelerator results in docs/bench/ yet._", ""]
-    out += [f"`{d['command']}` on {d['device_kind']}:", "", "| decoder | program | time s (min / median / max) | "
-            "TFLOP/s best | fraction of matmul |", "|---|---|---|---|---|"]
-    for name, dec in d["decoders"].items():
-        for k, p in dec["programs"].items():
-            out.append(f"| {name} | {k} | {_mmm(p['time_s'], fmt='{:.4f}')} | {p.get('tflops_best', 0):.1f} | "
-                       f"{100 * p['fraction_of_matmul']:.0f}% of {dec['reference_matmul']} |")
-    return out + [""]
+    return out + [f"Results ({d['device_kind']}, `python bench/device_summary.py`): [bench/device_h200.md]"
+                  "(bench/device_h200.md).", ""]
 
 
 def write() -> Path:

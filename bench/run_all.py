@@ -40,6 +40,9 @@ STEPS = {
                      "--batch_size", "1", "--nobreakdown"],
     "xla_flags": ["bench/xla_flags.py", "--config", "configs/smollm2_commonsense.py", "--repeats", "3"],
     "device_script_cpu": ["bench/device_h200_decoder.py", "--tiny", "--out", "/tmp/dnd_device_tiny"],
+    "device_generator_cpu": ["bench/device_h200.py", "--tiny", "--allow_cpu", "--out", "/tmp/dnd_device_tiny"],
+    "device_function_loss_cpu": ["bench/device_function_loss.py", "--tiny", "--allow_cpu", "--out",
+                                 "/tmp/dnd_device_tiny"],
 }
 
 

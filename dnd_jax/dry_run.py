@@ -191,7 +191,10 @@ def _function_loss_inputs(config, mesh, batch: int, out_shape) -> tuple:
     desc = {"weight": float(s["weight"]), "examples_per_row": e, "max_len": length, "max_answer": max_answer,
             "remat": bool(s["remat"]), "base_lm_params": int(sum(math.prod(a.shape) for a in jax.tree.leaves(lm))),
             "base_lm_dtype": str(s["dtype"]), "base_lm_bytes": placement.total_bytes(),
-            "base_lm_bytes_per_device": placement.bytes_per_device(), "base_lm_unsplit": placement.unsplit}
+            "base_lm_bytes_per_device": placement.bytes_per_device(), "base_lm_unsplit": placement.unsplit,
+            # XLA's cost analysis counts the scan over layers once: the term's FLOPs are counted analytically.
+            "flops_per_step_analytic": jax_lm.step_flops(lm_cfg, batch * e, length, max_answer, int(config.lora.r),
+                                                         bool(s["remat"]))}
     return loss, shardings, args, desc
 
 
@@ -212,7 +215,9 @@ def summary(r: dict) -> str:
         f = r["function_loss"]
         lines.append(f"function loss: base LM {f['base_lm_params'] / 1e6:.1f}M params in {f['base_lm_dtype']} "
                      f"({f['base_lm_bytes_per_device'] / gib:.3f} GiB/device of {f['base_lm_bytes'] / gib:.3f} GiB), "
-                     f"{f['examples_per_row']} examples x {f['max_len']} tokens per row")
+                     f"{f['examples_per_row']} examples x {f['max_len']} tokens per row; the term's FLOPs/step "
+                     f"{f['flops_per_step_analytic'] / 1e12:.2f} T (analytic: XLA's count above has its scan over "
+                     "layers once)")
     for u in r["unsplit"]:
         lines.append(f"UNSPLIT {u}")
     return "\n".join(lines)

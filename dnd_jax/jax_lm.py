@@ -285,6 +285,30 @@ def logits(cfg: LMConfig, params: Mapping, ids: jax.Array, lengths: jax.Array, l
     return _unembed(cfg, params, hidden_states(cfg, params, ids, lengths, lora, scale))
 
 
+def step_flops(cfg: LMConfig, sequences: int, seq_len: int, max_answer: int, lora_rank: int,
+               remat: bool = True) -> float:
+    """Matmul FLOPs of one forward + backward of :func:`answer_logprob` to per-row LoRA factors on all 7 linears.
+
+    The frozen linears run forward, backward to their inputs (no weight gradients) and, with ``remat``, once
+    more in the recomputation, which stops before ``down_proj`` (its output feeds no backward); the LoRA
+    products and attention also make their factors' / scores' gradients (one pass more); the unembedding at ``max_answer`` positions runs forward and backward to the hidden
+    state. Attention counts the full ``seq_len`` square (the causal half is masked, not skipped). An estimate
+    for what XLA's cost analysis cannot give: it counts a ``lax.scan`` body once, not once per layer, and on a
+    GPU it leaves out the cuBLAS calls that large dots become.
+    """
+    d, q, kv, f = cfg.hidden_size, cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim, cfg.intermediate_size
+    linear = 2 * (d * q + 2 * d * kv + q * d + 3 * d * f)
+    lora = 2 * lora_rank * ((d + q) + 2 * (d + kv) + (q + d) + 2 * (d + f) + (f + d))
+    attention = 4 * seq_len * q
+    down, lora_down = 2 * f * d, 2 * lora_rank * (f + d)
+    per_token = 2 * linear + 3 * (lora + attention)  # forward + backward
+    if remat:
+        per_token += linear - down + lora - lora_down + attention
+    per_token *= cfg.num_layers
+    unembed = 2 * 2 * sequences * max_answer * d * cfg.vocab_size
+    return float(sequences * seq_len * per_token + unembed)
+
+
 def answer_logprob(cfg: LMConfig, params: Mapping, ids: jax.Array, lengths: jax.Array, answer_len: jax.Array,
                    lora: Mapping | None = None, scale: float = 1.0, max_answer: int | None = None,
                    remat: bool = False) -> jax.Array:

@@ -234,3 +234,27 @@ def test_bfloat16_weights_and_compute_track_float32(tiny_base):
     assert float(v32) == pytest.approx(t32, rel=1e-5) and cos(flat32, tg32) > 1 - 1e-6  # the same function
     assert abs(float(v16) - float(v32)) < 2 * abs(t16 - t32) + 1e-3 * abs(t32)
     assert cos(flat16, flat32) > cos(tg16, tg32) - 0.02
+
+
+@pytest.mark.parametrize("remat", [False, True])
+def test_step_flops_match_xla_on_one_layer(remat):
+    """jax_lm.step_flops (the dry run's and the device bench's count) against XLA:CPU's cost analysis of the same
+    gradient program. One layer: XLA counts a scan body once, so only a one-layer model compares like for like."""
+    cfg = jax_lm.LMConfig(vocab_size=512, hidden_size=128, intermediate_size=512, num_layers=1, num_heads=4,
+                          num_kv_heads=2, head_dim=32, rms_norm_eps=1e-6, rope_theta=1e4, tie_word_embeddings=True,
+                          attention_bias=False)
+    rows, ex, s, r, amax = 4, 2, 32, 8, 8
+    dims = {"q_proj": (128, 128), "k_proj": (128, 64), "v_proj": (128, 64), "o_proj": (128, 128),
+            "gate_proj": (128, 512), "up_proj": (128, 512), "down_proj": (512, 128)}
+    lora = {k: (jax.ShapeDtypeStruct((1, rows, r, i), jnp.float32), jax.ShapeDtypeStruct((1, rows, o, r), jnp.float32))
+            for k, (i, o) in dims.items()}
+    ints = jax.ShapeDtypeStruct((rows, ex), jnp.int32)
+
+    def loss(lora, params, ids, lengths, answer_len):
+        return jnp.sum(jax_lm.answer_logprob(cfg, params, ids, lengths, answer_len, lora, 2.0, amax, remat))
+
+    cost = jax.jit(jax.grad(loss)).lower(lora, jax_lm.abstract_params(cfg), jax.ShapeDtypeStruct((rows, ex, s), jnp.int32),
+                                         ints, ints).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    ratio = jax_lm.step_flops(cfg, rows * ex, s, amax, r, remat) / cost["flops"]
+    assert 0.97 < ratio < 1.07, ratio  # the rest: norms, softmax, rope, activations (not matmuls)
