@@ -120,6 +120,9 @@ def estimate(config, mesh, in_shape, out_shape, batch_size: int | None = None, c
         "opt_bytes_per_device": placement.bytes_per_device("opt_state"),
         "unsplit": placement.unsplit,
         "flops_per_example_model": None,
+        "platform": str(mesh.devices.flat[0].platform),
+        "bfloat16_compute": str(config.model.get("dtype", "float32")) == "bfloat16" or (
+            function_loss.enabled(config) and function_loss.settings(config)["dtype"] == "bfloat16"),
     }
     try:
         from dnd_jax.models import hyperconv
@@ -211,6 +214,10 @@ def summary(r: dict) -> str:
     if "memory_per_device" in r:
         m = r["memory_per_device"]
         lines.append("per-device memory (XLA): " + ", ".join(f"{k} {v / gib:.3f} GiB" for k, v in m.items()))
+        if r.get("platform") == "cpu" and r.get("bfloat16_compute"):
+            lines.append("note: XLA:CPU has no bfloat16 convolutions or dots and holds float32 copies: for this "
+                         "bfloat16 program its temporaries overstate a GPU's (about 2x on an H200: "
+                         "docs/bench/device_h200.md); arguments and float32 programs match")
     if "function_loss" in r:
         f = r["function_loss"]
         lines.append(f"function loss: base LM {f['base_lm_params'] / 1e6:.1f}M params in {f['base_lm_dtype']} "

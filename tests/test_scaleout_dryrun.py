@@ -109,6 +109,9 @@ def test_function_loss_joins_the_estimate(tiny_base):
         # XLA counts the base LM's scan body once; the dry run adds the whole term's count (tested in test_jax_lm).
         assert f["flops_per_step_analytic"] == jax_lm.step_flops(cfg, config.batch_size * 2, 24, 23, int(config.lora.r))
         assert "FLOPs/step" in dry_run.summary(est) and "analytic" in dry_run.summary(est)
+        # On XLA:CPU a bfloat16 program's temporaries are float32 copies: the summary says so (measured on an H200).
+        assert est["bfloat16_compute"] == (dtype == "bfloat16") and est["platform"] == "cpu"
+        assert ("overstate a GPU's" in dry_run.summary(est)) == (dtype == "bfloat16")
     # The default rules replicate the base LM: every device holds all of it.
     config.sharding = ((r".*/kernel", "shard_dim(axis='model', dim=-1)"), (r".*", "replicate"))
     config.function_loss.dtype = "float32"
