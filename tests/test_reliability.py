@@ -3,6 +3,7 @@
 Each test reproduces a fault a hostile user found and asserts the clear refusal (or the safe
 behaviour) that replaced it. Generators train a few steps on a synthetic zoo (seconds).
 """
+import contextlib
 import json
 import os
 import shutil
@@ -306,18 +307,29 @@ def test_second_writer_is_refused_naming_the_holder(zoo_dir, tmp_path):
     assert not (w / locking.LOCK_FILE).exists()
 
 
+@contextlib.contextmanager
+def _lock_held_by_another_process(workdir: Path, verb: str):
+    """A live subprocess holding ``workdir``'s lock as ``verb``; yields its Popen, killed on exit."""
+    holder = subprocess.Popen([sys.executable, "-c", "import time\nfrom dnd_jax import locking\n"
+                               f"with locking.workdir_lock({str(workdir)!r}, {verb!r}):\n"
+                               "    print('held', flush=True); time.sleep(120)"],
+                              cwd=REPO, env=ENV, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+
+
 def test_every_writer_refuses_a_workdir_locked_by_another_process(zoo_dir, tmp_path):
     """collect, the experiment, zoo_import and train: a second writer is refused before any work, naming the
     holder (before issue 16 two writers interleaved: an Orbax traceback in one, duplicate metrics in the other)."""
     from dnd_jax import collection, pipeline, zoo_importer
 
     w = tmp_path / "w"
-    holder = subprocess.Popen([sys.executable, "-c", "import time\nfrom dnd_jax import locking\n"
-                               f"with locking.workdir_lock({str(w)!r}, 'train'):\n"
-                               "    print('held', flush=True); time.sleep(120)"],
-                              cwd=REPO, env=ENV, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with _lock_held_by_another_process(w, "train") as holder:
         config = _config(zoo_dir)
         calls = {"collect": lambda: collection.collect(config, w),
                  "experiment": lambda: pipeline.run(config, w),
@@ -328,10 +340,6 @@ def test_every_writer_refuses_a_workdir_locked_by_another_process(zoo_dir, tmp_p
                 call()
             assert cli.is_user_error(e.value), name
         assert sorted(p.name for p in w.iterdir()) == [locking.LOCK_FILE]  # nothing else written
-    finally:
-        holder.kill()
-        holder.wait()
-        holder.stdout.close()
 
 
 def test_scaling_refuses_a_curve_locked_by_another_process(tmp_path):
@@ -341,12 +349,7 @@ def test_scaling_refuses_a_curve_locked_by_another_process(tmp_path):
 
     w = testing.make_synthetic_zoo(tmp_path / "w", tasks=("piqa", "arc_e", "boolq"))
     before = sorted(p.relative_to(w) for p in w.rglob("*"))
-    holder = subprocess.Popen([sys.executable, "-c", "import time\nfrom dnd_jax import locking\n"
-                               f"with locking.workdir_lock({str(w / 'scaling')!r}, 'scaling'):\n"
-                               "    print('held', flush=True); time.sleep(120)"],
-                              cwd=REPO, env=ENV, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with _lock_held_by_another_process(w / "scaling", "scaling") as holder:
         config = tiny.get_config()
         config.experiment.holdouts = ("piqa",)
         config.experiment.pool_order = ("arc_e", "boolq")
@@ -357,10 +360,6 @@ def test_scaling_refuses_a_curve_locked_by_another_process(tmp_path):
         after = sorted(p.relative_to(w) for p in w.rglob("*"))
         assert after == sorted(before + [Path("scaling"), Path("scaling") / locking.LOCK_FILE])
         assert not (tmp_path / "docs").exists()
-    finally:
-        holder.kill()
-        holder.wait()
-        holder.stdout.close()
 
 
 def test_stale_lock_is_taken_over_and_foreign_host_is_not(tmp_path):
