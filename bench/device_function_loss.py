@@ -15,9 +15,8 @@ token ids: compute and memory, not quality. The per-device slice of the dry run'
 64 is 16 rows; each row has ``examples`` sequences of ``max_len`` tokens (the defaults: 2 x 64),
 rank-16 factors on all 7 linears of every layer (the 7B config's LoRA).
 
-Needs only jax, numpy and ``dnd_jax.jax_lm`` (no flax, optax or ml_collections). ``--check`` (and
-``--tiny``) assert the shapes copied below equal ``dnd_jax.dry_run``'s. Writes
-``device_function_loss.json`` into ``--out`` after every case.
+Needs jax, numpy and flax (for ``dnd_jax.dry_run``, whose base-model shapes it uses; no optax, orbax or
+ml_collections). Writes ``device_function_loss.json`` into ``--out`` after every case.
 """
 from __future__ import annotations
 
@@ -33,34 +32,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# name -> (layers, hidden, intermediate, heads, kv heads, head dim, vocab, tied, q/k/v bias): dnd_jax.dry_run's
-ARCHS = {
-    "qwen25_0p5b": (24, 896, 4864, 14, 2, 64, 151936, True, True),
-    "qwen25_7b": (28, 3584, 18944, 28, 4, 128, 152064, False, True),
-    "tiny_llama": (2, 32, 64, 4, 2, 8, 259, True, False),
-}
-LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-def lm_config(name: str):
-    from dnd_jax import jax_lm
-
-    layers, d, f, h, kv, hd, vocab, tied, bias = ARCHS[name]
-    return jax_lm.LMConfig(vocab_size=vocab, hidden_size=d, intermediate_size=f, num_layers=layers, num_heads=h,
-                           num_kv_heads=kv, head_dim=hd, rms_norm_eps=1e-6, rope_theta=1e6,
-                           tie_word_embeddings=tied, attention_bias=bias)
-
-
-def check_against_dry_run() -> None:
-    from dnd_jax import dry_run
-
-    for name, (layers, d, f, h, kv, hd, vocab, tied, bias) in ARCHS.items():
-        ref = dry_run.LM_ARCHS[name]
-        assert dry_run.ARCHS[name] == (layers, d, kv * hd, f), name
-        assert (ref["num_heads"], ref["num_kv_heads"], ref["head_dim"], ref["vocab_size"], ref["tie_word_embeddings"],
-                ref["attention_bias"]) == (h, kv, hd, vocab, tied, bias), name
-
-
 def run_case(name: str, dtype_name: str, rows: int, examples: int, max_len: int, rank: int, repeats: int,
              estimate_only: bool = False) -> dict:
     """One case in this process: compile, memory analysis, timed steps, the device's peak.
@@ -70,10 +41,10 @@ def run_case(name: str, dtype_name: str, rows: int, examples: int, max_len: int,
     import jax
     import jax.numpy as jnp
 
-    from dnd_jax import jax_lm
+    from dnd_jax import dry_run, jax_lm
 
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype_name]
-    cfg = lm_config(name)
+    cfg = dry_run.lm_config_of(name)  # the shapes `train --dry_run` uses
     dev = jax.devices()[0]
     abstract = jax_lm.abstract_params(cfg, dtype)
     d, q, kv, f = cfg.hidden_size, cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim, cfg.intermediate_size
@@ -147,7 +118,6 @@ def main() -> int:
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--tiny", action="store_true", help="tiny Llama shapes (a CPU smoke test)")
     ap.add_argument("--allow_cpu", action="store_true", help="run even without a GPU (script check)")
-    ap.add_argument("--check", action="store_true", help="only check the copied shapes against dnd_jax.dry_run")
     ap.add_argument("--rows", type=int, default=16)
     ap.add_argument("--examples", type=int, default=2)
     ap.add_argument("--max_len", type=int, default=64)
@@ -163,11 +133,6 @@ def main() -> int:
         print("RESULT " + json.dumps(run_case(name, dtype_name, a.rows, a.examples, a.max_len, a.rank, a.repeats,
                                               a.estimate_only)))
         return 0
-    if a.check or a.tiny:
-        check_against_dry_run()
-        if a.check:
-            print("shapes match dnd_jax.dry_run")
-            return 0
     import jax
 
     if jax.default_backend() == "cpu" and not (a.allow_cpu or a.estimate_only):

@@ -1,4 +1,4 @@
-"""Paper-scale generator train step on one GPU: step time, FLOP rate, peak memory, dry-run vs real.
+"""Paper-scale generator train step on one GPU: step time, peak memory, dry-run vs real.
 
     python bench/device_h200.py                     # the Qwen2.5-0.5B generator (configs/qwen25_0p5b_commonsense.py)
     python bench/device_h200.py --tiny --allow_cpu  # the tiny generator on CPU (checks the script itself)
@@ -9,8 +9,9 @@ LayerNorm over (h, w), GELU between stages, bfloat16 compute with float32 parame
 with masked MSE and Adam on synthetic batches (random conditions and targets: compute, not
 quality). Order: inference forward at batch 1 (peak memory = what generating an adapter needs),
 then the train step at ``--batch_size`` (halved on out-of-memory). Reports XLA's cost analysis
-(FLOPs/step), the compiled memory analysis (the dry-run estimate) and the device's
-``memory_stats()`` peak. Writes ``device_h200.json`` into ``$OUT`` (or ``--out``). Under 4 minutes
+(``flops``: on a GPU it leaves out the cuDNN convolutions, so FLOP rates are computed from
+``hyperconv.flops_per_example`` by ``bench/device_summary.py``), the compiled memory analysis (the
+dry-run estimate) and the device's ``memory_stats()`` peak. Writes ``device_h200.json`` into ``$OUT`` (or ``--out``). Under 4 minutes
 on an H200; exits 0 with a note when there is no GPU (unless ``--allow_cpu``).
 """
 from __future__ import annotations
@@ -88,19 +89,6 @@ def train_step(state, cond, target, wmap, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8):
     return {"step": t, "params": params, "mu": mu, "nu": nu}, loss
 
 
-def analytic_flops_per_example(in_shape, hidden, out_shape, k: int) -> float:
-    """Forward FLOPs of the decoder's convolutions (``dnd_jax.models.hyperconv.flops_per_example``'s count;
-    the training step is 3x: forward, gradients to inputs and to kernels). XLA's cost analysis on a GPU
-    leaves out the cuDNN/cuBLAS custom calls the convolutions become, so rates use this count."""
-    shapes = [tuple(in_shape), *map(tuple, hidden), tuple(out_shape)]
-    macs = 0
-    for (n, h, w), (n2, h2, w2) in zip(shapes[:-1], shapes[1:]):
-        kk = k * k
-        macs += n * h * kk * w * w2 + n * w2 * kk * h * h2 + n * w * kk * h * h2 + n * h2 * kk * w * w2
-        macs += h2 * w2 * kk * n * n2
-    return 2.0 * macs
-
-
 def _cost(compiled) -> dict:
     c = compiled.cost_analysis()
     c = c[0] if isinstance(c, list) else (c or {})
@@ -123,9 +111,7 @@ def run(shape_key: str, batch: int, repeats: int, dev) -> dict:
     params = jax.device_put(init_params(rng, in_shape, hidden, out_shape, k), dev)
     n_params = int(sum(a.size for a in jax.tree.leaves(params)))
     wmap = jax.device_put(np.ones(out_shape, np.float32), dev)
-    fwd_flops = analytic_flops_per_example(in_shape, hidden, out_shape, k)
-    out = {"shapes": {"in": in_shape, "hidden": hidden, "out": out_shape, "kernel": k}, "params": n_params,
-           "analytic_flops_per_example_fwd": fwd_flops}
+    out = {"shapes": {"in": in_shape, "hidden": hidden, "out": out_shape, "kernel": k}, "params": n_params}
 
     # Inference at batch 1 (generating one adapter).
     cond1 = jax.device_put(rng.standard_normal((1, *in_shape)).astype(np.float32), dev)
@@ -136,9 +122,7 @@ def run(shape_key: str, batch: int, repeats: int, dev) -> dict:
         t = time.perf_counter()
         jax.block_until_ready(fwd(params, cond1))
         times.append(time.perf_counter() - t)
-    med1 = statistics.median(times)
-    out["generate_batch1"] = {**_cost(fwd), "median_s": med1, "tflops_per_s": fwd_flops / med1 / 1e12,
-                              "device_after": _peak(dev)}
+    out["generate_batch1"] = {**_cost(fwd), "median_s": statistics.median(times), "device_after": _peak(dev)}
 
     # Train step; halve the batch on out-of-memory.
     while batch >= 1:
@@ -162,7 +146,7 @@ def run(shape_key: str, batch: int, repeats: int, dev) -> dict:
             med = statistics.median(times)
             out["train"] = {"batch_size": batch, **cost, "compile_s": compile_s, "median_step_s": med,
                             "min_step_s": min(times), "steps": len(times), "loss": float(loss),
-                            "tflops_per_s": 3 * fwd_flops * batch / med / 1e12, "device_after": _peak(dev)}
+                            "device_after": _peak(dev)}
             est, real = cost["memory_analysis"].get("peak_estimate"), out["train"]["device_after"].get("peak_bytes_in_use")
             if est and real:
                 out["train"]["real_peak_over_estimate"] = real / est
@@ -203,7 +187,7 @@ def main() -> int:
     with open(path, "w") as f:
         json.dump(result, f, indent=1, default=str)
     tr = result.get("train", {})
-    print(json.dumps({k: tr.get(k) for k in ("batch_size", "median_step_s", "tflops_per_s", "compile_s",
+    print(json.dumps({k: tr.get(k) for k in ("batch_size", "median_step_s", "compile_s",
                                              "real_peak_over_estimate")}))
     print(f"wrote {path} ({result['wall_s']:.0f} s)")
     return 0

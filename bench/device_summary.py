@@ -16,7 +16,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
 GIB = 2**30
 
@@ -41,14 +40,10 @@ def decoder_rows(dec: dict, gen: dict) -> list[str]:
             t = r["time_s"]["median"]
             rows.append(f"| {name} ({d['dtype']}) | {prog.replace('_', ' ')} | {1e3 * t:.2f} | {flops / 1e9:.1f} | "
                         f"{flops / t / 1e12:.0f} | {100 * flops / t / 1e12 / ref:.0f}% |")
-    tr = gen["train"]
-    flops = 3 * gen["analytic_flops_per_example_fwd"] * tr["batch_size"] if "analytic_flops_per_example_fwd" in gen \
-        else None
-    if flops is None:
-        import device_h200
-
-        s = gen["shapes"]
-        flops = 3 * device_h200.analytic_flops_per_example(s["in"], s["hidden"], s["out"], s["kernel"]) * tr["batch_size"]
+    tr, shapes = gen["train"], gen["shapes"]
+    model = hyperconv.HyperConv(out_shape=tuple(shapes["out"]), hidden_shapes=tuple(map(tuple, shapes["hidden"])),
+                                kernel_size=shapes["kernel"])
+    flops = 3 * hyperconv.flops_per_example(model, tuple(shapes["in"])) * tr["batch_size"]
     t = tr["median_step_s"]
     rows.append(f"| {gen['generator']} generator, standalone (`device_h200.py`, bf16) | train step b{tr['batch_size']} "
                 f"| {1e3 * t:.1f} | {flops / 1e9:.0f} | {flops / t / 1e12:.0f} | {100 * flops / t / 1e12 / peaks['bfloat16']:.0f}% |")
@@ -56,9 +51,7 @@ def decoder_rows(dec: dict, gen: dict) -> list[str]:
 
 
 def function_loss_rows(fl: dict, cpu: dict) -> tuple[list[str], list[tuple]]:
-    import device_function_loss as dfl
-
-    from dnd_jax import jax_lm
+    from dnd_jax import dry_run, jax_lm
 
     cpu_by = {(c["arch"], c["dtype"]): c for c in cpu["cases"]}
     mem, speed = [], []
@@ -71,7 +64,7 @@ def function_loss_rows(fl: dict, cpu: dict) -> tuple[list[str], list[tuple]]:
         mem.append(f"| {c['arch']} | {c['dtype']} | {c['base_lm_bytes'] / GIB:.2f} | {cest['peak'] / GIB:.2f} "
                    f"(temp {cest['temp'] / GIB:.2f}) | {est['peak'] / GIB:.2f} (temp {est['temp'] / GIB:.2f}) | "
                    f"{c['real_peak_bytes'] / GIB:.2f} | {held / GIB:+.2f} (outputs {est['output'] / GIB:.2f}) |")
-        flops = jax_lm.step_flops(dfl.lm_config(c["arch"]), c["rows"] * c["examples"], c["max_len"], c["max_answer"],
+        flops = jax_lm.step_flops(dry_run.lm_config_of(c["arch"]), c["rows"] * c["examples"], c["max_len"], c["max_answer"],
                                   c["rank"], remat=True)
         t = c["step_s"]["median"]
         ref = "bfloat16" if c["dtype"] == "bfloat16" else "float32_default"

@@ -75,9 +75,13 @@ def lora_shapes(config) -> dict[str, tuple[int, int]]:
 
 def lm_config(config):
     """The :class:`dnd_jax.jax_lm.LMConfig` of ``config.base_model`` from :data:`ARCHS` + :data:`LM_ARCHS`."""
+    return lm_config_of(arch_of(config))
+
+
+def lm_config_of(arch: str):
+    """The :class:`dnd_jax.jax_lm.LMConfig` of an :data:`ARCHS` key (its config.json's forward settings)."""
     from dnd_jax import jax_lm
 
-    arch = arch_of(config)
     layers, hidden, _, inter = ARCHS[arch]
     return jax_lm.LMConfig(vocab_size=LM_ARCHS[arch]["vocab_size"], hidden_size=hidden, intermediate_size=inter,
                            num_layers=layers, num_heads=LM_ARCHS[arch]["num_heads"],

@@ -291,8 +291,8 @@ def step_flops(cfg: LMConfig, sequences: int, seq_len: int, max_answer: int, lor
 
     The frozen linears run forward, backward to their inputs (no weight gradients) and, with ``remat``, once
     more in the recomputation, which stops before ``down_proj`` (its output feeds no backward); the LoRA
-    products and attention also make their factors' / scores' gradients (one pass more); the unembedding at ``max_answer`` positions runs forward and backward to the hidden
-    state. Attention counts the full ``seq_len`` square (the causal half is masked, not skipped). An estimate
+    products and attention also make their factors' / scores' gradients (one pass more); the unembedding
+    at ``max_answer`` positions runs forward and backward to the hidden state. Attention counts the full ``seq_len`` square (the causal half is masked, not skipped). An estimate
     for what XLA's cost analysis cannot give: it counts a ``lax.scan`` body once, not once per layer, and on a
     GPU it leaves out the cuBLAS calls that large dots become.
     """
