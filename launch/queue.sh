@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Every long CPU run behind docs/, in order, from one command; each job is a resumable verb, so the
+# queue can be killed and restarted at any point (a machine replaced between sessions included: a
+# fresh clone plus this script picks up from scratch).
+#
+#   nohup launch/queue.sh > queue.out 2>&1 &         # every job not yet done, in order
+#   launch/queue.sh results math                     # only these jobs (their order here)
+#   launch/queue.sh --list                           # the jobs and their commands; runs nothing
+#
+# Results are written under $QUEUE_ROOT/docs/ (default workdir/docs), never into docs/: compare
+# (bench/compare_results.py for docs/results) and copy them by hand. Per job: $QUEUE_ROOT/queue/<job>.log,
+# and <job>.done once it has exited 0 (delete it to run the job again; the verbs' caches make a
+# rerun cheap). Zoos are collected by two 1-thread shards side by side (1.38x the LoRA steps per
+# second of one 2-thread process on 2 cores: docs/scaling/costs). Edit the tree while it runs only
+# from another clone: each job imports the code as it is when the job starts.
+set -u
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+Q=${QUEUE_ROOT:-workdir}
+SHARDS=${QUEUE_SHARDS:-2}
+NICE=${QUEUE_NICE:-10}
+export OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 \
+  TOKENIZERS_PARALLELISM=false
+
+# name | command (run with eval; `collect_shards CONFIG WORKDIR` for a zoo)
+JOBS=(
+  "results_zoo|collect_shards configs/smollm2_commonsense.py $Q/smollm2"
+  "results|$PY -m dnd_jax.experiment --config configs/smollm2_commonsense.py --workdir $Q/smollm2 --docs $Q/docs/results"
+  "math_zoo|collect_shards configs/smollm2_math.py $Q/math"
+  "math|$PY -m dnd_jax.experiment --config configs/smollm2_math.py --workdir $Q/math --docs $Q/docs/results/math"
+  "coding_zoo|collect_shards configs/smollm2_coding.py $Q/coding"
+  "coding|$PY -m dnd_jax.experiment --config configs/smollm2_coding.py --workdir $Q/coding --docs $Q/docs/results/coding"
+  "many_data|$PY -m dnd_jax.task_sources.bigbench"
+  "many_zoo|collect_shards configs/smollm2_many.py $Q/many"
+  "curve|$PY -m dnd_jax.scaling --config configs/smollm2_many.py --workdir $Q/many --docs $Q/docs/scaling"
+  "curve_fl1|$PY -m dnd_jax.scaling --config configs/smollm2_many.py --workdir $Q/many --docs $Q/docs/scaling --sizes 25,50,100,152 --variant fl1 --config.function_loss.weight=1.0"
+)
+
+collect_shards() {  # CONFIG WORKDIR: SHARDS 1-thread collectors on one zoo; fails if any fails
+  local pids=() rc=0 i
+  for ((i = 0; i < SHARDS; i++)); do
+    $PY -m dnd_jax.collect --config "$1" --workdir "$2" --config.zoo.torch_threads=1 --shard="$i/$SHARDS" &
+    pids+=($!)
+  done
+  for i in "${pids[@]}"; do wait "$i" || rc=1; done
+  return $rc
+}
+
+if [[ ${1:-} == --list ]]; then
+  for j in "${JOBS[@]}"; do printf '%-12s %s\n' "${j%%|*}" "${j#*|}"; done
+  exit 0
+fi
+names=()
+for j in "${JOBS[@]}"; do names+=("${j%%|*}"); done
+for want in "$@"; do
+  [[ " ${names[*]} " == *" $want "* ]] || { echo "queue.sh: unknown job '$want' (jobs: ${names[*]})" >&2; exit 2; }
+done
+[[ -x $PY ]] || { echo "queue.sh: $PY not found; run 'make install' first" >&2; exit 2; }
+
+mkdir -p "$Q/queue"
+renice -n "$NICE" $$ > /dev/null  # the queue and every job it starts
+status=0
+for j in "${JOBS[@]}"; do
+  name=${j%%|*} cmd=${j#*|}
+  if (($#)) && [[ " $* " != *" $name "* ]]; then continue; fi
+  if [[ -e $Q/queue/$name.done ]]; then echo "=== $name: done before ($Q/queue/$name.done)"; continue; fi
+  echo "=== $(date -u +%FT%TZ) $name: $cmd"
+  t0=$SECONDS
+  if (eval "$cmd") >> "$Q/queue/$name.log" 2>&1; then
+    date -u +%FT%TZ > "$Q/queue/$name.done"
+    echo "=== $(date -u +%FT%TZ) $name: done in $((SECONDS - t0)) s"
+  else
+    echo "=== $(date -u +%FT%TZ) $name: FAILED after $((SECONDS - t0)) s (log: $Q/queue/$name.log); later jobs go on"
+    status=1
+  fi
+done
+exit $status

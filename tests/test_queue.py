@@ -1,0 +1,77 @@
+"""launch/queue.sh: the long runs behind docs/, resumable from one command (a stub Python records calls)."""
+import importlib.util
+import os
+import re
+import stat
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+QUEUE = ROOT / "launch" / "queue.sh"
+
+STUB = """#!/bin/bash
+echo "$*" >> "$STUB_CALLS"
+case "$*" in *"$STUB_FAIL"*) exit 3;; esac
+exit 0
+"""
+
+
+def _queue(tmp_path: Path, *args: str, fail: str = "no-such-job-fails") -> subprocess.CompletedProcess:
+    stub = tmp_path / "python"
+    stub.write_text(STUB)
+    stub.chmod(stub.stat().st_mode | stat.S_IEXEC)
+    env = dict(os.environ, PY=str(stub), QUEUE_ROOT=str(tmp_path / "w"), STUB_CALLS=str(tmp_path / "calls"),
+               STUB_FAIL=fail)
+    return subprocess.run(["bash", str(QUEUE), *args], capture_output=True, text=True, env=env, timeout=60)
+
+
+def _calls(tmp_path: Path) -> list[str]:
+    path = tmp_path / "calls"
+    return path.read_text().splitlines() if path.is_file() else []
+
+
+def test_list_names_real_configs_and_verbs():
+    out = subprocess.run(["bash", str(QUEUE), "--list"], capture_output=True, text=True, check=True).stdout
+    jobs = dict(line.split(None, 1) for line in out.splitlines())
+    assert list(jobs)[:6] == ["results_zoo", "results", "math_zoo", "math", "coding_zoo", "coding"]
+    for cmd in jobs.values():
+        for config in re.findall(r"configs/\w+\.py", cmd):
+            assert (ROOT / config).is_file(), config
+        for module in re.findall(r"-m (dnd_jax[\w.]+)", cmd):
+            assert importlib.util.find_spec(module) is not None, module
+    # the same configs as the commands the README gives for docs/results, math, coding and the curve
+    readme = (ROOT / "README.md").read_text()
+    for config in ("smollm2_commonsense", "smollm2_math", "smollm2_coding", "smollm2_many"):
+        assert f"configs/{config}.py" in readme
+        assert any(f"configs/{config}.py" in c and "--docs" in c for c in jobs.values()), config
+
+
+def test_runs_in_order_marks_done_and_skips_on_rerun(tmp_path):
+    res = _queue(tmp_path, "results_zoo", "results")
+    assert res.returncode == 0, res.stderr
+    calls = _calls(tmp_path)
+    # two 1-thread collect shards, then the experiment writing into the queue's docs folder, not docs/
+    assert sorted(c.split("--shard=")[1] for c in calls[:2]) == ["0/2", "1/2"]
+    assert all("dnd_jax.collect" in c and "torch_threads=1" in c for c in calls[:2])
+    assert "dnd_jax.experiment" in calls[2] and f"--docs {tmp_path}/w/docs/results" in calls[2]
+    assert len(calls) == 3
+    assert (tmp_path / "w" / "queue" / "results.done").is_file()
+    again = _queue(tmp_path, "results_zoo", "results")
+    assert again.returncode == 0 and len(_calls(tmp_path)) == 3  # nothing ran twice
+    assert "done before" in again.stdout
+
+
+def test_a_failed_job_is_not_marked_and_later_jobs_go_on(tmp_path):
+    res = _queue(tmp_path, "math_zoo", "math", "coding", fail="smollm2_math.py --workdir")
+    assert res.returncode == 1
+    assert "math_zoo: FAILED" in res.stdout and "math: FAILED" in res.stdout
+    queue = tmp_path / "w" / "queue"
+    assert not (queue / "math_zoo.done").exists() and not (queue / "math.done").exists()
+    assert (queue / "coding.done").is_file()
+    assert any("smollm2_coding.py" in c for c in _calls(tmp_path))
+
+
+def test_bad_job_name_is_refused_before_anything_runs(tmp_path):
+    res = _queue(tmp_path, "results", "nope")
+    assert res.returncode == 2 and "unknown job 'nope'" in res.stderr
+    assert _calls(tmp_path) == [] and not (tmp_path / "w").exists()
