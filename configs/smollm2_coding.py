@@ -62,6 +62,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.val_checkpoints_per_task = 1
 
     # --- experiment ---
+    # The similarity-weighted merge (label-free, from the same unlabeled prompts as nearest) joins the baselines.
+    config.experiment.baselines = ("base", "training_loras", "merged", "simmerge", "nearest", "oracle")
     config.experiment.holdouts = ("mt_mbpp_python", "mt_mbpp_javascript", "mt_mbpp_rust")
     config.experiment.also_evaluate = {"mt_mbpp_python": ("codex_humaneval", "codex_mbpp")}
     config.eval.limit = 200

@@ -61,6 +61,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.val_checkpoints_per_task = 1
 
     # --- experiment ---
+    # The similarity-weighted merge (label-free, from the same unlabeled prompts as nearest) joins the baselines.
+    config.experiment.baselines = ("base", "training_loras", "merged", "simmerge", "nearest", "oracle")
     config.experiment.holdouts = ("gsm8k", "minerva_math_prealgebra")
     config.eval.limit = 200
     config.eval.batch_size = 8

@@ -202,22 +202,58 @@ def _cell(entry: dict | None, metric: str = "cloze") -> str:
     return f"{s * entry['acc']:.{d}f}" + (f" [{lo:.{d}f}, {hi:.{d}f}]" if ci else "")
 
 
+def _foreign_generators_markdown(results: dict) -> list[str]:
+    """Cross-domain: another experiment's generator (``foreign``) on this domain's held-out targets, paired
+    with this domain's own DnD adapter and the base model on the same questions."""
+    rows, skipped = [], []
+    for target, res in results["targets"].items():
+        for name, f in (res.get("foreign") or {}).items():
+            if "skipped" in f:
+                skipped.append(f"- {target}, generator '{name}': not run ({f['skipped']})")
+                continue
+            other = f"dnd_from_{name}"
+            for metric, entry in (f["systems"].get(other) or {}).items():
+                s, k = _scale(metric)
+                pairs = []
+                for ref in ("dnd", "base"):
+                    d = f.get("paired", {}).get(f"{other} - {ref}", {}).get(metric)
+                    if d:  # + 0.0: a zero difference prints +0, not -0, on the bpb scale (-1)
+                        lo, hi = sorted((s * d["ci"][0] + 0.0, s * d["ci"][1] + 0.0))
+                        pairs.append(f"{s * d['diff'] + 0.0:+.{k}f} [{lo:+.{k}f}, {hi:+.{k}f}]")
+                    else:
+                        pairs.append("–")
+                rows.append(f"| {target} | {name} | {metric} | {_cell(f['systems'].get('base', {}).get(metric), metric)} | "
+                            f"{_cell(f['systems'].get('dnd', {}).get(metric), metric)} | {_cell(entry, metric)} | "
+                            + " | ".join(pairs) + " |")
+    if not rows and not skipped:
+        return []
+    out = ["### Cross-domain: another domain's generator on these targets\n"]
+    if rows:
+        out += ["| target | generator | metric | base | this domain's DnD | other generator's DnD | "
+                "other - this DnD | other - base |", "|---|---|---|---|---|---|---|---|", *rows, ""]
+    return out + skipped + ([""] if skipped else [])
+
+
 def markdown(results: dict) -> str:
     lines = []
     metrics = sorted({m for t in results["targets"].values() for s in t["systems"].values() for m in s
                       if isinstance(s.get(m), dict)})
     for metric in metrics:
         what = "bits per byte of the gold solution (lower is better)" if metric == "bpb" else f"{metric} (%)"
+        # only the targets scored by this metric, only the systems any of them has
+        scored = {t: r["systems"] for t, r in results["targets"].items()
+                  if any(isinstance(s.get(metric), dict) for s in r["systems"].values())}
+        columns = [(k, title) for k, title in COLUMNS if any((s.get(k) or {}).get(metric) for s in scored.values())]
         lines.append(f"### {what} with 95% bootstrap CI\n")
-        lines.append("| target | n | " + " | ".join(title for _, title in COLUMNS) + " |")
-        lines.append("|---" * (len(COLUMNS) + 2) + "|")
-        for target, res in results["targets"].items():
-            systems = res["systems"]
+        lines.append("| target | n | " + " | ".join(title for _, title in columns) + " |")
+        lines.append("|---" * (len(columns) + 2) + "|")
+        for target, systems in scored.items():
             n = (systems.get("dnd") or systems.get("base") or {}).get(metric, {}).get("n", "")
-            row = [_cell((systems.get(key) or {}).get(metric), metric) for key, _ in COLUMNS]
+            row = [_cell((systems.get(key) or {}).get(metric), metric) for key, _ in columns]
             lines.append(f"| {target} | {n} | " + " | ".join(row) + " |")
         lines.append("")
     lines.append("\\* best training LoRA is chosen on the test set itself: an optimistic reference, not a method.\n")
+    lines += _foreign_generators_markdown(results)
     speed = {t: r["speed"] for t, r in results["targets"].items() if "speed" in r}
     if speed:
         lines.append("### Speed: generating the adapter vs training the oracle LoRA\n")

@@ -240,6 +240,11 @@ def test_coding_experiment_end_to_end_tiny(tmp_path):
     assert set(he["system_info"]["merged"]["source_tasks"]) == {"mt_mbpp_rust", "mt_mbpp_go"}
     md = (docs / "results.md").read_text()
     assert "bits per byte" in md and "| codex_humaneval |" in md
+    cloze = md.split("### cloze")[1].split("###")[0]  # a metric's table holds only the targets it scores
+    assert "| piqa<-mt_mbpp_python |" in cloze and "| mt_mbpp_python |" not in cloze and "| merged |" not in cloze
+    # the foreign generator's rows: its adapter is this run's own, so it equals DnD question by question
+    assert "### Cross-domain: another domain's generator" in md
+    assert "| mt_mbpp_python | same | bpb |" in md and "| +0.000 [+0.000, +0.000] |" in md
     again = experiment.run(config, tmp_path / "w")
     for t in ("mt_mbpp_python", "codex_humaneval"):
         entry = again["targets"][t]["systems"]["dnd"]["bpb"]
