@@ -202,7 +202,7 @@ def collect(config, workdir: str | Path, only: list[str] | None = None, shard: s
     task_files.register_config(config)  # tasks declared as files in config.task_files
     names = list(only or config.tasks)
     for name in names:
-        tasks.get_task(name)  # unknown task -> UnknownTaskError before any compute
+        tasks.require_data(name)  # unknown or unprepared task -> a one-line error before any compute
         if name not in config.tasks:
             raise InputError(f"task '{name}' is not in config.tasks {tuple(config.tasks)}")
     if part is not None:

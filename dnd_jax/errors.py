@@ -51,3 +51,7 @@ class ResumeMismatchError(ConfigError):
 
 class LockedError(UserError, RuntimeError):
     """Another live process holds the workdir's lock."""
+
+
+class DataNotPrepared(UserError, FileNotFoundError):
+    """A registered task whose data is not on this machine yet (BIG-bench before ``make data``)."""

@@ -63,6 +63,9 @@ class TaskSpec:
     # "choice": choices + gold, scored by cloze/mc. "generative": choices=(gold solution,), gold=0; the
     # solution is trained and scored verbatim after the template (bits per byte, exact match, pass@1).
     kind: str = "choice"
+    # Non-empty: the task is known by name only and its data is not on this machine; says what to run
+    # (BIG-bench before `make data`). Configs and pools can name it; loading it raises DataNotPrepared.
+    unprepared: str = ""
 
     def family_name(self) -> str:
         return self.family or self.name
@@ -275,6 +278,17 @@ def get_task(name: str) -> TaskSpec:
         known = ", ".join(list(TASKS)[:16]) + (f", ... ({len(TASKS)} in all)" if len(TASKS) > 16 else "")
         raise UnknownTaskError(f"unknown task '{name}'{hint}; known tasks: {known}")
     return TASKS[name]
+
+
+def require_data(name: str) -> TaskSpec:
+    """:func:`get_task`, and its data on this machine (:class:`DataNotPrepared` naming what to run):
+    for verbs that load examples, before any compute."""
+    spec = get_task(name)
+    if spec.unprepared:
+        from dnd_jax.errors import DataNotPrepared
+
+        raise DataNotPrepared(spec.unprepared)
+    return spec
 
 
 def family(name: str) -> str:

@@ -4,6 +4,7 @@ import hashlib
 import io
 import json
 import tarfile
+from pathlib import Path
 
 import pytest
 
@@ -129,6 +130,37 @@ def test_bigbench_archive_is_verified(fake_sdist, tmp_path):
 def test_unprepared_bigbench_task_names_make_data():
     with pytest.raises(KeyError, match="make data"):
         tasks.get_task("bb_no_such_task")
+
+
+def test_expected_bigbench_tasks_work_by_name_without_the_download(tmp_path):
+    """Without ``make data`` the pinned selection is known by name and family (configs, pools, family
+    checks); loading one raises a one-line user error that says to run ``make data``."""
+    from dnd_jax.errors import UserError
+
+    spec = bigbench.placeholder("bb_color", tmp_path / "index.json")
+    assert spec.family_name() == "bigbench_color" and "make data" in spec.unprepared
+    with pytest.raises(bigbench.DataNotPrepared, match="run `make data`") as err:
+        spec.load_pool()
+    assert isinstance(err.value, UserError) and isinstance(err.value, FileNotFoundError)
+    # in this process: prepared (registered from the index) or a placeholder, never unknown
+    for name in bigbench.EXPECTED_TASKS:
+        assert tasks.family(name) == "bigbench_" + name[3:]
+
+
+def test_collect_refuses_an_unprepared_bigbench_task_before_compute(tmp_path):
+    """A fresh machine (empty cache): collecting a BIG-bench task exits 2 with one line naming `make data`."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, DND_JAX_CACHE=str(tmp_path / "empty_cache"))
+    proc = subprocess.run([sys.executable, "-m", "dnd_jax.collect", "--config", "configs/smollm2_many.py",
+                           "--workdir", str(tmp_path / "w"), "--tasks", "bb_color"],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: BIG-bench task 'bb_color' is not prepared") and "run `make data`" in last
+    assert "Traceback" not in proc.stderr and not (tmp_path / "w").exists()
 
 
 def test_pools_are_nested_seeded_and_family_disjoint():

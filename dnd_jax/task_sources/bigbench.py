@@ -13,8 +13,10 @@ The package is never installed (its requirements pull TensorFlow, t5 and seqio).
    ``<cache>/bigbench-1.0.0/<task>.json`` and an ``index.json`` listing them, atomically.
 
 At import the module registers one task ``bb_<task>`` per index entry (family ``bigbench_<task>``:
-the sub-tasks of one BIG-bench task are one family). Without the index no BIG-bench task exists,
-and asking for one says to run ``make data``. Tests build a tiny archive of the same layout.
+the sub-tasks of one BIG-bench task are one family). Without the index, the :data:`EXPECTED_TASKS` are
+registered by name and family only, so configs, pools and family checks work without the download;
+loading or collecting one raises :class:`DataNotPrepared`, which says to run ``make data``, and any
+other ``bb_`` name is unknown. Tests build a tiny archive of the same layout.
 
 ``pip download --no-deps --no-binary :all: bigbench==1.0.0`` cannot be used: pip prepares the
 sdist's metadata, which declares direct-URL dependencies, and refuses it ("Distributions from PyPI
@@ -32,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dnd_jax import assets, tasks
+from dnd_jax import assets, errors, tasks
 from dnd_jax.task_sources import cap_choices
 
 SDIST_NAME = "bigbench-1.0.0.tar.gz"
@@ -75,8 +77,7 @@ EXPECTED_TASKS = (
 )
 
 
-class DataNotPrepared(FileNotFoundError):
-    """The BIG-bench index is missing: run ``make data``."""
+DataNotPrepared = errors.DataNotPrepared  # the BIG-bench index or archive is missing: run ``make data``
 
 
 def data_dir() -> Path:
@@ -235,6 +236,27 @@ def register_from(out_dir: Path) -> list[str]:
     return names
 
 
+def placeholder(name: str, index_path: Path) -> tasks.TaskSpec:
+    """An :data:`EXPECTED_TASKS` task known by name and family only (no index yet): configs, pools and
+    family checks work without the download; loading it, or collecting it, says to run ``make data``."""
+    why = f"BIG-bench task '{name}' is not prepared ({index_path} is missing); run `make data`"
+
+    def load():
+        raise DataNotPrepared(why)
+
+    return tasks.TaskSpec(name, f"BIG-bench {name[len(PREFIX):]} (not prepared)", load, "{prompt}\nAnswer:",
+                          family="bigbench_" + name[len(PREFIX):], test_size=TEST_SIZE,
+                          max_test_fraction=TEST_FRACTION, unprepared=why)
+
+
+def register_placeholders(out_dir: Path) -> list[str]:
+    """Register a :func:`placeholder` for every expected task the index at ``out_dir`` does not hold."""
+    names = [n for n in EXPECTED_TASKS if n not in tasks.TASKS]
+    for name in names:
+        tasks.register(placeholder(name, Path(out_dir) / "index.json"))
+    return names
+
+
 def task_names() -> list[str]:
     """Names of the prepared BIG-bench tasks (raises :class:`DataNotPrepared` without ``make data``)."""
     index_path = data_dir() / "index.json"
@@ -244,6 +266,7 @@ def task_names() -> list[str]:
 
 
 REGISTERED = register_from(data_dir())
+PLACEHOLDERS = register_placeholders(data_dir())
 
 
 def main(argv: list[str]) -> int:
