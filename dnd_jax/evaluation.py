@@ -286,7 +286,7 @@ def evaluate_systems(model_ref: base_model.BaseModelRef, systems: Sequence[basel
     for m in metrics:
         pairs = [(a, "base") for a in results[m] if a != "base" and "base" in results[m]]
         pairs += [(a, b) for a in results[m] if kinds[a] == "adapter" for b in results[m]
-                  if kinds[b] not in ("adapter", "base")]
+                  if b != a and kinds[b] != "base"]  # every baseline and every other adapter
         for a, b in pairs:
             pb = scoring.paired_bootstrap(results[m][a]["correct"], results[m][b]["correct"], n_boot, seed)
             comparisons.append({"metric": m, "a": a, "b": b} | pb)

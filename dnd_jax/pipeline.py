@@ -162,7 +162,7 @@ def _generate_to(config, gen_dir: Path, prompt_tasks: tuple[str, ...], adapter_d
 def run_foreign_generator(config, workdir: Path, target: str, name: str, gen_dir: str) -> dict:
     """Cross-domain: another experiment's generator (e.g. the commonsense one) makes an adapter from
     ``target``'s prompts; it is evaluated next to this domain's DnD adapter and the base model."""
-    from dnd_jax import evaluation, scoring
+    from dnd_jax import evaluation
 
     if not Path(gen_dir).is_dir():
         print(f"[experiment] foreign generator '{name}' not found at {gen_dir}: skipped (run its experiment first)")
@@ -173,13 +173,7 @@ def run_foreign_generator(config, workdir: Path, target: str, name: str, gen_dir
     report = evaluation.run(config, workdir, target, adapters=[f"dnd={root / 'adapters' / f'dnd_{target}'}",
                                                              f"dnd_from_{name}={adapter_dir}"],
                           baseline_names=["base"], out_dir=root / "results" / f"{target}_from_{name}")
-    out = evaluation.summarize(report, f"dnd_from_{name}")
-    # the two generators' adapters, question by question (evaluation pairs adapters only with baselines)
-    for m, other in out["systems"][f"dnd_from_{name}"].items():
-        pb = scoring.paired_bootstrap(other["correct"], out["systems"]["dnd"][m]["correct"],
-                                      int(config.eval.bootstrap), int(config.seed))
-        out["paired"].setdefault(f"dnd_from_{name} - dnd", {})[m] = {
-            "diff": pb["diff"], "ci": pb["ci"], "p_le_0": pb["p"], "n": pb["n"]}
+    out = evaluation.summarize(report, f"dnd_from_{name}")  # paired with dnd and base
     return out | {"generator": str(gen_dir), "generate_wall_s": timing["wall_s"]}
 
 

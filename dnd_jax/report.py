@@ -202,6 +202,15 @@ def _cell(entry: dict | None, metric: str = "cloze") -> str:
     return f"{s * entry['acc']:.{d}f}" + (f" [{lo:.{d}f}, {hi:.{d}f}]" if ci else "")
 
 
+def _diff_ci(d: dict, metric: str) -> tuple[str, str]:
+    """A paired difference ``{diff, ci}`` on the metric's display scale: ("+1.5", "[+0.0, +3.5]").
+
+    ``+ 0.0`` turns the -0.0 that the bpb scale (-1) makes of a zero difference into +0.0."""
+    s, k = _scale(metric)
+    lo, hi = sorted((s * d["ci"][0] + 0.0, s * d["ci"][1] + 0.0))
+    return f"{s * d['diff'] + 0.0:+.{k}f}", f"[{lo:+.{k}f}, {hi:+.{k}f}]"
+
+
 def _foreign_generators_markdown(results: dict) -> list[str]:
     """Cross-domain: another experiment's generator (``foreign``) on this domain's held-out targets, paired
     with this domain's own DnD adapter and the base model on the same questions."""
@@ -213,15 +222,10 @@ def _foreign_generators_markdown(results: dict) -> list[str]:
                 continue
             other = f"dnd_from_{name}"
             for metric, entry in (f["systems"].get(other) or {}).items():
-                s, k = _scale(metric)
                 pairs = []
                 for ref in ("dnd", "base"):
                     d = f.get("paired", {}).get(f"{other} - {ref}", {}).get(metric)
-                    if d:  # + 0.0: a zero difference prints +0, not -0, on the bpb scale (-1)
-                        lo, hi = sorted((s * d["ci"][0] + 0.0, s * d["ci"][1] + 0.0))
-                        pairs.append(f"{s * d['diff'] + 0.0:+.{k}f} [{lo:+.{k}f}, {hi:+.{k}f}]")
-                    else:
-                        pairs.append("–")
+                    pairs.append(" ".join(_diff_ci(d, metric)) if d else "–")
                 rows.append(f"| {target} | {name} | {metric} | {_cell(f['systems'].get('base', {}).get(metric), metric)} | "
                             f"{_cell(f['systems'].get('dnd', {}).get(metric), metric)} | {_cell(entry, metric)} | "
                             + " | ".join(pairs) + " |")
@@ -270,10 +274,8 @@ def markdown(results: dict) -> str:
         for t, comps in paired.items():
             for name, per_metric in comps.items():
                 for metric, d in per_metric.items():
-                    s, k = _scale(metric)
-                    lo, hi = sorted((s * d["ci"][0], s * d["ci"][1]))
-                    lines.append(f"| {t} | {name} | {metric} | {s * d['diff']:+.{k}f} | "
-                                 f"[{lo:+.{k}f}, {hi:+.{k}f}] | {d['p_le_0']:.3f} |")
+                    diff, ci = _diff_ci(d, metric)
+                    lines.append(f"| {t} | {name} | {metric} | {diff} | {ci} | {d['p_le_0']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
