@@ -286,6 +286,12 @@ def _ckpt_id(ckpt: Path) -> str:
     return zoo.checkpoint_meta(ckpt).get("sha256") or assets.file_sha256(ckpt / zoo.ADAPTER_WEIGHTS)
 
 
+def merged_tag(train: Sequence[str], finals: dict[str, Path]) -> str:
+    """The merged adapter's content tag (its folder is ``merged-<tag>``): a hash of the training tasks and
+    their final LoRAs' sha256, so equal tags mean bit-identical LoRAs."""
+    return hashlib.sha256(json.dumps([[t, _ckpt_id(finals[t])] for t in train]).encode()).hexdigest()[:16]
+
+
 # --- nearest -----------------------------------------------------------------------------------------
 
 
@@ -427,7 +433,7 @@ def build_baselines(workdir: str | Path, task: str, names: Sequence[str] = BASEL
                 systems.append(System(f"lora:{t}", "training_lora", str(finals[t]),
                                       {"source_task": t, "step": zoo.checkpoint_meta(finals[t]).get("step")}))
         elif name == "merged":
-            tag = hashlib.sha256(json.dumps([[t, _ckpt_id(finals[t])] for t in train]).encode()).hexdigest()[:16]
+            tag = merged_tag(train, finals)
             root = Path(adapter_root) if adapter_root else Path(workdir) / "eval_cache" / "adapters"
             path = merge_adapters([finals[t] for t in train], root / f"merged-{tag}")
             systems.append(System("merged", "merged", str(path), {"source_tasks": list(train)}))
