@@ -170,6 +170,8 @@ def collect_task(config, workdir: Path, ref: base_model.BaseModelRef, task: str)
         "final_loss": result["final_loss"],
         "first_loss": result["losses"][0] if result["losses"] else None,
         "train_wall_time_s": result["wall_time_s"],
+        "train_cpu_time_s": result["cpu_time_s"],
+        "torch_threads": torch.get_num_threads(),
         "session_wall_time_s": time.time() - t0,
     }
     assets.write_json_atomic(manifest_path, manifest)

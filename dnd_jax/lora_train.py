@@ -126,7 +126,10 @@ def train_lora(
     """Train ``model`` (already LoRA-wrapped) for ``total_steps``; call ``on_keep(step, loss, wall)``.
 
     ``resume`` is a state from ``save_resume`` (LoRA tensors, optimizer state, step, wall time):
-    training continues from it exactly. Returns {'final_loss', 'wall_time_s', 'losses'}.
+    training continues from it exactly. Returns {'final_loss', 'wall_time_s', 'cpu_time_s', 'losses'}:
+    ``wall_time_s`` is the steps' wall time, ``cpu_time_s`` this process's CPU time over the same steps
+    (every thread; unlike the wall time it does not grow when other jobs share the cores; None when
+    resumed from a state that did not record it).
     """
     import torch
 
@@ -138,18 +141,19 @@ def train_lora(
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, warmup_steps)))
-    start, wall, losses = 0, 0.0, []
+    start, wall, cpu, losses = 0, 0.0, 0.0, []
     if resume is not None:
         load_lora_state(model, resume["lora"])
         opt.load_state_dict(resume["optimizer"])
         sched.load_state_dict(resume["scheduler"])
         start, wall, losses = int(resume["step"]), float(resume["wall_time_s"]), list(resume["losses"])
+        cpu = None if resume.get("cpu_time_s") is None else float(resume["cpu_time_s"])
         if "torch_rng" in resume:  # LoRA dropout draws from torch's global generator
             torch.set_rng_state(resume["torch_rng"])
     model.train()
     bar = tqdm(range(start, total_steps), desc=desc, initial=start, total=total_steps, dynamic_ncols=True)
     for step in bar:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         idx = batch_indices(len(encoded), batch_size, step, seed)
         batch = collate([encoded[i] for i in idx], tokenizer.pad_token_id)
         loss = answer_loss(model, batch)
@@ -158,6 +162,8 @@ def train_lora(
         opt.step()
         sched.step()
         wall += time.perf_counter() - t0
+        if cpu is not None:
+            cpu += time.process_time() - c0
         losses.append(loss.item())
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
         done = step + 1
@@ -165,9 +171,10 @@ def train_lora(
             on_keep(done, losses[-1], wall)
         if save_resume is not None and (keep_step(done) or done % resume_every == 0) and done < total_steps:
             save_resume({"lora": trainable_state(model), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                         "step": done, "wall_time_s": wall, "losses": losses, "torch_rng": torch.get_rng_state()})
+                         "step": done, "wall_time_s": wall, "cpu_time_s": cpu, "losses": losses, "torch_rng": torch.get_rng_state()})
     model.eval()
-    return {"final_loss": losses[-1] if losses else float("nan"), "wall_time_s": wall, "losses": losses}
+    return {"final_loss": losses[-1] if losses else float("nan"), "wall_time_s": wall, "cpu_time_s": cpu,
+            "losses": losses}
 
 
 def save_resume_state(path: Path, state: dict) -> None:

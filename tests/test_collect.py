@@ -41,7 +41,7 @@ def test_tiny_zoo_layout(clean_zoo):
         ckpts = zoo.checkpoints(clean_zoo, task)
         assert [zoo.checkpoint_meta(c)["step"] for c in ckpts] == collection.kept_steps(config.zoo)
         tm = zoo.task_manifest(clean_zoo, task)
-        assert tm["train_wall_time_s"] > 0
+        assert tm["train_wall_time_s"] > 0 and tm["train_cpu_time_s"] > 0 and tm["torch_threads"] >= 1
         assert tm["split_sizes"]["test"] > 0
         assert tm["base_model"]["sha"] == manifest["base_model"]["sha"]
         prompts = zoo.prompts(clean_zoo, task)

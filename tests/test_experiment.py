@@ -34,11 +34,15 @@ def test_experiment_end_to_end_and_resume(tmp_path, condition_spy):
         for metric in ("cloze", "mc"):
             entry = systems[name][metric]
             assert 0.0 <= entry["acc"] <= 1.0 and entry["n"] == 6, (name, metric)
-    assert res["speed"]["oracle_train_wall_s"] > 0 and res["speed"]["generate_wall_s"] > 0
+    speed = res["speed"]
+    assert speed["oracle_train_wall_s"] > 0 and speed["generate_wall_s"] > 0
+    assert speed["oracle_train_cpu_s"] > 0 and speed["generate_cpu_s"] > 0  # this zoo recorded CPU time
+    assert speed["speedup_cpu"] == pytest.approx(speed["oracle_train_cpu_s"] / speed["generate_cpu_s"])
     for f in ("results.json", "results.md", "results.png"):
         assert (docs / f).is_file()
     md = (docs / "results.md").read_text()
     assert "| piqa |" in md and "DnD" in md
+    assert "| oracle LoRA CPU (s) | CPU ratio |" in md  # the speed table shows the contention-proof figure
     stages = json.loads((workdir / "experiment_stages.json").read_text())
     assert {"collect", "train/piqa", "evaluate/piqa"} <= set(stages)
     assert all(0.05 < s["peak_rss_gb"] < 64 for s in stages.values()), stages  # GB, not KiB or bytes
@@ -72,3 +76,19 @@ def test_generator_config_excludes_target_and_cross_domain():
     config.experiment.cross_domain = ("sciq",)
     assert experiment.training_tasks(config, "piqa") == ["arc_e", "boolq"]
     assert experiment.training_tasks(config, "sciq") == ["arc_e", "piqa", "boolq"]
+
+
+def test_speed_entry_uses_cpu_time_only_where_both_sides_recorded_it():
+    from dnd_jax import pipeline, report
+
+    gen = {"wall_s": 2.0, "cpu_s": 3.0, "load_s": 1.0}
+    old_zoo = pipeline.speed_entry({"train_wall_time_s": 600.0}, gen)  # collected before CPU time was recorded
+    assert old_zoo["speedup"] == 300.0 and "speedup_cpu" not in old_zoo
+    new_zoo = pipeline.speed_entry({"train_wall_time_s": 600.0, "train_cpu_time_s": 150.0, "torch_threads": 1}, gen)
+    assert new_zoo["speedup_cpu"] == 50.0 and new_zoo["oracle_torch_threads"] == 1
+
+    def md(speed: dict) -> str:
+        return report.markdown({"targets": {"t": {"systems": {}, "speed": speed}}})
+
+    assert "CPU" not in md(old_zoo)  # old results render as before
+    assert "| t | 2.00 | 600 | 300x | 3.00 | 150 | 50x |" in md(new_zoo)

@@ -562,6 +562,13 @@ def test_lora_dropout_resume_is_exact(tiny_base, tmp_path):
     assert r3["losses"] == r1["losses"]
     a, b = lora_train.trainable_state(m1), lora_train.trainable_state(m3)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # CPU time travels too (the speed table's contention-proof figure): the resumed run adds its own
+    # steps to the killed run's; a state from before it was recorded gives None, never a partial sum.
+    saved = lora_train.load_resume_state(path)
+    assert 0 < saved["cpu_time_s"] < r3["cpu_time_s"] and r1["cpu_time_s"] > 0
+    old = {k: v for k, v in saved.items() if k != "cpu_time_s"}
+    m4, tok = fresh()
+    assert lora_train.train_lora(m4, tok, examples, **kw, resume=old)["cpu_time_s"] is None
 
 
 def test_corrupt_resume_state_is_an_error_not_a_silent_restart(tmp_path):
