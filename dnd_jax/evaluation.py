@@ -164,7 +164,8 @@ def _score(model, tok, examples: Sequence[tasks.Example], metric: str, batch_siz
     if metric in ("bpb", "exact_match", "pass@1"):
         from dnd_jax import generative
 
-        return generative.score(model, tok, examples, metric, max_new_tokens=max_new_tokens, progress=progress)
+        return generative.score(model, tok, examples, metric, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                progress=progress)
     raise ValueError(f"unknown metric '{metric}'; use one of {METRICS}")
 
 

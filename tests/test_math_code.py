@@ -117,6 +117,15 @@ def test_bpb_equals_hand_computation_batched(tiny):
     assert all(b > 0 for b in r["bpb"])
 
 
+def test_greedy_texts_do_not_depend_on_the_batch_size(tiny):
+    """The generation batch is a throughput knob (not in the evaluation cache key): left padding moves
+    only the padding, so every problem's greedy text is the same alone or in a batch of any size."""
+    model, tok = tiny
+    exs = tasks.load_examples("gsm8k", "test", limit=5)
+    runs = [generative.greedy_solutions(model, tok, exs, ("\n\n",), 12, batch_size=b, progress=False) for b in (1, 2, 5)]
+    assert runs[0] == runs[1] == runs[2] and any(runs[0])
+
+
 def test_bpb_truncation_keeps_context_and_scores_the_solution_head(tiny):
     model, tok = tiny
     ex = tasks.load_examples("minerva_math_algebra", "test")[0]
