@@ -6,11 +6,14 @@
 #   nohup launch/queue.sh > queue.out 2>&1 &         # every job not yet done, in order
 #   launch/queue.sh results math                     # only these jobs (their order here)
 #   launch/queue.sh --list                           # the jobs and their commands; runs nothing
+#   launch/queue.sh --status                         # each job's state and its log's last progress line
 #
 # Results are written under $QUEUE_ROOT/docs/ (default workdir/docs), never into docs/: compare
 # (bench/compare_results.py for docs/results) and copy them by hand. Per job: $QUEUE_ROOT/queue/<job>.log,
 # and <job>.done once it has exited 0 (delete it to run the job again; the verbs' caches make a
-# rerun cheap). Zoos are collected by two 1-thread shards side by side (1.38x the LoRA steps per
+# rerun cheap), <job>.failed after a non-zero exit, <job>.running while it runs (left behind by a killed
+# queue: --status says "interrupted"). One queue at a time per $QUEUE_ROOT: a second one is refused
+# (exit 2) while queue.pid names a live queue. Zoos are collected by two 1-thread shards side by side (1.38x the LoRA steps per
 # second of one 2-thread process on 2 cores: docs/scaling/costs). Edit the tree while it runs only
 # from another clone: each job imports the code as it is when the job starts.
 set -u
@@ -50,6 +53,28 @@ if [[ ${1:-} == --list ]]; then
   for j in "${JOBS[@]}"; do printf '%-12s %s\n' "${j%%|*}" "${j#*|}"; done
   exit 0
 fi
+
+alive() {  # PIDFILE: true if it names a live queue.sh (a reused pid of another program does not count)
+  local pid
+  [[ -s $1 ]] && read -r pid _ < "$1" && [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2> /dev/null &&
+    [[ $(ps -o args= -p "$pid" 2> /dev/null) == *queue.sh* ]]
+}
+
+if [[ ${1:-} == --status ]]; then
+  for j in "${JOBS[@]}"; do
+    name=${j%%|*} f=$Q/queue/${j%%|*}
+    if [[ -e $f.done ]]; then state="done $(< "$f.done")"
+    elif [[ -e $f.running ]] && alive "$f.running"; then state="running"
+    elif [[ -e $f.running ]]; then state="interrupted"
+    elif [[ -e $f.failed ]]; then state="failed $(< "$f.failed")"
+    else state="pending"; fi
+    last=""
+    # the last progress line: tqdm redraws with carriage returns, so split on them too
+    [[ -s $f.log ]] && last=$(tail -c 4096 "$f.log" | tr '\r' '\n' | sed 's/\x1b\[[0-9;]*[A-Za-z]//g' | grep -v '^[[:space:]]*$' | tail -n 1 | cut -c1-110)
+    printf '%-12s %-34s %s\n' "$name" "$state" "$last"
+  done
+  exit 0
+fi
 names=()
 for j in "${JOBS[@]}"; do names+=("${j%%|*}"); done
 for want in "$@"; do
@@ -58,6 +83,12 @@ done
 [[ -x $PY ]] || { echo "queue.sh: $PY not found; run 'make install' first" >&2; exit 2; }
 
 mkdir -p "$Q/queue"
+if alive "$Q/queue/queue.pid"; then
+  echo "queue.sh: another queue is running on $Q (pid $(cut -d' ' -f1 "$Q/queue/queue.pid")); see launch/queue.sh --status" >&2
+  exit 2
+fi
+echo "$$ $(date -u +%FT%TZ)" > "$Q/queue/queue.pid"
+trap 'rm -f "$Q/queue/queue.pid"' EXIT
 renice -n "$NICE" $$ > /dev/null  # the queue and every job it starts
 status=0
 for j in "${JOBS[@]}"; do
@@ -66,12 +97,16 @@ for j in "${JOBS[@]}"; do
   if [[ -e $Q/queue/$name.done ]]; then echo "=== $name: done before ($Q/queue/$name.done)"; continue; fi
   echo "=== $(date -u +%FT%TZ) $name: $cmd"
   t0=$SECONDS
+  echo "$$ $(date -u +%FT%TZ)" > "$Q/queue/$name.running"
+  rm -f "$Q/queue/$name.failed"
   if (eval "$cmd") >> "$Q/queue/$name.log" 2>&1; then
     date -u +%FT%TZ > "$Q/queue/$name.done"
     echo "=== $(date -u +%FT%TZ) $name: done in $((SECONDS - t0)) s"
   else
+    date -u +%FT%TZ > "$Q/queue/$name.failed"
     echo "=== $(date -u +%FT%TZ) $name: FAILED after $((SECONDS - t0)) s (log: $Q/queue/$name.log); later jobs go on"
     status=1
   fi
+  rm -f "$Q/queue/$name.running"
 done
 exit $status

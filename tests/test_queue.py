@@ -75,3 +75,48 @@ def test_bad_job_name_is_refused_before_anything_runs(tmp_path):
     res = _queue(tmp_path, "results", "nope")
     assert res.returncode == 2 and "unknown job 'nope'" in res.stderr
     assert _calls(tmp_path) == [] and not (tmp_path / "w").exists()
+
+
+def _status(tmp_path: Path) -> dict[str, str]:
+    env = dict(os.environ, QUEUE_ROOT=str(tmp_path / "w"))
+    out = subprocess.run(["bash", str(QUEUE), "--status"], capture_output=True, text=True, env=env, timeout=60,
+                         check=True).stdout
+    return {line.split()[0]: line.split(None, 1)[1].strip() for line in out.splitlines()}
+
+
+def test_status_tells_done_failed_interrupted_running_and_pending(tmp_path):
+    res = _queue(tmp_path, "math_zoo", "coding", fail="smollm2_math.py --workdir")
+    assert res.returncode == 1
+    queue = tmp_path / "w" / "queue"
+    assert not list(queue.glob("*.running")) and not (queue / "queue.pid").exists()  # a finished queue cleans up
+    (queue / "results.running").write_text("999999999 2026-12-01T00:00:00Z\n")  # a queue killed mid-job
+    sleeper = subprocess.Popen(["bash", "-c", "sleep 30; :", "queue.sh"])  # a live process named queue.sh
+    try:
+        (queue / "curve.running").write_text(f"{sleeper.pid} 2026-12-01T00:00:00Z\n")
+        (queue / "curve.log").write_text("start\ntrain 152:  10%|#  | 6/60 [00:10<01:30]\rtrain 152:  12%|#  | 7/60\r\n")
+        status = _status(tmp_path)
+    finally:
+        sleeper.kill()
+    assert status["coding"].startswith("done 20") and status["math_zoo"].startswith("failed 20")
+    assert status["results"] == "interrupted" and status["many_zoo"] == "pending"
+    assert status["curve"].split()[0] == "running" and status["curve"].endswith("train 152:  12%|#  | 7/60")
+
+
+def test_a_second_queue_is_refused_while_one_runs(tmp_path):
+    queue = tmp_path / "w" / "queue"
+    queue.mkdir(parents=True)
+    sleeper = subprocess.Popen(["bash", "-c", "sleep 30; :", "queue.sh"])
+    other = subprocess.Popen(["sleep", "30"])  # alive, but not a queue: its pid in queue.pid is stale
+    try:
+        (queue / "queue.pid").write_text(f"{other.pid} 2026-12-01T00:00:00Z\n")
+        assert _queue(tmp_path, "results_zoo").returncode == 0
+        (queue / "queue.pid").write_text(f"{sleeper.pid} 2026-12-01T00:00:00Z\n")
+        res = _queue(tmp_path, "results")
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        other.kill()
+    assert res.returncode == 2 and "another queue is running" in res.stderr and len(_calls(tmp_path)) == 2
+    # once that queue is gone its pid file is stale, and a new queue runs
+    res = _queue(tmp_path, "results")
+    assert res.returncode == 0 and len(_calls(tmp_path)) == 3 and not (queue / "queue.pid").exists()
