@@ -202,6 +202,28 @@ def _cell(entry: dict | None, metric: str = "cloze") -> str:
     return f"{s * entry['acc']:.{d}f}" + (f" [{lo:.{d}f}, {hi:.{d}f}]" if ci else "")
 
 
+def headline_markdown(results: dict, names: dict[str, str], metrics: Sequence[str] = ("cloze", "mc")) -> str:
+    """The README's compact results table: one row per (target, metric), metric-major, in ``names``'s
+    order (target -> display name), point estimates only, DnD in bold; a system column appears when
+    any target has it."""
+    targets = {t: results["targets"][t]["systems"] for t in names if t in results["targets"]}
+    columns = [(k, title) for k, title in COLUMNS
+               if any(isinstance((sy.get(k) or {}).get(m), dict) for sy in targets.values() for m in metrics)]
+    lines = ["| held out | metric | " + " | ".join(f"**{t}**" if k == "dnd" else t for k, t in columns) + " |",
+             "|---" * (len(columns) + 2) + "|"]
+    for m in metrics:
+        for t, systems in targets.items():
+            if not any(isinstance(v.get(m), dict) for v in systems.values()):
+                continue
+            cells = []
+            for k, _ in columns:
+                entry = (systems.get(k) or {}).get(m)
+                cell = _cell({"acc": entry.get("acc")} if entry else None, m)
+                cells.append(f"**{cell}**" if k == "dnd" and cell != "–" else cell)
+            lines.append(f"| {names[t]} | {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _diff_ci(d: dict, metric: str) -> tuple[str, str]:
     """A paired difference ``{diff, ci}`` on the metric's display scale: ("+1.5", "[+0.0, +3.5]").
 
