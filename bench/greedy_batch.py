@@ -1,15 +1,16 @@
 """Greedy generation (the exact-match and pass@1 metrics) at several batch sizes: CPU time, wall time, and
 whether the texts are the same.
 
-    python bench/greedy_batch.py --task gsm8k --n 32 --batch_sizes 8,16,32 --max_new_tokens 192 \
+    python bench/greedy_batch.py --task gsm8k --n 32 --batch_sizes 32,64 --max_new_tokens 192 --reference \
         --out docs/bench/greedy_batch_gsm8k.json
 
 ``dnd_jax.generative.greedy_solutions`` sorts the problems by prompt length and decodes ``batch_size`` of
-them at a time with left padding, so a batch runs until its last row stops. A larger batch amortizes
-the per-token overhead of a 135M model over more rows but waits for more rows. CPU seconds are the
+them at a time with left padding; a row leaves the batch when it stops. A larger batch amortizes the
+per-token overhead of a 135M model over more rows. CPU seconds are the
 process's own (every thread), so other jobs on the cores inflate them little; the load average is
-recorded with every figure. Texts are compared with the first batch size's, problem by problem: left
-padding changes the positions of the padding only, so they should agree, and the count says if not.
+recorded with every figure. Texts are compared problem by problem with the reference: transformers'
+``generate`` at the first batch size with ``--reference`` (what greedy_solutions called before session
+13's row-dropping decoder), else the first batch size's own texts.
 """
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ N = flags.DEFINE_integer("n", 32, "test problems (the first n)")
 BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["8", "16", "32"], "batch sizes to compare")
 MAX_NEW = flags.DEFINE_integer("max_new_tokens", 192, "greedy budget")
 THREADS = flags.DEFINE_integer("threads", 1, "torch threads")
+REFERENCE = flags.DEFINE_bool("reference", False, "also decode with transformers' generate at the first batch "
+                               "size (stopped rows kept to the batch's end) and compare texts and cost")
 OUT = flags.DEFINE_string("out", "", "output JSON (printed only when empty)")
 
 
@@ -46,6 +49,15 @@ def main(argv) -> None:
                  "torch_threads": THREADS.value, "command": " ".join(["python", "bench/greedy_batch.py", *sys.argv[1:]]),
                  "runs": {}}
     reference = None
+    if REFERENCE.value:
+        bs = int(BATCH_SIZES.value[0])
+        w, c = time.perf_counter(), time.process_time()
+        reference = generative.reference_greedy_solutions(model, tok, examples, stops, MAX_NEW.value, batch_size=bs)
+        wall, cpu = time.perf_counter() - w, time.process_time() - c
+        out["runs"][f"generate@{bs}"] = {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
+                                         "cpu_s_per_problem": round(cpu / len(examples), 2),
+                                         "loadavg_1_5_15": [round(x, 1) for x in os.getloadavg()]}
+        print(f"generate@{bs}", out["runs"][f"generate@{bs}"], flush=True)
     for bs in [int(b) for b in BATCH_SIZES.value]:
         w, c = time.perf_counter(), time.process_time()
         texts = generative.greedy_solutions(model, tok, examples, stops, MAX_NEW.value, batch_size=bs, progress=False)
@@ -53,7 +65,7 @@ def main(argv) -> None:
         reference = texts if reference is None else reference
         out["runs"][str(bs)] = {
             "wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "cpu_s_per_problem": round(cpu / len(examples), 2),
-            "texts_differing_from_first": sum(a != b for a, b in zip(texts, reference, strict=True)),
+            "texts_differing_from_reference": sum(a != b for a, b in zip(texts, reference, strict=True)),
             "loadavg_1_5_15": [round(x, 1) for x in os.getloadavg()],
         }
         print(bs, out["runs"][str(bs)], flush=True)

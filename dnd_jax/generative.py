@@ -93,47 +93,111 @@ def greedy_solutions(model, tokenizer, examples: Sequence[tasks_lib.Example], st
     """Greedy continuations of each example's context, cut at the first stop sequence.
 
     Left padding (every row's last prompt token at the same position); prompts longer than
-    ``max_prompt_len`` tokens keep their last ``max_prompt_len`` tokens.
+    ``max_prompt_len`` tokens keep their last ``max_prompt_len`` tokens. A row leaves its batch as soon
+    as its text holds a stop sequence or it emits the end-of-sequence token (:func:`greedy_decode`), so
+    a batch costs what its rows need, not ``batch_size`` times its longest row.
     """
-    import torch
-    from transformers import StoppingCriteria, StoppingCriteriaList
-
     prompts = [tokenizer(tasks_lib.cloze_context(ex), add_special_tokens=False)["input_ids"][-max_prompt_len:]
                for ex in examples]
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     out: list[str] = [""] * len(prompts)
     bar = tqdm(total=len(prompts), desc="generate", disable=not progress, leave=False)
-
-    class StopOnStrings(StoppingCriteria):
-        """A row is done once its new text contains a stop sequence."""
-
-        def __init__(self, prompt_width: int):
-            self.width = prompt_width
-
-        def __call__(self, input_ids, scores, **kwargs):
-            texts = tokenizer.batch_decode(input_ids[:, self.width:], skip_special_tokens=True)
-            return torch.tensor([any(s in t for s in stops) for t in texts], dtype=torch.bool)
-
-    with torch.inference_mode():
-        for b in range(0, len(order), batch_size):
-            idx = order[b : b + batch_size]
-            width = max(len(prompts[i]) for i in idx)
-            input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-            attention = torch.zeros((len(idx), width), dtype=torch.long)
-            for r, i in enumerate(idx):
-                input_ids[r, width - len(prompts[i]):] = torch.tensor(prompts[i])
-                attention[r, width - len(prompts[i]):] = 1
-            gen = model.generate(
-                input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens, do_sample=False,
-                num_beams=1, temperature=None, top_p=None, top_k=None, pad_token_id=pad_id,
-                stopping_criteria=StoppingCriteriaList([StopOnStrings(width)]),
-            )
-            texts = tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)
-            for r, i in enumerate(idx):
-                out[i] = truncate_at_stop(texts[r], stops)
-            bar.update(len(idx))
+    for b in range(0, len(order), batch_size):
+        idx = order[b : b + batch_size]
+        rows = greedy_decode(model, tokenizer, [prompts[i] for i in idx], max_new_tokens, stops)
+        for i, tokens in zip(idx, rows, strict=True):
+            out[i] = truncate_at_stop(tokenizer.decode(tokens, skip_special_tokens=True), stops)
+        bar.update(len(idx))
     bar.close()
+    return out
+
+
+def greedy_decode(model, tokenizer, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                  stops: Sequence[str] = ()) -> list[list[int]]:
+    """Greedy new tokens for a batch of token-id prompts (left-padded, one KV cache).
+
+    What ``model.generate(do_sample=False)`` with a stop-string criterion gives, up to the order of
+    floating-point sums: positions count each row's real tokens from 0 (pads get 0), a row stops after
+    the token that puts a stop sequence into its new text or after an end-of-sequence token (kept in its
+    list, as generate keeps it), and at ``max_new_tokens``. Unlike generate, a stopped row is dropped
+    from the batch and its cache, so the rest decode without it.
+    """
+    import torch
+    from transformers import DynamicCache
+
+    eos = model.generation_config.eos_token_id if model.generation_config is not None else None
+    eos_ids = set(eos if isinstance(eos, list | tuple) else [] if eos is None else [eos])
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    width = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(prompts), width), dtype=torch.long)
+    for r, p in enumerate(prompts):
+        input_ids[r, width - len(p):] = torch.tensor(list(p), dtype=torch.long)
+        attention[r, width - len(p):] = 1
+    positions = (attention.cumsum(-1) - 1).masked_fill(attention == 0, 0)
+    new: list[list[int]] = [[] for _ in prompts]
+    alive = list(range(len(prompts)))
+    cache = DynamicCache(config=model.config)
+    with torch.inference_mode():
+        logits = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, past_key_values=cache,
+                       use_cache=True, logits_to_keep=1).logits[:, -1]
+        last = positions[:, -1]
+        for step in range(max_new_tokens):
+            token = logits.argmax(-1)
+            keep = []
+            for r, row in enumerate(alive):
+                t = int(token[r])
+                new[row].append(t)
+                done = t in eos_ids or (stops and any(
+                    s in tokenizer.decode(new[row], skip_special_tokens=True) for s in stops))
+                if not done:
+                    keep.append(r)
+            if not keep or step == max_new_tokens - 1:
+                break
+            if len(keep) < len(alive):
+                sel = torch.tensor(keep, dtype=torch.long)
+                cache.batch_select_indices(sel)
+                attention, last, token = attention[sel], last[sel], token[sel]
+                alive = [alive[r] for r in keep]
+            attention = torch.cat([attention, attention.new_ones((len(alive), 1))], dim=-1)
+            last = last + 1
+            logits = model(input_ids=token[:, None], attention_mask=attention, position_ids=last[:, None],
+                           past_key_values=cache, use_cache=True).logits[:, -1]
+    return new
+
+
+def reference_greedy_solutions(model, tokenizer, examples: Sequence[tasks_lib.Example], stops: Sequence[str],
+                               max_new_tokens: int, batch_size: int = 8) -> list[str]:
+    """:func:`greedy_solutions` through transformers' ``generate`` (a stop-string criterion; stopped rows
+    stay in the batch until all stop): the reference that tests and ``bench/greedy_batch.py`` hold
+    :func:`greedy_decode` to."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    prompts = [tokenizer(tasks_lib.cloze_context(ex), add_special_tokens=False)["input_ids"] for ex in examples]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    out = []
+    for b in range(0, len(prompts), batch_size):
+        chunk = prompts[b : b + batch_size]
+        width = max(map(len, chunk))
+        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for r, p in enumerate(chunk):
+            ids[r, width - len(p):], mask[r, width - len(p):] = torch.tensor(p), 1
+
+        class Stop(StoppingCriteria):
+            def __init__(self, width: int):
+                self.width = width
+
+            def __call__(self, input_ids, scores, **kwargs):
+                texts = tokenizer.batch_decode(input_ids[:, self.width:], skip_special_tokens=True)
+                return torch.tensor([any(s in t for s in stops) for t in texts], dtype=torch.bool)
+
+        with torch.inference_mode():
+            gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                                 num_beams=1, temperature=None, top_p=None, top_k=None, pad_token_id=pad_id,
+                                 stopping_criteria=StoppingCriteriaList([Stop(width)]))
+        out += [truncate_at_stop(t, stops) for t in tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)]
     return out
 
 

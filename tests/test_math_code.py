@@ -126,6 +126,27 @@ def test_greedy_texts_do_not_depend_on_the_batch_size(tiny):
     assert runs[0] == runs[1] == runs[2] and any(runs[0])
 
 
+def test_greedy_decode_drops_stopped_rows_and_matches_generate(tiny):
+    """Rows leave the batch when they stop; every text is still what transformers' generate gives."""
+    import copy
+
+    model, tok = copy.deepcopy(tiny[0]), tiny[1]
+    torch.manual_seed(0)
+    with torch.no_grad():  # larger random weights: the tiny model's greedy text varies with its context
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.3)
+    exs = tasks.load_examples("gsm8k", "test", limit=6)
+    stops = ("-", "=")  # rows stop at different steps
+    prompts = [tok(tasks.cloze_context(ex), add_special_tokens=False)["input_ids"] for ex in exs]
+    rows = generative.greedy_decode(model, tok, prompts, 24, stops)
+    lengths = sorted(map(len, rows))
+    assert lengths[0] < 24 and lengths[0] < lengths[-1]  # some rows stopped early, others went on
+    ours = [generative.truncate_at_stop(tok.decode(r, skip_special_tokens=True), stops) for r in rows]
+    assert ours == generative.reference_greedy_solutions(model, tok, exs, stops, 24, batch_size=6)
+    assert generative.greedy_solutions(model, tok, exs, stops, 24, batch_size=4, progress=False) == ours
+
+
 def test_bpb_truncation_keeps_context_and_scores_the_solution_head(tiny):
     model, tok = tiny
     ex = tasks.load_examples("minerva_math_algebra", "test")[0]
