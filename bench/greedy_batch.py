@@ -28,7 +28,9 @@ sys.path.insert(0, str(ROOT))
 from dnd_jax import assets, base_model, generative, tasks  # noqa: E402
 from dnd_jax.task_sources import math_code  # noqa: E402
 
-TASK = flags.DEFINE_string("task", "gsm8k", "a generative task")
+TASK = flags.DEFINE_string("task", "gsm8k", "a generative task (or, with --mc, a multiple-choice one)")
+MC = flags.DEFINE_bool("mc", False, "the lettered-answer metric's prompts (no stop strings: rows stop at the "
+                       "end-of-sequence token) instead of a generative task's")
 N = flags.DEFINE_integer("n", 32, "test problems (the first n)")
 BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["8", "16", "32"], "batch sizes to compare")
 MAX_NEW = flags.DEFINE_integer("max_new_tokens", 192, "greedy budget")
@@ -44,15 +46,30 @@ def main(argv) -> None:
     torch.set_num_threads(THREADS.value)
     model, tok = base_model.load(base_model.resolve({"kind": "smollm2"}))
     examples = tasks.load_examples(TASK.value, "test", N.value)
-    stops = math_code.stop_sequences(TASK.value)
-    out: dict = {"task": TASK.value, "n": len(examples), "max_new_tokens": MAX_NEW.value,
+    stops = () if MC.value else math_code.stop_sequences(TASK.value)
+
+    mc_prompts = [tok(tasks.mc_context(ex, tok), add_special_tokens=False)["input_ids"] for ex in examples]
+
+    def ours(bs: int) -> list[str]:
+        if MC.value:  # what scoring.mc_generate would give with greedy_decode (it keeps generate: see unit_costs.md)
+            rows = [r for b in range(0, len(mc_prompts), bs)
+                    for r in generative.greedy_decode(model, tok, mc_prompts[b : b + bs], MAX_NEW.value)]
+            return [tok.decode(r, skip_special_tokens=True) for r in rows]
+        return generative.greedy_solutions(model, tok, examples, stops, MAX_NEW.value, batch_size=bs, progress=False)
+
+    def theirs(bs: int) -> list[str]:
+        if MC.value:  # scoring.mc_generate's decoding, in the same batches as ours
+            return generative.reference_greedy_texts(model, tok, mc_prompts, MAX_NEW.value, batch_size=bs)
+        return generative.reference_greedy_solutions(model, tok, examples, stops, MAX_NEW.value, batch_size=bs)
+
+    out: dict = {"task": TASK.value, "metric": "mc" if MC.value else "generative", "n": len(examples), "max_new_tokens": MAX_NEW.value,
                  "torch_threads": THREADS.value, "command": " ".join(["python", "bench/greedy_batch.py", *sys.argv[1:]]),
                  "runs": {}}
     reference = None
     if REFERENCE.value:
         bs = int(BATCH_SIZES.value[0])
         w, c = time.perf_counter(), time.process_time()
-        reference = generative.reference_greedy_solutions(model, tok, examples, stops, MAX_NEW.value, batch_size=bs)
+        reference = theirs(bs)
         wall, cpu = time.perf_counter() - w, time.process_time() - c
         out["runs"][f"generate@{bs}"] = {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
                                          "cpu_s_per_problem": round(cpu / len(examples), 2),
@@ -60,7 +77,7 @@ def main(argv) -> None:
         print(f"generate@{bs}", out["runs"][f"generate@{bs}"], flush=True)
     for bs in [int(b) for b in BATCH_SIZES.value]:
         w, c = time.perf_counter(), time.process_time()
-        texts = generative.greedy_solutions(model, tok, examples, stops, MAX_NEW.value, batch_size=bs, progress=False)
+        texts = ours(bs)
         wall, cpu = time.perf_counter() - w, time.process_time() - c
         reference = texts if reference is None else reference
         out["runs"][str(bs)] = {

@@ -168,13 +168,20 @@ def greedy_decode(model, tokenizer, prompts: Sequence[Sequence[int]], max_new_to
 
 def reference_greedy_solutions(model, tokenizer, examples: Sequence[tasks_lib.Example], stops: Sequence[str],
                                max_new_tokens: int, batch_size: int = 8) -> list[str]:
-    """:func:`greedy_solutions` through transformers' ``generate`` (a stop-string criterion; stopped rows
-    stay in the batch until all stop): the reference that tests and ``bench/greedy_batch.py`` hold
-    :func:`greedy_decode` to."""
+    """:func:`greedy_solutions` through transformers' ``generate``: the reference that tests and
+    ``bench/greedy_batch.py`` hold :func:`greedy_decode` to."""
+    prompts = [tokenizer(tasks_lib.cloze_context(ex), add_special_tokens=False)["input_ids"] for ex in examples]
+    texts = reference_greedy_texts(model, tokenizer, prompts, max_new_tokens, stops, batch_size)
+    return [truncate_at_stop(t, stops) for t in texts]
+
+
+def reference_greedy_texts(model, tokenizer, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                           stops: Sequence[str] = (), batch_size: int = 8) -> list[str]:
+    """New text of each token-id prompt by transformers' ``generate`` (greedy, left padding, a stop-string
+    criterion; stopped rows stay in the batch until all stop), in batches of ``batch_size``."""
     import torch
     from transformers import StoppingCriteria, StoppingCriteriaList
 
-    prompts = [tokenizer(tasks_lib.cloze_context(ex), add_special_tokens=False)["input_ids"] for ex in examples]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     out = []
     for b in range(0, len(prompts), batch_size):
@@ -183,7 +190,7 @@ def reference_greedy_solutions(model, tokenizer, examples: Sequence[tasks_lib.Ex
         ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
         for r, p in enumerate(chunk):
-            ids[r, width - len(p):], mask[r, width - len(p):] = torch.tensor(p), 1
+            ids[r, width - len(p):], mask[r, width - len(p):] = torch.tensor(list(p)), 1
 
         class Stop(StoppingCriteria):
             def __init__(self, width: int):
@@ -196,8 +203,8 @@ def reference_greedy_solutions(model, tokenizer, examples: Sequence[tasks_lib.Ex
         with torch.inference_mode():
             gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
                                  num_beams=1, temperature=None, top_p=None, top_k=None, pad_token_id=pad_id,
-                                 stopping_criteria=StoppingCriteriaList([Stop(width)]))
-        out += [truncate_at_stop(t, stops) for t in tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)]
+                                 stopping_criteria=StoppingCriteriaList([Stop(width)]) if stops else None)
+        out += tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)
     return out
 
 
