@@ -415,7 +415,10 @@ def build_baselines(workdir: str | Path, task: str, names: Sequence[str] = BASEL
     ``training_tasks`` defaults to every zoo task but ``task``; ``target_prompts`` (unlabeled, e.g.
     T's test prompts) is needed by ``nearest`` and ``simmerge`` only; merged adapters go to ``adapter_root``
     (default ``<workdir>/eval_cache/adapters``). A baseline that cannot be built from this zoo
-    (``oracle`` without T in the zoo) is skipped with a warning.
+    (``oracle`` without T in the zoo) is skipped with a warning. Without ``embed``, ``nearest`` and
+    ``simmerge`` share one MiniLM whose vectors are kept in ``<workdir>/embedding_cache`` (as the
+    scaling curve's are): a rerun or a resumed run weighs the tasks with the first run's vectors, bit
+    for bit, so its similarity merge is the same recipe (and hits the evaluation cache).
     """
     unknown = [n for n in names if n not in BASELINES]
     if unknown:
@@ -424,6 +427,8 @@ def build_baselines(workdir: str | Path, task: str, names: Sequence[str] = BASEL
     finals = {t: zoo.final_checkpoint(workdir, t) for t in train} if set(names) - {"base", "oracle"} else {}
     if set(names) & {"training_loras", "merged", "simmerge", "nearest"} and not train:
         raise InputError(f"no training tasks in the zoo at {zoo.zoo_dir(workdir)} besides '{task}'")
+    if embed is None and target_prompts is not None and set(names) & {"simmerge", "nearest"}:
+        embed = memoized(minilm_embedder(), Path(workdir) / "embedding_cache" / minilm_cache_key())
     systems: list[System] = []
     for name in names:
         if name == "base":

@@ -48,6 +48,7 @@ def test_experiment_end_to_end_and_resume(tmp_path, condition_spy):
     assert all(0.05 < s["peak_rss_gb"] < 64 for s in stages.values()), stages  # GB, not KiB or bytes
     assert json.loads((docs / "experiment_stages.json").read_text()) == stages  # the docs carry their times
 
+    assert list((workdir / "embedding_cache").glob("minilm-*/*.safetensors"))  # nearest's vectors, kept for reruns
     # A rerun finds every stage done: the same numbers, no retraining (generator step unchanged).
     again = experiment.run(_config(), workdir)
     assert again["targets"]["piqa"]["systems"]["dnd"]["cloze"]["acc"] == systems["dnd"]["cloze"]["acc"]
