@@ -83,6 +83,7 @@ def main(argv) -> None:
         out["runs"][str(bs)] = {
             "wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "cpu_s_per_problem": round(cpu / len(examples), 2),
             "texts_differing_from_reference": sum(a != b for a, b in zip(texts, reference, strict=True)),
+            "text_tokens": [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts],  # each cut at its stop
             "loadavg_1_5_15": [round(x, 1) for x in os.getloadavg()],
         }
         print(bs, out["runs"][str(bs)], flush=True)
