@@ -25,7 +25,7 @@ from absl import app, flags
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dnd_jax import assets, base_model, generative, tasks  # noqa: E402
+from dnd_jax import assets, base_model, generative, scoring, tasks  # noqa: E402
 from dnd_jax.task_sources import math_code  # noqa: E402
 
 TASK = flags.DEFINE_string("task", "gsm8k", "a generative task (or, with --mc, a multiple-choice one)")
@@ -58,8 +58,8 @@ def main(argv) -> None:
         return generative.greedy_solutions(model, tok, examples, stops, MAX_NEW.value, batch_size=bs, progress=False)
 
     def theirs(bs: int) -> list[str]:
-        if MC.value:  # scoring.mc_generate's decoding, in the same batches as ours
-            return generative.reference_greedy_texts(model, tok, mc_prompts, MAX_NEW.value, batch_size=bs)
+        if MC.value:  # scoring.mc_generate's decoder (transformers' generate), in the same batches as ours
+            return scoring.generate_texts(model, tok, mc_prompts, MAX_NEW.value, batch_size=bs)
         return generative.reference_greedy_solutions(model, tok, examples, stops, MAX_NEW.value, batch_size=bs)
 
     out: dict = {"task": TASK.value, "metric": "mc" if MC.value else "generative", "n": len(examples), "max_new_tokens": MAX_NEW.value,

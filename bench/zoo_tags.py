@@ -36,7 +36,7 @@ def main() -> int:
         print(f"| {target} | {Path(recorded).name} | {tag} | {'yes' if Path(recorded).name == tag else 'no'} |")
     print("\n| task | first loss | final loss |\n|---|---|---|")
     for t in config.tasks:
-        m = json.loads((zoo.task_dir(a.workdir, t) / "manifest.json").read_text())
+        m = zoo.task_manifest(a.workdir, t)
         print(f"| {t} | {m['first_loss']:.3f} | {m['final_loss']:.3f} |")
     return 0
 

@@ -128,12 +128,7 @@ def greedy_decode(model, tokenizer, prompts: Sequence[Sequence[int]], max_new_to
     eos = model.generation_config.eos_token_id if model.generation_config is not None else None
     eos_ids = set(eos if isinstance(eos, list | tuple) else [] if eos is None else [eos])
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    width = max(len(p) for p in prompts)
-    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(prompts), width), dtype=torch.long)
-    for r, p in enumerate(prompts):
-        input_ids[r, width - len(p):] = torch.tensor(list(p), dtype=torch.long)
-        attention[r, width - len(p):] = 1
+    input_ids, attention = scoring.left_pad(prompts, pad_id)
     positions = (attention.cumsum(-1) - 1).masked_fill(attention == 0, 0)
     new: list[list[int]] = [[] for _ in prompts]
     alive = list(range(len(prompts)))
@@ -168,44 +163,12 @@ def greedy_decode(model, tokenizer, prompts: Sequence[Sequence[int]], max_new_to
 
 def reference_greedy_solutions(model, tokenizer, examples: Sequence[tasks_lib.Example], stops: Sequence[str],
                                max_new_tokens: int, batch_size: int = 8) -> list[str]:
-    """:func:`greedy_solutions` through transformers' ``generate``: the reference that tests and
-    ``bench/greedy_batch.py`` hold :func:`greedy_decode` to."""
+    """:func:`greedy_solutions` through transformers' ``generate`` (:func:`scoring.generate_texts`, stopped
+    rows kept to the batch's end): the reference that tests and ``bench/greedy_batch.py`` hold
+    :func:`greedy_decode` to."""
     prompts = [tokenizer(tasks_lib.cloze_context(ex), add_special_tokens=False)["input_ids"] for ex in examples]
-    texts = reference_greedy_texts(model, tokenizer, prompts, max_new_tokens, stops, batch_size)
+    texts = scoring.generate_texts(model, tokenizer, prompts, max_new_tokens, stops, batch_size)
     return [truncate_at_stop(t, stops) for t in texts]
-
-
-def reference_greedy_texts(model, tokenizer, prompts: Sequence[Sequence[int]], max_new_tokens: int,
-                           stops: Sequence[str] = (), batch_size: int = 8) -> list[str]:
-    """New text of each token-id prompt by transformers' ``generate`` (greedy, left padding, a stop-string
-    criterion; stopped rows stay in the batch until all stop), in batches of ``batch_size``."""
-    import torch
-    from transformers import StoppingCriteria, StoppingCriteriaList
-
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    out = []
-    for b in range(0, len(prompts), batch_size):
-        chunk = prompts[b : b + batch_size]
-        width = max(map(len, chunk))
-        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for r, p in enumerate(chunk):
-            ids[r, width - len(p):], mask[r, width - len(p):] = torch.tensor(list(p)), 1
-
-        class Stop(StoppingCriteria):
-            def __init__(self, width: int):
-                self.width = width
-
-            def __call__(self, input_ids, scores, **kwargs):
-                texts = tokenizer.batch_decode(input_ids[:, self.width:], skip_special_tokens=True)
-                return torch.tensor([any(s in t for s in stops) for t in texts], dtype=torch.bool)
-
-        with torch.inference_mode():
-            gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                                 num_beams=1, temperature=None, top_p=None, top_k=None, pad_token_id=pad_id,
-                                 stopping_criteria=StoppingCriteriaList([Stop(width)]) if stops else None)
-        out += tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)
-    return out
 
 
 def truncate_at_stop(text: str, stops: Sequence[str]) -> str:

@@ -43,7 +43,7 @@ def _stage_log(root: Path, name: str, seconds: float) -> None:
 
 def run_target(config, workdir: Path, target: str) -> dict:
     """Train (or resume) the generator for ``target``, generate its adapter, evaluate everything."""
-    from dnd_jax import evaluation, generator, trainer
+    from dnd_jax import evaluation, trainer
 
     cfg = generator_config(config, target)
     root = output_root(config, workdir)
@@ -53,20 +53,7 @@ def run_target(config, workdir: Path, target: str) -> dict:
     _stage_log(root, f"train/{target}", time.perf_counter() - t0)
 
     adapter_dir = root / "adapters" / f"dnd_{target}"
-    gen_timing_path = adapter_dir / "dnd_generation_timing.json"
-    if not gen_timing_path.is_file():  # not generated yet, or killed between the adapter and its timing
-        wall0, cpu0 = time.perf_counter(), time.process_time()
-        gen = generator.Generator.load(gen_dir)
-        timings = {"load_s": gen.load_time_s}
-        prompts = plan.condition_prompts(config, target)  # never the scored questions
-        adapter = gen.generate_many([prompts], seed=int(config.generate.seed), timings=timings)[0]
-        t1 = time.perf_counter()
-        adapter.save(adapter_dir, overwrite=True)  # replaces only an adapter folder (never other files)
-        timings["write_s"] = time.perf_counter() - t1
-        timings["wall_s"] = time.perf_counter() - wall0
-        timings["cpu_s"] = time.process_time() - cpu0
-        assets.write_json_atomic(gen_timing_path, timings)
-    gen_timing = json.loads(gen_timing_path.read_text())
+    gen_timing = _generate_to(config, gen_dir, (target,), adapter_dir)  # never from the scored questions
 
     t0 = time.perf_counter()
     result = evaluation.evaluate_target(
@@ -148,7 +135,8 @@ def _check_extra_targets(config) -> None:
 
 def _generate_to(config, gen_dir: Path, prompt_tasks: tuple[str, ...], adapter_dir: Path) -> dict:
     """The adapter of generator ``gen_dir`` from the unscored prompts (:func:`plan.condition_prompts`) of the
-    first of ``prompt_tasks`` that has enough of them; skipped if already written."""
+    first of ``prompt_tasks`` that has enough of them, and its timings (wall and CPU seconds); skipped if
+    already written (the timings file is written last, so an adapter killed before it is made again)."""
     from dnd_jax import generator
     from dnd_jax.errors import ConfigError
 
@@ -167,7 +155,9 @@ def _generate_to(config, gen_dir: Path, prompt_tasks: tuple[str, ...], adapter_d
         gen = generator.Generator.load(gen_dir)
         timings = {"load_s": gen.load_time_s, "conditions_from": source}
         adapter = gen.generate_many([prompts], seed=int(config.generate.seed), timings=timings)[0]
-        adapter.save(adapter_dir, overwrite=True)
+        t1 = time.perf_counter()
+        adapter.save(adapter_dir, overwrite=True)  # replaces only an adapter folder (never other files)
+        timings["write_s"] = time.perf_counter() - t1
         timings["wall_s"] = time.perf_counter() - wall0
         timings["cpu_s"] = time.process_time() - cpu0
         assets.write_json_atomic(timing_path, timings)

@@ -269,40 +269,69 @@ def parse_mc_answer(text: str, labels: Sequence[str]) -> int | None:
     return None
 
 
-def mc_generate(model, tokenizer, examples: Sequence[tasks_lib.Example], batch_size: int = 16,
-                max_new_tokens: int = 8, progress: bool = True) -> list[str]:
-    """Greedy continuations (decoded text) of the chat-formatted lettered questions.
-
-    Left padding, so every row's last prompt token sits at the same position and generation starts
-    for all rows at once; the attention mask keeps the pads out (and sets the positions).
-    """
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int):
+    """Token-id prompts as one left-padded batch: ``(input_ids, attention_mask)``, both ``(B, longest)``
+    int64, every row's last prompt token in the last column."""
     import torch
 
-    prompts = [tokenizer(tasks_lib.mc_context(ex, tokenizer), add_special_tokens=False)["input_ids"]
-               for ex in examples]
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    width = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(prompts), width), dtype=torch.long)
+    for r, p in enumerate(prompts):
+        input_ids[r, width - len(p):] = torch.tensor(list(p), dtype=torch.long)
+        attention[r, width - len(p):] = 1
+    return input_ids, attention
+
+
+def generate_texts(model, tokenizer, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                   stops: Sequence[str] = (), batch_size: int = 16, desc: str = "generate",
+                   progress: bool = False) -> list[str]:
+    """New text of each token-id prompt by transformers' ``generate``: greedy, ``batch_size`` prompts at a
+    time, left-padded (the attention mask keeps the pads out and sets the positions), a row done at the
+    end-of-sequence token or once its new text holds one of ``stops``; a batch runs until all its rows
+    are done."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class StopOnStrings(StoppingCriteria):
+        def __init__(self, width: int):
+            self.width = width
+
+        def __call__(self, input_ids, scores, **kwargs):
+            texts = tokenizer.batch_decode(input_ids[:, self.width:], skip_special_tokens=True)
+            return torch.tensor([any(s in t for s in stops) for t in texts], dtype=torch.bool)
+
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    out: list[str | None] = [None] * len(prompts)
-    bar = tqdm(total=len(prompts), desc="mc", disable=not progress, leave=False)
+    out: list[str] = []
+    bar = tqdm(total=len(prompts), desc=desc, disable=not progress, leave=False)
     with torch.inference_mode():
-        for b in range(0, len(order), batch_size):
-            idx = order[b : b + batch_size]
-            width = max(len(prompts[i]) for i in idx)
-            input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-            attention = torch.zeros((len(idx), width), dtype=torch.long)
-            for r, i in enumerate(idx):
-                input_ids[r, width - len(prompts[i]):] = torch.tensor(prompts[i])
-                attention[r, width - len(prompts[i]):] = 1
+        for b in range(0, len(prompts), batch_size):
+            input_ids, attention = left_pad(prompts[b : b + batch_size], pad_id)
+            width = input_ids.shape[1]
             gen = model.generate(
                 input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens, do_sample=False,
                 num_beams=1, temperature=None, top_p=None, top_k=None, pad_token_id=pad_id,
+                stopping_criteria=StoppingCriteriaList([StopOnStrings(width)]) if stops else None,
             )
-            texts = tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)
-            for r, i in enumerate(idx):
-                out[i] = texts[r]
-            bar.update(len(idx))
+            out += tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)
+            bar.update(len(input_ids))
     bar.close()
-    return out  # type: ignore[return-value]
+    return out
+
+
+def mc_generate(model, tokenizer, examples: Sequence[tasks_lib.Example], batch_size: int = 16,
+                max_new_tokens: int = 8, progress: bool = True) -> list[str]:
+    """Greedy continuations (decoded text) of the chat-formatted lettered questions, longest first in
+    batches (:func:`generate_texts`)."""
+    prompts = [tokenizer(tasks_lib.mc_context(ex, tokenizer), add_special_tokens=False)["input_ids"]
+               for ex in examples]
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    texts = generate_texts(model, tokenizer, [prompts[i] for i in order], max_new_tokens, batch_size=batch_size,
+                           desc="mc", progress=progress)
+    out = [""] * len(prompts)
+    for i, text in zip(order, texts, strict=True):
+        out[i] = text
+    return out
 
 
 # --- bootstrap --------------------------------------------------------------------------------------

@@ -13,8 +13,8 @@
 # and <job>.done once it has exited 0 (delete it to run the job again; the verbs' caches make a
 # rerun cheap), <job>.failed after a non-zero exit, <job>.running while it runs (left behind by a killed
 # queue: --status says "interrupted"). One queue at a time per $QUEUE_ROOT: a second one is refused
-# (exit 2) while queue.pid names a live queue. Zoos are collected by two 1-thread shards side by side (1.38x the LoRA steps per
-# second of one 2-thread process on 2 cores: docs/scaling/costs). Edit the tree while it runs only
+# (exit 2) while queue.pid names a live queue. Zoos are collected by two 1-thread shards side by side
+# (1.38x the LoRA steps per second of one 2-thread process on 2 cores: docs/scaling/costs). Edit the tree while it runs only
 # from another clone: each job imports the code as it is when the job starts.
 set -u
 cd "$(dirname "$0")/.."
