@@ -8,12 +8,26 @@ come from a task-specific template, so a generator can learn the prompt -> weigh
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from dnd_jax import assets, zoo
+
+#: XLA flags of every test process. The suite's programs are tiny, and XLA:CPU spends most of their
+#: compile time in LLVM's optimizer (a threefry parameter init: ~0.4 s per parameter shape at the default
+#: level, 3.5x less at -O0), so tests compile at -O0: the same programs, about 1.7x less CPU for the suite's
+#: training tests (docs/test_suite.md). Production processes keep XLA's default.
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+
+
+def subprocess_env(devices: int = 1, **extra: str) -> dict[str, str]:
+    """``os.environ`` for a CPU-only test subprocess: ``devices`` simulated devices, :data:`TEST_XLA_FLAGS`."""
+    count = f"--xla_force_host_platform_device_count={devices} " if devices > 1 else ""
+    return {**os.environ, "XLA_FLAGS": count + TEST_XLA_FLAGS, "JAX_PLATFORMS": "cpu", **extra}
+
 
 _TEMPLATES = {
     "arc_e": ("Question: Which {a} property of {b} makes it useful in science class?", "physics chemistry"),

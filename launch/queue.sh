@@ -70,7 +70,7 @@ if [[ ${1:-} == --status ]]; then
     else state="pending"; fi
     last=""
     # the last progress line: tqdm redraws with carriage returns, so split on them too
-    [[ -s $f.log ]] && last=$(tail -c 4096 "$f.log" | tr '\r' '\n' | sed 's/\x1b\[[0-9;]*[A-Za-z]//g' | grep -v '^[[:space:]]*$' | tail -n 1 | cut -c1-110)
+    [[ -s $f.log ]] && last=$(tail -c 4096 "$f.log" | tr '\r' '\n' | sed 's/\x1b\[[0-9;]*[A-Za-z]//g' | grep -av '^[[:space:]]*$' | tail -n 1 | cut -c1-110)
     printf '%-12s %-34s %s\n' "$name" "$state" "$last"
   done
   exit 0

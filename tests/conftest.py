@@ -1,7 +1,9 @@
 """Test setup: 8 simulated CPU devices for sharding tests, offline Hugging Face, shared fixtures."""
 import os
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+from dnd_jax import testing  # jax-free: XLA_FLAGS is set before anything imports jax
+
+os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=8 {testing.TEST_XLA_FLAGS}")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

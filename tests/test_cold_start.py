@@ -7,7 +7,6 @@
   bytes are the same with the cache off, empty or filled.
 """
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -49,7 +48,7 @@ def gen_dir(tmp_path_factory) -> Path:
 
 
 def _probe(gen_dir: Path, out: Path, runtime_cache: str) -> dict:
-    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu", "DND_JAX_RUNTIME_CACHE": runtime_cache}
+    env = testing.subprocess_env(DND_JAX_RUNTIME_CACHE=runtime_cache)
     proc = subprocess.run([sys.executable, "-c", _PROBE, str(gen_dir), str(out)], capture_output=True, text=True,
                           cwd=REPO, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -8,7 +8,6 @@ the same MSE, so a run with it exercises both (its per-process example draws and
 base LM included).
 """
 import json
-import os
 import re
 import socket
 import subprocess
@@ -44,7 +43,7 @@ def _cmd(zoo: Path, workdir: Path, extra: tuple[str, ...] = ()) -> list[str]:
 
 
 def _env(devices: int) -> dict:
-    return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
+    return testing.subprocess_env(devices)
 
 
 def _free_port() -> int:

@@ -20,7 +20,7 @@ from dnd_jax import assets, checkpoint, cli, errors, generator, locking, testing
 from dnd_jax.weights import peft_io
 
 REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+ENV = testing.subprocess_env()
 
 
 @pytest.fixture(scope="module")

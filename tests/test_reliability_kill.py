@@ -25,9 +25,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _env(tmp_path: Path) -> dict:
-    return {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu", "OMP_NUM_THREADS": "1",
-            "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax_cache"),
-            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+    return testing.subprocess_env(OMP_NUM_THREADS="1", JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
+                                  JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                                  JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 
 
 def _run(cmd: list[str], env: dict) -> None:

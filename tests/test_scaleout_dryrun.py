@@ -1,7 +1,6 @@
 """``train --dry_run``: abstract estimate vs what a real step allocates (tiny config, 8 CPU devices)."""
 import dataclasses
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import tiny
-from dnd_jax import dry_run, models, sharding, trainer
+from dnd_jax import dry_run, models, sharding, testing, trainer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,7 +59,7 @@ def test_estimate_matches_real_allocation_on_8_devices():
 
 
 def test_cli_dry_run_trains_nothing(tmp_path):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    env = testing.subprocess_env(8)
     proc = subprocess.run(
         [sys.executable, "-m", "dnd_jax.train", "--config", str(REPO / "configs/tiny.py"), "--workdir",
          str(tmp_path / "w"), "--dry_run", "--config.mesh=(('data', 4), ('model', 2))", "--config.min_shard_size=256"],

@@ -4,7 +4,6 @@ Tolerance for sharded (mesh data=4 x model=2 over 8 CPU devices) vs unsharded (1
 losses within rtol 1e-4 and params within atol 1e-5 (XLA may reorder reductions across shards).
 A killed-and-resumed run must match an uninterrupted one exactly (same devices, same programs).
 """
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -190,7 +189,7 @@ def test_mismatching_checkpoint_is_named(zoo_dir, tmp_path):
 
 
 def test_cli_rejects_bad_config(zoo_dir, tmp_path):
-    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+    env = testing.subprocess_env()
     proc = subprocess.run(
         [sys.executable, "-m", "dnd_jax.train", "--config", str(REPO / "configs/tiny.py") + ":holdout=nope",
          "--workdir", str(tmp_path / "w"), f"--config.zoo_workdir={zoo_dir}"],
