@@ -127,27 +127,35 @@ def atomic_dir(final: Path):
     return _Tmp
 
 
-def write_json_atomic(path: Path, obj) -> None:
-    """Write JSON to a temp file in the same folder, then rename (never half-written)."""
+def _write_atomic(path: Path, write, encoding: str | None) -> None:
+    """``write(file)`` into a temp file in ``path``'s folder, then rename it over ``path``: a reader sees the
+    old file or the whole new one; a failed write leaves the old file and no temp file (a SIGKILLed one
+    can leave only its hidden ``.<name>.*`` temp file, never a partial ``path``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    public_mode(Path(tmp), directory=False)
-    with os.fdopen(fd, "w") as f:
+    try:
+        public_mode(Path(tmp), directory=False)
+        with os.fdopen(fd, "w", encoding=encoding) as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """Write JSON to a temp file in the same folder, then rename (never half-written)."""
+    def write(f) -> None:
         json.dump(obj, f, indent=2, sort_keys=True, default=str)
         f.write("\n")
-    os.replace(tmp, path)
+
+    _write_atomic(path, write, None)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write text to a temp file in the same folder, then rename (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    public_mode(Path(tmp), directory=False)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    _write_atomic(path, lambda f: f.write(text), "utf-8")
 
 
 def smollm2_hf_dir(cache_dir: Path | None = None) -> Path:

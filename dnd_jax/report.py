@@ -54,9 +54,10 @@ def save_figure(fig, path: str | Path, **savefig_kwargs) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
     try:
         fig.savefig(tmp, **savefig_kwargs)
+        tmp.replace(path)
     finally:
         plt.close(fig)
-    tmp.replace(path)
+        tmp.unlink(missing_ok=True)  # a failed save leaves the old figure and no partial file
 
 
 def drop_vectors(obj, keys: Sequence[str] = ("correct",)):

@@ -6,6 +6,7 @@
 #   launch/local_multiprocess.sh --config configs/tiny.py --workdir /tmp/tiny
 #   NUM_PROCESSES=4 PORT=12400 launch/local_multiprocess.sh --config ... --workdir ...
 #   DEVICES_PER_PROCESS=2 launch/local_multiprocess.sh ...   # 2 simulated CPU devices per process
+#   EXTRA_XLA_FLAGS=... appends XLA flags (the tests add theirs: tests/test_multiprocess.py runs this script)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -18,7 +19,7 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT INT TERM
 for ((i = 0; i < N; i++)); do
-  XLA_FLAGS="--xla_force_host_platform_device_count=${DEVICES_PER_PROCESS}" JAX_PLATFORMS=cpu \
+  XLA_FLAGS="--xla_force_host_platform_device_count=${DEVICES_PER_PROCESS} ${EXTRA_XLA_FLAGS:-}" JAX_PLATFORMS=cpu \
     "$PY" -m dnd_jax.train "$@" \
     --coordinator_address="localhost:${PORT}" --num_processes="$N" --process_id="$i" \
     >"$LOGDIR/process_$i.log" 2>&1 &
