@@ -127,7 +127,7 @@ def atomic_dir(final: Path):
     return _Tmp
 
 
-def _write_atomic(path: Path, write, encoding: str | None) -> None:
+def _write_atomic(path: Path, write, encoding: str | None, mode: str = "w") -> None:
     """``write(file)`` into a temp file in ``path``'s folder, then rename it over ``path``: a reader sees the
     old file or the whole new one; a failed write leaves the old file and no temp file (a SIGKILLed one
     can leave only its hidden ``.<name>.*`` temp file, never a partial ``path``)."""
@@ -136,7 +136,7 @@ def _write_atomic(path: Path, write, encoding: str | None) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         public_mode(Path(tmp), directory=False)
-        with os.fdopen(fd, "w", encoding=encoding) as f:
+        with os.fdopen(fd, mode, encoding=encoding) as f:
             write(f)
         os.replace(tmp, path)
     except BaseException:
@@ -156,6 +156,11 @@ def write_json_atomic(path: Path, obj) -> None:
 def write_text_atomic(path: Path, text: str) -> None:
     """Write text to a temp file in the same folder, then rename (never half-written)."""
     _write_atomic(path, lambda f: f.write(text), "utf-8")
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write bytes to a temp file in the same folder, then rename (never half-written)."""
+    _write_atomic(path, lambda f: f.write(data), None, "wb")
 
 
 def smollm2_hf_dir(cache_dir: Path | None = None) -> Path:

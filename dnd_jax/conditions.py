@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -146,9 +145,7 @@ def task_conditions(workdir: str | Path, task: str, config, max_prompts: int = 0
         with np.load(path) as f:
             return f["emb"], f["counts"]
     emb, counts = encode(prompts, config)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
-    with os.fdopen(fd, "wb") as f:
-        np.savez(f, emb=emb, counts=counts)
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    np.savez(buf, emb=emb, counts=counts)
+    assets.write_bytes_atomic(path, buf.getvalue())
     return emb, counts

@@ -32,7 +32,12 @@ def test_a_failed_json_or_text_write_keeps_the_old_file_and_leaves_nothing(tmp_p
     with pytest.raises(UnicodeEncodeError):
         assets.write_text_atomic(text, "new, half written before a lone surrogate \ud800")
     assert text.read_text() == "old\n"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json", "results.md"]  # no temp file
+    blob = tmp_path / "cache.npz"
+    assets.write_bytes_atomic(blob, b"old")
+    with pytest.raises(TypeError):
+        assets.write_bytes_atomic(blob, "not bytes")
+    assert blob.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache.npz", "results.json", "results.md"]  # no temp file
 
 
 def test_a_failed_figure_save_keeps_the_old_figure_and_leaves_nothing(tmp_path):

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -123,17 +121,7 @@ class Bank:
         from dnd_jax import assets
 
         data = self.serialize() if data is None else data
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            assets.public_mode(Path(tmp), directory=False)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        assets.write_bytes_atomic(Path(path), data)
         return hashlib.sha256(data).hexdigest()
 
     @classmethod

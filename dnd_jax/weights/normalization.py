@@ -25,12 +25,15 @@ float64, so ``denormalize(normalize(x)) == x`` up to float32 rounding; jax input
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from dnd_jax import assets
 
 MODES = ("per_token", "per_element", "none")
 DEFAULT_MODE = "per_token"
@@ -188,9 +191,9 @@ class Normalizer:
 
     def save(self, path: str | Path) -> Path:
         """Binary form (.npz, no pickle): compact for ``per_element`` statistics."""
-        path = Path(path)
-        with open(path, "wb") as f:
-            np.savez(f, mode=np.str_(self.mode), eps=np.float64(self.eps), mean=self.mean, std=self.std, mask=self.mask)
+        path, buf = Path(path), io.BytesIO()
+        np.savez(buf, mode=np.str_(self.mode), eps=np.float64(self.eps), mean=self.mean, std=self.std, mask=self.mask)
+        assets.write_bytes_atomic(path, buf.getvalue())
         return path
 
     @classmethod
