@@ -197,3 +197,23 @@ def test_cli_rejects_bad_config(zoo_dir, tmp_path):
     assert proc.returncode != 0
     assert "unknown task 'nope'" in proc.stderr
     assert not (tmp_path / "w").exists() or not any((tmp_path / "w").iterdir())
+
+
+def test_the_suites_compile_level_trains_like_xlas_default(zoo_dir, tmp_path):
+    """The suite compiles at -O0 (``testing.TEST_XLA_FLAGS``) to save time; a run at XLA's default level,
+    as production compiles, logs the same losses, gradient norms and validation loss (to rtol 1e-5)."""
+    history = {}
+    for name, flags in (("tests", testing.TEST_XLA_FLAGS), ("default", "")):
+        workdir = tmp_path / name
+        proc = subprocess.run(
+            [sys.executable, "-m", "dnd_jax.train", "--config", str(REPO / "configs/tiny.py"), "--workdir",
+             str(workdir), f"--config.zoo_workdir={zoo_dir}", "--config.total_steps=6", "--config.log_steps=1",
+             "--config.eval_steps=6", "--config.ckpt_steps=6"],
+            capture_output=True, text=True, cwd=REPO, env=testing.subprocess_env() | {"XLA_FLAGS": flags}, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        history[name] = trainer.read_metrics(workdir)
+    assert [r["step"] for r in history["tests"]] == [r["step"] for r in history["default"]] == [1, 2, 3, 4, 5, 6]
+    for a, b in zip(history["tests"], history["default"], strict=True):
+        for key in ("loss", "grad_norm") + (("val_loss",) if "val_loss" in b else ()):
+            assert a[key] == pytest.approx(b[key], rel=1e-5), (a["step"], key)
+    assert "val_loss" in history["default"][-1]
