@@ -724,8 +724,13 @@ def plot_variants(series: dict[str, list[tuple[int, dict | None, dict | None]]],
 
 
 def write(results: dict, out_dir: Path, docs: str = "") -> None:
+    """results.json (per-example vectors only in ``out_dir``), results.md and curve.png, in ``out_dir`` and
+    ``docs``; the figure is drawn once and copied."""
     for d in [out_dir] + ([Path(docs)] if docs else []):
         d.mkdir(parents=True, exist_ok=True)
         assets.write_json_atomic(d / "results.json", _drop_vectors(results) if d != out_dir else results)
         assets.write_text_atomic(d / "results.md", markdown(results))
-        plot(results, d / "curve.png", results["protocol"]["metrics"][0])
+        if d == out_dir:
+            plot(results, d / "curve.png", results["protocol"]["metrics"][0])
+        else:
+            assets.write_bytes_atomic(d / "curve.png", (out_dir / "curve.png").read_bytes())
