@@ -127,7 +127,7 @@ def atomic_dir(final: Path):
     return _Tmp
 
 
-def _write_atomic(path: Path, write, encoding: str | None, mode: str = "w") -> None:
+def _write_atomic(path: Path, write, mode: str = "w", encoding: str | None = None) -> None:
     """``write(file)`` into a temp file in ``path``'s folder, then rename it over ``path``: a reader sees the
     old file or the whole new one; a failed write leaves the old file and no temp file (a SIGKILLed one
     can leave only its hidden ``.<name>.*`` temp file, never a partial ``path``)."""
@@ -150,17 +150,17 @@ def write_json_atomic(path: Path, obj) -> None:
         json.dump(obj, f, indent=2, sort_keys=True, default=str)
         f.write("\n")
 
-    _write_atomic(path, write, None)
+    _write_atomic(path, write)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write text to a temp file in the same folder, then rename (never half-written)."""
-    _write_atomic(path, lambda f: f.write(text), "utf-8")
+    _write_atomic(path, lambda f: f.write(text), encoding="utf-8")
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write bytes to a temp file in the same folder, then rename (never half-written)."""
-    _write_atomic(path, lambda f: f.write(data), None, "wb")
+    _write_atomic(path, lambda f: f.write(data), mode="wb")
 
 
 def smollm2_hf_dir(cache_dir: Path | None = None) -> Path:

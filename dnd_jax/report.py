@@ -18,7 +18,7 @@ Every file is written to a temporary name and renamed, so a reader never sees ha
 """
 from __future__ import annotations
 
-import os
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -49,15 +49,12 @@ def pyplot():
 
 def save_figure(fig, path: str | Path, **savefig_kwargs) -> None:
     """Save ``fig`` as ``path`` (PNG) atomically and close it."""
-    plt = pyplot()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
+    buf = io.BytesIO()
     try:
-        fig.savefig(tmp, **savefig_kwargs)
-        tmp.replace(path)
+        fig.savefig(buf, format="png", **savefig_kwargs)
     finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)  # a failed save leaves the old figure and no partial file
+        pyplot().close(fig)
+    assets.write_bytes_atomic(Path(path), buf.getvalue())  # a failed save leaves the old figure
 
 
 def drop_vectors(obj, keys: Sequence[str] = ("correct",)):

@@ -23,10 +23,14 @@ from dnd_jax import assets, zoo
 TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
 
 
+def xla_flags(devices: int = 1) -> str:
+    """``XLA_FLAGS`` of a test process: ``devices`` simulated CPU devices and :data:`TEST_XLA_FLAGS`."""
+    return (f"--xla_force_host_platform_device_count={devices} " if devices > 1 else "") + TEST_XLA_FLAGS
+
+
 def subprocess_env(devices: int = 1, **extra: str) -> dict[str, str]:
-    """``os.environ`` for a CPU-only test subprocess: ``devices`` simulated devices, :data:`TEST_XLA_FLAGS`."""
-    count = f"--xla_force_host_platform_device_count={devices} " if devices > 1 else ""
-    return {**os.environ, "XLA_FLAGS": count + TEST_XLA_FLAGS, "JAX_PLATFORMS": "cpu", **extra}
+    """``os.environ`` for a CPU-only test subprocess with :func:`xla_flags` (``devices``)."""
+    return {**os.environ, "XLA_FLAGS": xla_flags(devices), "JAX_PLATFORMS": "cpu", **extra}
 
 
 _TEMPLATES = {

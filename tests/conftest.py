@@ -3,7 +3,7 @@ import os
 
 from dnd_jax import testing  # jax-free: XLA_FLAGS is set before anything imports jax
 
-os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=8 {testing.TEST_XLA_FLAGS}")
+os.environ.setdefault("XLA_FLAGS", testing.xla_flags(8))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

@@ -51,7 +51,7 @@ def test_a_failed_figure_save_keeps_the_old_figure_and_leaves_nothing(tmp_path):
     fig = plt.figure()
 
     def broken_savefig(fname, **kwargs):
-        Path(fname).write_bytes(b"\x89PNG half")  # a partial file, then the failure
+        fname.write(b"\x89PNG half")  # part of the figure, then the failure
         raise OSError("disk full")
 
     fig.savefig = broken_savefig
