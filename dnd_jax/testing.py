@@ -18,8 +18,8 @@ from dnd_jax import assets, zoo
 
 #: XLA flags of every test process. The suite's programs are tiny, and XLA:CPU spends most of their
 #: compile time in LLVM's optimizer (a threefry parameter init: ~0.4 s per parameter shape at the default
-#: level, 3.5x less at -O0), so tests compile at -O0: the same programs, about 1.7x less CPU for the suite's
-#: training tests (docs/test_suite.md). Production processes keep XLA's default.
+#: level, 3.7x less at -O0: bench/compile_level.py), so tests compile at -O0: the same programs, about 1.8x
+#: less CPU for the suite (docs/test_suite.md). Production processes keep XLA's default.
 TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
 
 
