@@ -79,7 +79,8 @@ def get_config() -> ml_collections.ConfigDict:
 
     c.generate = dict(seed=0)
     c.eval = dict(limit=0, batch_size=16, max_new_tokens=8, metrics=("cloze", "mc"), bootstrap=1000,
-                  packed=False)  # packed: cloze scores a question's choices in one row (scoring.py)
+                  packed=False,  # packed: cloze scores a question's choices in one row (scoring.py)
+                  training_lora_metrics=())  # the individual training LoRAs' metrics; () = all of metrics
     c.experiment = dict(holdouts=(), cross_domain=(), baselines=("base", "training_loras", "merged", "nearest", "oracle"))
     return c
 

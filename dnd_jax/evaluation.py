@@ -262,21 +262,30 @@ def evaluate_systems(model_ref: base_model.BaseModelRef, systems: Sequence[basel
                      metrics: Sequence[str] = METRICS, limit: int | None = None, batch_size: int = 16,
                      cache_dir: str | Path | None = None, out_dir: str | Path | None = None,
                      split: str = "test", max_new_tokens: int = 8, n_boot: int = 1000, seed: int = 0,
-                     progress: bool = True, packed: bool = False) -> dict:
+                     progress: bool = True, packed: bool = False,
+                     training_lora_metrics: Sequence[str] | None = None) -> dict:
     """Evaluate every system on every metric, add the training-LoRA mean and paired comparisons.
 
     Comparisons: every system against ``base``, and every ``adapter`` system (e.g. DnD's) against
     every baseline. Writes results.json/.md/.png into ``out_dir`` when it is given.
+    ``training_lora_metrics`` (None: all of ``metrics``) limits the individual training LoRAs to those of
+    ``metrics`` it names (none: they are not evaluated on this task): with many training tasks and a decoding metric (exact match, pass@1) they are most of the
+    cost; the training-LoRA mean and the best training LoRA then exist for those metrics only. Results
+    are cached per (adapter, metric), so a later run with every metric adds only the missing cells.
     """
     names = [s.name for s in systems]
     if len(set(names)) != len(names):
         raise InputError(f"system names must be unique: {names}")
     results: dict[str, dict[str, dict]] = {m: {} for m in metrics}
     for s in tqdm(systems, desc=f"eval {task}", disable=not progress):
-        res = evaluate_adapter_metrics(model_ref, s.adapter, task, metrics, limit, batch_size, cache_dir,
+        own = [m for m in metrics if m in training_lora_metrics] if (
+            s.kind == "training_lora" and training_lora_metrics is not None) else list(metrics)
+        if not own:
+            continue
+        res = evaluate_adapter_metrics(model_ref, s.adapter, task, own, limit, batch_size, cache_dir,
                                        split=split, max_new_tokens=max_new_tokens, n_boot=n_boot, seed=seed,
                                        progress=progress, packed=packed)
-        for m in metrics:
+        for m in own:
             results[m][s.name] = res[m]
     for m in metrics:
         agg = _aggregate_training(results[m], systems, n_boot, seed)
@@ -391,6 +400,9 @@ def run(config, workdir: str | Path, task: str, *, adapters: Sequence[str] = (),
     unknown = [m for m in (metrics or ()) if m not in METRICS]
     if unknown:
         raise InputError(f"unknown metric(s) {unknown}; use {list(METRICS)}")
+    unknown = [m for m in ec.get("training_lora_metrics", ()) if m not in METRICS]
+    if unknown:
+        raise InputError(f"config.eval.training_lora_metrics: unknown metric(s) {unknown}; use {list(METRICS)}")
     metrics = applicable_metrics(task, list(metrics or ec.metrics))
     if not metrics:
         raise InputError(f"none of the metrics {list(metrics or ec.metrics)} applies to task '{task}'")
@@ -412,7 +424,8 @@ def run(config, workdir: str | Path, task: str, *, adapters: Sequence[str] = (),
     report = evaluate_systems(ref, systems, task, metrics=metrics, limit=limit, batch_size=int(ec.batch_size),
                               cache_dir=workdir / "eval_cache", out_dir=out_dir, split=split,
                               max_new_tokens=int(ec.max_new_tokens), n_boot=int(ec.bootstrap),
-                              seed=int(config.seed), progress=progress, packed=bool(ec.get("packed", False)))
+                              seed=int(config.seed), progress=progress, packed=bool(ec.get("packed", False)),
+                              training_lora_metrics=tuple(ec.get("training_lora_metrics", ())) or None)
     print(report_lib.target_markdown(report))
     print(f"[evaluate] wrote {out_dir}/results.json, results.md, results.png")
     return report

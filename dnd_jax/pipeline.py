@@ -118,7 +118,8 @@ def run(config, workdir: str | Path, only: list[str] | None = None, docs: str = 
 
 
 def _check_extra_targets(config) -> None:
-    """Evaluation-only and cross-domain targets name registered tasks and held-out sources (before compute)."""
+    """Evaluation-only and cross-domain targets name registered tasks and held-out sources, and the metrics
+    exist (before compute)."""
     from dnd_jax import tasks
 
     holdouts = tuple(config.experiment.holdouts) + tuple(config.experiment.cross_domain)
@@ -131,6 +132,12 @@ def _check_extra_targets(config) -> None:
         tasks.get_task(ftarget)
         if source not in holdouts:
             raise InputError(f"experiment.foreign_targets: '{source}' is not a held-out target {holdouts}")
+    from dnd_jax.evaluation import METRICS
+
+    for key in ("metrics", "training_lora_metrics"):  # a typo found now, not after hours of zoo and training
+        unknown = [m for m in config.eval.get(key, ()) if m not in METRICS]
+        if unknown:
+            raise InputError(f"config.eval.{key}: unknown metric(s) {unknown}; use {list(METRICS)}")
 
 
 def _generate_to(config, gen_dir: Path, prompt_tasks: tuple[str, ...], adapter_dir: Path) -> dict:

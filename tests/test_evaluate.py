@@ -1,6 +1,7 @@
 """Evaluation harness: scoring by hand, batching, mc parsing, exact merged LoRA, cache, no leaks, CLI."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -291,6 +292,40 @@ def test_adapters_do_not_leak(tiny_zoo):
     assert loglik(b) == b_fresh  # b after a == b in a fresh process state
     for k, v in evaluation._load_base(ref)[0].state_dict().items():
         assert torch.equal(v, snapshot[k]), k
+
+
+def test_training_loras_scored_on_the_named_metrics_only(tiny_zoo, tmp_path):
+    """eval.training_lora_metrics: the individual training LoRAs (most of a decoding metric's cost) are scored
+    on those metrics only; every other system on all; a later run with every metric reuses the cache and
+    adds only the missing cells, which equal a one-pass run's."""
+    workdir = tmp_path / "w"  # the zoo without other tests' evaluation cache
+    shutil.copytree(tiny_zoo[0], workdir, ignore=shutil.ignore_patterns("eval_cache"))
+    config = tiny.get_config()
+    config.eval.training_lora_metrics = ("cloze",)
+    dnd = zoo.task_dir(workdir, "piqa") / zoo.ckpt_name(1)
+    kw = dict(training_tasks=["arc_e", "boolq"], dnd_adapter=dnd, limit=4, progress=False)
+    part = evaluation.evaluate_target(config, workdir, "piqa", out_dir=tmp_path / "a", **kw)
+    loras = {"lora:arc_e", "lora:boolq", "best_training_lora", evaluation.MEAN_TRAINING}
+    assert loras <= set(part["systems"])
+    for name, per in part["systems"].items():
+        assert set(per) == ({"cloze"} if name in loras else {"cloze", "mc"}), name
+    assert "dnd - training_loras_mean" in part["paired"] and set(part["paired"]["dnd - training_loras_mean"]) == {"cloze"}
+    assert set(part["paired"]["dnd - merged"]) == {"cloze", "mc"}
+    md = (tmp_path / "a" / "results.md").read_text()
+    assert "## mc" in md
+
+    config.eval.training_lora_metrics = ()
+    full = evaluation.evaluate_target(config, workdir, "piqa", out_dir=tmp_path / "b", **kw)
+    for name, per in full["systems"].items():
+        assert set(per) == {"cloze", "mc"}, name
+        for m, r in per.items():
+            if m in part["systems"][name]:
+                assert r["correct"] == part["systems"][name][m]["correct"]
+                if name not in ("best_training_lora", evaluation.MEAN_TRAINING):
+                    assert r["cached"], (name, m)  # nothing evaluated twice
+    near = full["system_info"]["nearest"]["source_task"]  # nearest is one of the LoRAs: its mc was cached
+    other = ({"arc_e", "boolq"} - {near}).pop()
+    assert full["systems"][f"lora:{near}"]["mc"]["cached"] and not full["systems"][f"lora:{other}"]["mc"]["cached"]
 
 
 # --- CLI end to end -------------------------------------------------------------------------------------

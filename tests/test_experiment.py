@@ -93,3 +93,19 @@ def test_speed_entry_uses_cpu_time_only_where_both_sides_recorded_it():
 
     assert "CPU" not in md(old_zoo)  # old results render as before
     assert "| t | 2.00 | 600 | 300x | 3.00 | 150 | 50x |" in md(new_zoo)
+
+
+def test_paired_table_reads_the_same_way_for_bpb_and_accuracy():
+    """bpb is stored as minus bits per byte: its paired row shows DnD's bits minus the baseline's (negative =
+    better) next to the probability that DnD is not better, the same column as for accuracies."""
+    from dnd_jax import report
+
+    paired = {"dnd - base": {"bpb": {"diff": 0.012, "ci": [0.004, 0.02], "p_le_0": 0.001, "n": 200},
+                             "cloze": {"diff": 0.03, "ci": [0.005, 0.055], "p_le_0": 0.01, "n": 200}}}
+    md = report.markdown({"targets": {"t": {"systems": {}, "paired": paired}}})
+    assert "| target | comparison | metric | diff | 95% CI | P(DnD not better) |" in md
+    assert "| t | dnd - base | bpb | -0.012 | [-0.020, -0.004] | 0.001 |" in md
+    assert "| t | dnd - base | cloze | +3.0 | [+0.5, +5.5] | 0.010 |" in md
+    assert "negative difference is DnD better" in md
+    assert "negative difference" not in report.markdown(
+        {"targets": {"t": {"systems": {}, "paired": {"dnd - base": {"cloze": paired["dnd - base"]["cloze"]}}}}})

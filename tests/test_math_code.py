@@ -320,6 +320,14 @@ def test_bad_extra_targets_fail_before_compute(tmp_path):
     config.experiment.foreign_targets = {"gsm8k": "boolq"}  # boolq's generator is never trained
     with pytest.raises(InputError, match="foreign_targets"):
         experiment.run(config, tmp_path / "w")
+    config.experiment.foreign_targets = {}
+    config.eval.training_lora_metrics = ("bpb", "pass@l")  # a typo: found before the zoo, not hours later
+    with pytest.raises(InputError, match=r"training_lora_metrics: unknown metric\(s\) \['pass@l'\]"):
+        experiment.run(config, tmp_path / "w")
+    config.eval.training_lora_metrics = ()
+    config.eval.metrics = ("cloze", "exact-match")
+    with pytest.raises(InputError, match=r"eval.metrics: unknown metric\(s\) \['exact-match'\]"):
+        experiment.run(config, tmp_path / "w")
     assert not (tmp_path / "w" / "zoo").exists()
     skipped = experiment.run_foreign_generator(config, tmp_path / "w", "piqa", "cs", str(tmp_path / "absent"))
     assert "skipped" in skipped
