@@ -142,8 +142,8 @@ def model_with_adapter(ref: base_model.BaseModelRef, adapter: str | Path | None)
 
 
 def _score(model, tok, examples: Sequence[tasks.Example], metric: str, batch_size: int, max_new_tokens: int,
-           progress: bool, packed: bool = False) -> dict:
-    """The cacheable, per-example part of a result."""
+           progress: bool, packed: bool = False, journal: Path | None = None, journal_key: dict | None = None) -> dict:
+    """The cacheable, per-example part of a result (``journal``: the decoding metrics' resume journal)."""
     if metric == "cloze":
         scores = scoring.cloze_scores(model, tok, examples, batch_size=batch_size, progress=progress, packed=packed)
         raw, norm = scoring.cloze_predictions(scores)
@@ -165,7 +165,7 @@ def _score(model, tok, examples: Sequence[tasks.Example], metric: str, batch_siz
         from dnd_jax import generative
 
         return generative.score(model, tok, examples, metric, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                progress=progress)
+                                progress=progress, journal=journal, journal_key=journal_key)
     raise ValueError(f"unknown metric '{metric}'; use one of {METRICS}")
 
 
@@ -215,12 +215,16 @@ def evaluate_adapter_metrics(model_ref: base_model.BaseModelRef, adapter: str | 
         with model_with_adapter(model_ref, adapter) as (model, tok):
             for metric, key, path in todo:
                 t0 = time.time()
-                record = _score(model, tok, examples, metric, batch_size, max_new_tokens, progress, packed)
+                # decoding metrics journal every batch next to their cache entry: a killed run resumes there
+                journal = path.with_name(f"{path.stem}.partial.json") if path is not None else None
+                record = _score(model, tok, examples, metric, batch_size, max_new_tokens, progress, packed,
+                                journal=journal, journal_key=key)
                 record |= {"key": key, "task": task, "split": split, "metric": metric, "limit": limit,
                            "ids": [e.id for e in examples], "adapter": str(adapter) if adapter else None,
                            "wall_s": time.time() - t0}
                 if path is not None:
                     assets.write_json_atomic(path, record)
+                    journal.unlink(missing_ok=True)
                 out[metric] = _summarize(record, n_boot, seed) | {"cached": False}
     return {m: out[m] for m in metrics}
 

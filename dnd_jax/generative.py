@@ -16,13 +16,15 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from dnd_jax import sandbox, scoring
+from dnd_jax import assets, sandbox, scoring
 from dnd_jax import tasks as tasks_lib
 
 LN2 = math.log(2.0)
@@ -89,27 +91,58 @@ def bits_per_byte(model, tokenizer, examples: Sequence[tasks_lib.Example], max_l
 
 def greedy_solutions(model, tokenizer, examples: Sequence[tasks_lib.Example], stops: Sequence[str],
                      max_new_tokens: int, batch_size: int = 8, max_prompt_len: int = 768,
-                     progress: bool = True) -> list[str]:
+                     progress: bool = True, journal: Path | None = None, journal_key: dict | None = None) -> list[str]:
     """Greedy continuations of each example's context, cut at the first stop sequence.
 
     Left padding (every row's last prompt token at the same position); prompts longer than
     ``max_prompt_len`` tokens keep their last ``max_prompt_len`` tokens. A row leaves its batch as soon
     as its text holds a stop sequence or it emits the end-of-sequence token (:func:`greedy_decode`), so
     a batch costs what its rows need, not ``batch_size`` times its longest row.
+
+    ``journal``: after every batch the texts so far are written there (atomically, with ``journal_key``),
+    and a run that finds a journal with the same key decodes only the problems it lacks, so a killed
+    evaluation loses at most one batch. A problem's text does not depend on its batch
+    (``tests/test_math_code.py::test_greedy_texts_do_not_depend_on_the_batch_size``), so a resumed run
+    returns what an uninterrupted one would. The caller removes the journal once the result is stored.
     """
     prompts = [tokenizer(tasks_lib.cloze_context(ex), add_special_tokens=False)["input_ids"][-max_prompt_len:]
                for ex in examples]
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     out: list[str] = [""] * len(prompts)
-    bar = tqdm(total=len(prompts), desc="generate", disable=not progress, leave=False)
+    done = read_journal(journal, journal_key, len(prompts)) if journal is not None else {}
+    for i, text in done.items():
+        out[i] = text
+    order = sorted((i for i in range(len(prompts)) if i not in done), key=lambda i: -len(prompts[i]))
+    bar = tqdm(total=len(prompts), initial=len(done), desc="generate", disable=not progress, leave=False)
     for b in range(0, len(order), batch_size):
         idx = order[b : b + batch_size]
         rows = greedy_decode(model, tokenizer, [prompts[i] for i in idx], max_new_tokens, stops)
         for i, tokens in zip(idx, rows, strict=True):
-            out[i] = truncate_at_stop(tokenizer.decode(tokens, skip_special_tokens=True), stops)
+            out[i] = done[i] = truncate_at_stop(tokenizer.decode(tokens, skip_special_tokens=True), stops)
+        if journal is not None and len(done) < len(prompts):
+            assets.write_json_atomic(journal, {"key": journal_key, "texts": {str(i): t for i, t in done.items()}})
         bar.update(len(idx))
     bar.close()
     return out
+
+
+def read_journal(path: Path, key: dict | None, n: int) -> dict[int, str]:
+    """The texts of a :func:`greedy_solutions` journal written under ``key`` (another key's: none). It is
+    written atomically, so one that does not parse is corruption: an IntegrityError naming it."""
+    from dnd_jax.errors import IntegrityError
+
+    if not path.is_file():
+        return {}
+    try:
+        obj = json.loads(path.read_text())
+        if obj.get("key") != key:
+            return {}
+        texts = {int(i): t for i, t in obj["texts"].items()}
+        if not all(0 <= i < n and isinstance(t, str) for i, t in texts.items()):
+            raise ValueError("indices or texts out of range")
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
+        raise IntegrityError(f"{path}: not a readable generation journal ({e}); it is written atomically, so "
+                             "this is corruption: delete it to decode those problems again") from None
+    return texts
 
 
 def greedy_decode(model, tokenizer, prompts: Sequence[Sequence[int]], max_new_tokens: int,
@@ -194,8 +227,10 @@ def pass_at_1_scores(examples: Sequence[tasks_lib.Example], texts: Sequence[str]
 
 
 def score(model, tokenizer, examples: Sequence[tasks_lib.Example], metric: str, *, max_new_tokens: int,
-          batch_size: int = 8, progress: bool = True) -> dict:
-    """The per-example record of one metric (``correct`` is higher-is-better: minus bpb for ``bpb``)."""
+          batch_size: int = 8, progress: bool = True, journal: Path | None = None,
+          journal_key: dict | None = None) -> dict:
+    """The per-example record of one metric (``correct`` is higher-is-better: minus bpb for ``bpb``).
+    ``journal``/``journal_key``: the decoding metrics' resume journal (:func:`greedy_solutions`)."""
     from dnd_jax.task_sources import math_code
 
     if metric == "bpb":
@@ -207,7 +242,8 @@ def score(model, tokenizer, examples: Sequence[tasks_lib.Example], metric: str, 
     if any(ex.task != task for ex in examples):
         raise ValueError("generation metrics score one task at a time")
     texts = greedy_solutions(model, tokenizer, examples, math_code.stop_sequences(task), max_new_tokens,
-                             batch_size=batch_size, max_prompt_len=MAX_PROMPT_LEN, progress=progress)
+                             batch_size=batch_size, max_prompt_len=MAX_PROMPT_LEN, progress=progress,
+                             journal=journal, journal_key=journal_key)
     if metric == "exact_match":
         return exact_match_scores(examples, texts) | {"texts": texts}
     if metric == "pass@1":

@@ -2,6 +2,7 @@
 truncation, LoRA loss on solution tokens only, and the evaluation of bpb / exact match / pass@1."""
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -155,6 +156,64 @@ def test_greedy_decode_drops_stopped_rows_and_matches_generate(chaotic):
     assert generative.greedy_solutions(model, tok, exs, stops, 24, batch_size=4, progress=False) == ours
 
 
+_KILLED_DECODER = """
+import os, signal, sys
+from pathlib import Path
+from dnd_jax import base_model, generative, tasks
+ref = base_model.resolve({"kind": "tiny_llama"}, sys.argv[1])
+model, tok = base_model.load(ref)
+real, calls = generative.greedy_decode, []
+def decode(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 3:  # two batches decoded and journaled: killed in the third, as a session end would
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(*args, **kwargs)
+generative.greedy_decode = decode
+exs = tasks.load_examples("gsm8k", "test", limit=7)
+generative.greedy_solutions(model, tok, exs, ("\\n\\n",), 10, batch_size=2, progress=False,
+                            journal=Path(sys.argv[2]), journal_key={"k": 1})
+"""
+
+
+def test_greedy_journal_resumes_a_killed_run_exactly(tiny_base, tiny, tmp_path, monkeypatch):
+    """A decoding run SIGKILLed after two batches leaves a journal of their 4 texts; the resumed run decodes
+    only the 3 problems left (2 batches) and returns exactly what an uninterrupted run returns."""
+    import subprocess
+    import sys
+
+    from dnd_jax import testing
+
+    model, tok = tiny
+    exs = tasks.load_examples("gsm8k", "test", limit=7)
+    journal = tmp_path / "j.partial.json"
+    proc = subprocess.run([sys.executable, "-c", _KILLED_DECODER, str(Path(tiny_base.path).parent), str(journal)],
+                          env=testing.subprocess_env(1), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    saved = json.loads(journal.read_text())
+    assert saved["key"] == {"k": 1} and len(saved["texts"]) == 4
+    assert not list(tmp_path.glob(".*tmp*"))  # the atomic writes left no temp file behind
+
+    calls = []
+    real = generative.greedy_decode
+    monkeypatch.setattr(generative, "greedy_decode", lambda *a, **k: calls.append(1) or real(*a, **k))
+    resumed = generative.greedy_solutions(model, tok, exs, ("\n\n",), 10, batch_size=2, progress=False,
+                                          journal=journal, journal_key={"k": 1})
+    assert len(calls) == 2  # 3 problems left, 2 per batch
+    monkeypatch.setattr(generative, "greedy_decode", real)
+    assert resumed == generative.greedy_solutions(model, tok, exs, ("\n\n",), 10, batch_size=2, progress=False)
+    # the journal's texts are used as they are (a planted text comes back), and only under its own key
+    planted = dict(saved, texts={**saved["texts"], "0": "PLANTED"})
+    journal.write_text(json.dumps(planted))
+    kw = dict(batch_size=3, progress=False, journal=journal)
+    assert generative.greedy_solutions(model, tok, exs, ("\n\n",), 10, journal_key={"k": 1}, **kw)[0] == "PLANTED"
+    assert generative.greedy_solutions(model, tok, exs, ("\n\n",), 10, journal_key={"k": 2}, **kw) == resumed
+    journal.write_text(json.dumps(planted)[:-7])  # truncated: corruption, named, never silently decoded over
+    from dnd_jax.errors import IntegrityError
+
+    with pytest.raises(IntegrityError, match="j.partial.json: not a readable generation journal"):
+        generative.greedy_solutions(model, tok, exs, ("\n\n",), 10, journal_key={"k": 1}, **kw)
+
+
 def test_bpb_truncation_keeps_context_and_scores_the_solution_head(tiny):
     model, tok = tiny
     ex = tasks.load_examples("minerva_math_algebra", "test")[0]
@@ -221,6 +280,7 @@ def test_evaluate_generative_metrics_cached_and_reported(tiny_base, tmp_path):
     assert bpb["n"] == p1["n"] == 3 and not bpb["cached"]
     assert all(c < 0 for c in bpb["correct"]) and np.allclose(bpb["correct"], [-b for b in bpb["bpb"]])
     assert p1["correct"] == [0, 0, 0] and len(p1["texts"]) == 3  # a random model writes no working code
+    assert not list(cache.glob("*partial*"))  # the decoding journal is gone once the result is stored
     again = evaluation.evaluate_adapter_metrics(tiny_base, None, "codex_humaneval", ["bpb", "pass@1"], limit=3,
                                               batch_size=4, cache_dir=cache, max_new_tokens=6, progress=False)
     assert again["bpb"]["cached"] and again["bpb"]["correct"] == bpb["correct"]
