@@ -61,6 +61,7 @@ def test_training_pair_is_the_gold_solution_verbatim():
     ("#### 42", "42"),
     ("first 12 then 15", "15"),
     ("no numbers here", None),
+    ("So the answer is - 10.", "-10"),  # a GSM8K gold solution writes its minus apart
 ])
 def test_gsm8k_prediction(text, expected):
     assert math_code.gsm8k_prediction(text) == expected
@@ -77,6 +78,32 @@ def test_math_answers():
     assert math_code.exact_match("gsm8k", g.id, "So the answer is 123456789.")[0] == 0
     m = tasks.load_examples("minerva_math_algebra", "test")[0]
     assert math_code.exact_match("minerva_math_algebra", m.id, m.choices[0])[0] == 1
+
+
+@pytest.mark.parametrize("written,canonical", [
+    ("\\frac14", "\\frac{1}{4}"), ("\\dfrac{1}{4}", "\\frac{1}{4}"), ("\\frac9{5}", "\\frac{9}{5}"),
+    ("\\sqrt2", "\\sqrt{2}"), ("x = \\frac{3}{2}", "\\frac{3}{2}"), ("5\\text{ digits}", "5"),
+    ("\\text{C, F, H}", "C,F,H"), ("0.25\\,\\text{ cm}", "0.25"), ("\\text{1:03 PM}", "1:03PM"),
+    ("1,000", "1000"), ("90^\\circ", "90"), ("\\$5.00", "5"), ("\\left(1,2\\right)", "(1,2)"),
+])
+def test_math_answers_equal_up_to_spelling(written, canonical):
+    """The gold solutions' own spellings of one answer (shorthand fractions, units, \\text, "x =") compare equal."""
+    assert math_code.normalize_math(written) == math_code.normalize_math(canonical) == canonical
+
+
+def test_every_gold_solution_scores_as_correct():
+    """Exact match of each gold solution against its own answer: 200 of 200 on GSM8K and every MATH subject
+    (the dataset's pre-normalized answer field gave 153-199 of 200: '\\frac{9}{{}5}', '\\le(...')."""
+    subjects = ("prealgebra", "algebra", "geometry", "counting_and_probability", "number_theory",
+                "intermediate_algebra", "precalculus")
+    agree = 0
+    for task in ("gsm8k", *(f"minerva_math_{s}" for s in subjects)):
+        exs = tasks.load_examples(task, "test", 200)
+        assert [math_code.exact_match(task, e.id, e.choices[0])[0] for e in exs] == [1] * len(exs), task
+        if task != "gsm8k":
+            info = math_code.problem_info(task)
+            agree += sum(math_code.gold_answer(task, e.id) == math_code.normalize_math(info[e.id]["answer"]) for e in exs)
+    assert agree >= 1390  # of 1400: the boxed gold agrees with the answer field but for its 9 quirks
 
 
 def test_gold_python_solutions_pass_and_wrong_ones_fail():

@@ -109,7 +109,7 @@ def _gsm8k_info(task: str) -> dict[str, dict]:
 
 
 def _math_info(task: str) -> dict[str, dict]:
-    return {str(r["native_id"]): {"answer": str(r["doc"]["answer"]).strip()}
+    return {str(r["native_id"]): {"answer": str(r["doc"]["answer"]).strip(), "solution": r["doc"]["solution"]}
             for r in _requests(task, "gold_bpb_0shot")}
 
 
@@ -208,9 +208,9 @@ def gsm8k_prediction(text: str) -> str | None:
     for marker in ("the answer is", "####"):
         i = text.lower().rfind(marker)
         if i >= 0:
-            m = _NUMBER.search(text[i + len(marker):])
+            m = re.search(r"(-\s?)?" + _NUMBER.pattern, text[i + len(marker):])  # "is - 10": minus 10
             if m:
-                return normalize_number(m.group(0))
+                return normalize_number(m.group(0).replace(" ", ""))
     found = _NUMBER.findall(text)
     return normalize_number(found[-1]) if found else None
 
@@ -231,13 +231,41 @@ def boxed_answer(text: str) -> str | None:
     return None
 
 
+# MATH answers are compared after the normalization the Minerva paper describes (Lewkowycz et al. 2022,
+# appendix: drop a leading "x =", dollar signs, spacing, units and words, unwrap \text{...}/\boxed{...},
+# expand shorthand fractions and roots), here with the shorthand expansion done right ("\frac9{5}" ->
+# "\frac{9}{5}", where a naive pattern gives "\frac{9}{{}5}") and both sides normalized the same way: the
+# gold answer is the normalized last \boxed{} of the gold solution, as in the MATH dataset.
+ANSWER_VERSION = 2  # in the exact-match cache key: a change here re-scores, never mixes
+
+_MATH_SUBSTITUTIONS = (("an ", ""), ("a ", ""), (".$", "$"), ("\\$", ""), ("\\ ", ""), (" ", ""), ("mbox", "text"),
+                       (",\\text{and}", ","), ("\\text{and}", ","), ("\\text{m}", "\\text{}"), ("\\left", ""),
+                       ("\\right", ""), ("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\!", ""), ("\\,", ""),
+                       ("\\;", ""), ("\\displaystyle", ""))
+_MATH_REMOVED = ("square", "ways", "integers", "dollars", "mph", "inches", "ft", "hours", "km", "units", "\\ldots",
+                 "sue", "points", "feet", "minutes", "digits", "cents", "degrees", "cm", "gm", "pounds", "meters",
+                 "meals", "edges", "students", "childrentickets", "multiples", "\\text{s}", "\\text{.}", "\\text{\ns}",
+                 "\\text{}^2", "\\text{}^3", "\\text{\n}", "\\text{}", "\\mathrm{th}", "^\\circ", "^{\\circ}",
+                 ",\\!", "{,}", '"', "\\dots")
+_ARG = r"(?:\{([^{}]*)\}|([^{}\\\s]))"  # a braced group or one plain character
+
+
 def normalize_math(ans: str) -> str:
-    """A light normalization of a MATH answer string (spaces, ``\\left``/``\\right``, ``dfrac``, ``$``)."""
-    a = ans.strip().strip("$").strip()
-    for old, new in (("\\left", ""), ("\\right", ""), ("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\!", ""),
-                     (" ", ""), ("^\\circ", ""), ("^{\\circ}", "")):
+    """A MATH answer in a canonical spelling (see the comment above): ``"x = \\dfrac14"`` -> ``"\\frac{1}{4}"``,
+    ``"5\\text{ digits}"`` -> ``"5"``, ``"\\text{C, F, H}"`` -> ``"C,F,H"``, ``"1,000"`` -> ``"1000"``."""
+    a = ans.split("=")[-1]
+    for old, new in _MATH_SUBSTITUTIONS:
         a = a.replace(old, new)
-    a = a.rstrip(".")
+    for word in _MATH_REMOVED:
+        a = a.replace(word, "")
+    inner = re.findall(r"\$(.*?)\$", a)
+    if inner:
+        a = inner[-1]
+    for cmd in ("text", "textbf", "mathrm", "overline", "boxed"):
+        a = re.sub(r"\\" + cmd + r"\{(.*?)\}", r"\1", a)
+    a = re.sub(r"\\frac" + _ARG + _ARG, lambda m: f"\\frac{{{m.group(1) or m.group(2)}}}{{{m.group(3) or m.group(4)}}}", a)
+    a = re.sub(r"\\sqrt" + _ARG, lambda m: f"\\sqrt{{{m.group(1) or m.group(2)}}}", a)
+    a = a.replace("$", "").strip().rstrip(".")
     num = normalize_number(a)
     return num if num is not None else a
 
@@ -251,14 +279,21 @@ def math_prediction(text: str) -> str | None:
     return normalize_math(m.group(1)) if m else None
 
 
+def gold_answer(task: str, example_id: str) -> str:
+    """The normalized gold answer: GSM8K's number; MATH's last \\boxed{} of the gold solution (the dataset's
+    ``answer`` field where a solution has no box)."""
+    info = problem_info(task)[example_id]
+    if task == "gsm8k":
+        return normalize_number(info["answer"]) or info["answer"]
+    boxed = boxed_answer(info.get("solution", ""))
+    return normalize_math(boxed if boxed is not None else info["answer"])
+
+
 def exact_match(task: str, example_id: str, generated: str) -> tuple[int, str | None]:
     """(1 if the generated solution's final answer equals the gold answer, the parsed prediction)."""
-    gold = problem_info(task)[example_id]["answer"]
-    if task == "gsm8k":
-        pred = gsm8k_prediction(generated)
-        return int(pred is not None and pred == normalize_number(gold)), pred
-    pred = math_prediction(generated)
-    return int(pred is not None and pred == normalize_math(gold)), pred
+    gold = gold_answer(task, example_id)
+    pred = gsm8k_prediction(generated) if task == "gsm8k" else math_prediction(generated)
+    return int(pred is not None and pred == gold), pred
 
 
 def python_program(task: str, example_id: str, completion: str) -> str:
