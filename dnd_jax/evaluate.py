@@ -49,7 +49,8 @@ def define_flags() -> dict:
                                        "'' for none."),
         "limit": flags.DEFINE_integer("limit", None, "First K examples of the split (default: config.eval.limit; "
                                       "0 = all)."),
-        "metrics": flags.DEFINE_list("metrics", None, "cloze and/or mc (default: config.eval.metrics)."),
+        "metrics": flags.DEFINE_list("metrics", None, "cloze, mc (choice tasks), bpb, exact_match, pass@1 "
+                                     "(generative tasks) (default: config.eval.metrics)."),
         "split": flags.DEFINE_string("split", "test", "Task split to evaluate on."),
         "out": flags.DEFINE_string("out", None, "Output folder (default: WORKDIR/eval/<task>)."),
         "nearest_prompts": flags.DEFINE_enum("nearest_prompts", "test", ["test", "zoo"],
