@@ -33,6 +33,7 @@ JOBS=(
   "math|$PY -m dnd_jax.experiment --config configs/smollm2_math.py --workdir $Q/math --docs $Q/docs/results/math"
   "coding_zoo|collect_shards configs/smollm2_coding.py $Q/coding"
   "coding|$PY -m dnd_jax.experiment --config configs/smollm2_coding.py --workdir $Q/coding --docs $Q/docs/results/coding"
+  "draws|$PY bench/condition_draws.py --config configs/smollm2_commonsense.py --workdir $Q/smollm2 --seeds 0,1,2,3,4 --metrics cloze --out $Q/docs/results/condition_draws"
   "many_data|$PY -m dnd_jax.task_sources.bigbench"
   "many_zoo|collect_shards configs/smollm2_many.py $Q/many"
   "curve|$PY -m dnd_jax.scaling --config configs/smollm2_many.py --workdir $Q/many --docs $Q/docs/scaling"

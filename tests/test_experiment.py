@@ -1,10 +1,13 @@
 """The experiment end to end on the tiny config: every stage runs, reports are written, reruns are free."""
 import json
+from pathlib import Path
 
 import pytest
 
 from configs import tiny
 from dnd_jax import experiment
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _config():
@@ -69,6 +72,22 @@ def test_experiment_end_to_end_and_resume(tmp_path, condition_spy):
         got, want = variant["targets"]["piqa"]["systems"]["base"][metric], systems["base"][metric]
         assert got["correct"] == want["correct"] and got["acc"] == want["acc"]
     assert not (root / "zoo").exists()
+
+    # bench/condition_draws.py on this workdir: draw 0 is the experiment's own adapter (same bytes, same
+    # cached scores, same difference to merged); another draw conditions on other prompts
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("condition_draws", ROOT / "bench" / "condition_draws.py")
+    draws = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(draws)
+    study = draws.study(_config(), workdir, ["piqa"], [0, 1], ["cloze"])
+    row = study["targets"]["piqa"]["cloze"]
+    first = workdir / "draws" / "piqa" / "seed0" / "adapter_model.safetensors"
+    assert first.read_bytes() == (workdir / "adapters" / "dnd_piqa" / "adapter_model.safetensors").read_bytes()
+    assert first.read_bytes() != (workdir / "draws" / "piqa" / "seed1" / "adapter_model.safetensors").read_bytes()
+    assert row["draws"]["0"]["acc"] == systems["dnd"]["cloze"]["acc"] and row["merged"] == systems["merged"]["cloze"]["acc"]
+    assert row["draws"]["0"]["minus_merged"] == pytest.approx(res["paired"]["dnd - merged"]["cloze"]["diff"])
+    assert "| piqa | cloze |" in draws.markdown(study)
 
 
 def test_generator_config_excludes_target_and_cross_domain():
