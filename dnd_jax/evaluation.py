@@ -276,10 +276,11 @@ def evaluate_systems(model_ref: base_model.BaseModelRef, systems: Sequence[basel
 
     Comparisons: every system against ``base``, and every ``adapter`` system (e.g. DnD's) against
     every baseline. Writes results.json/.md/.png into ``out_dir`` when it is given.
-    ``training_lora_metrics`` (None: all of ``metrics``) limits the individual training LoRAs to those of
-    ``metrics`` it names (none: they are not evaluated on this task): with many training tasks and a decoding metric (exact match, pass@1) they are most of the
-    cost; the training-LoRA mean and the best training LoRA then exist for those metrics only. Results
-    are cached per (adapter, metric), so a later run with every metric adds only the missing cells.
+    ``training_lora_metrics`` (None: all of ``metrics``) limits the individual training LoRAs to the
+    metrics of ``metrics`` it names (if none: they are not evaluated on this task). With many training
+    tasks and a decoding metric (exact match, pass@1) they are most of the cost; the training-LoRA mean
+    and the best training LoRA then exist for the named metrics only. Results are cached per (adapter,
+    metric), so a later run with every metric adds only the missing cells.
     """
     names = [s.name for s in systems]
     if len(set(names)) != len(names):
