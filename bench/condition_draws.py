@@ -39,14 +39,18 @@ def _define_flags() -> dict:
     }
 
 
-def draw_adapter(config, workdir: Path, target: str, seed: int) -> Path:
-    """The adapter that ``target``'s generator makes from draw ``seed`` of its unscored prompts."""
+def draw_adapters(config, workdir: Path, target: str, seeds: list[int]) -> dict[int, Path]:
+    """The adapters that ``target``'s generator makes from draws ``seeds`` of its unscored prompts (the
+    generator is loaded once, and only if an adapter is missing)."""
     from dnd_jax import generator
 
-    out = workdir / "draws" / target / f"seed{seed}"
-    if not (out / "adapter_model.safetensors").is_file():
+    out = {seed: workdir / "draws" / target / f"seed{seed}" for seed in seeds}
+    missing = [seed for seed, path in out.items() if not (path / "adapter_model.safetensors").is_file()]
+    if missing:
         gen = generator.Generator.load(workdir / "generators" / target)
-        gen.generate_many([plan.condition_prompts(config, target)], seed=seed)[0].save(out, overwrite=True)
+        prompts = plan.condition_prompts(config, target)
+        for seed in missing:
+            gen.generate_many([prompts], seed=seed)[0].save(out[seed], overwrite=True)
     return out
 
 
@@ -63,8 +67,8 @@ def study(config, workdir: Path, targets: list[str], seeds: list[int], metrics: 
                   progress=False, packed=bool(ec.get("packed", False)))
         ref_res = evaluation.evaluate_adapter_metrics(ref, merged.adapter, target, ms, **kw)
         rows: dict[str, dict] = {m: {"draws": {}} for m in ms}
-        for seed in seeds:
-            res = evaluation.evaluate_adapter_metrics(ref, draw_adapter(config, workdir, target, seed), target, ms, **kw)
+        for seed, adapter in draw_adapters(config, workdir, target, seeds).items():
+            res = evaluation.evaluate_adapter_metrics(ref, adapter, target, ms, **kw)
             for m in ms:
                 pb = scoring.paired_bootstrap(res[m]["correct"], ref_res[m]["correct"], int(ec.bootstrap), int(config.seed))
                 rows[m]["draws"][str(seed)] = {"acc": res[m]["accuracy"], "minus_merged": pb["diff"], "ci": pb["ci"]}

@@ -300,14 +300,12 @@ def markdown(results: dict) -> str:
         lines.append("### Paired bootstrap: DnD minus baseline (points; bpb in bits)\n")
         lines.append("| target | comparison | metric | diff | 95% CI | P(DnD not better) |")
         lines.append("|---|---|---|---|---|---|")
-        with_bpb = False
         for t, comps in paired.items():
             for name, per_metric in comps.items():
                 for metric, d in per_metric.items():
                     diff, ci = _diff_ci(d, metric)
-                    with_bpb |= metric == "bpb"
                     lines.append(f"| {t} | {name} | {metric} | {diff} | {ci} | {d['p_le_0']:.3f} |")
-        if with_bpb:
+        if any("bpb" in per_metric for comps in paired.values() for per_metric in comps.values()):
             lines.append("\nbpb: DnD's bits per byte minus the baseline's, so a negative difference is DnD better; "
                          "P(DnD not better) is the bootstrap share of resamples where DnD is not better, on every metric.")
     return "\n".join(lines) + "\n"

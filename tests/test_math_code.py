@@ -93,13 +93,16 @@ def test_math_answers_equal_up_to_spelling(written, canonical):
 
 def test_every_gold_solution_scores_as_correct():
     """Exact match of each gold solution against its own answer: 200 of 200 on GSM8K and every MATH subject
-    (the dataset's pre-normalized answer field gave 153-199 of 200: '\\frac{9}{{}5}', '\\le(...')."""
+    (the dataset's pre-normalized answer field gave 153-199 of 200: '\\frac{9}{{}5}', '\\le(...';
+    docs/bench/gold_checks_before.json), and another problem's gold solution does not."""
     subjects = ("prealgebra", "algebra", "geometry", "counting_and_probability", "number_theory",
                 "intermediate_algebra", "precalculus")
     agree = 0
     for task in ("gsm8k", *(f"minerva_math_{s}" for s in subjects)):
         exs = tasks.load_examples(task, "test", 200)
         assert [math_code.exact_match(task, e.id, e.choices[0])[0] for e in exs] == [1] * len(exs), task
+        # and it discriminates: the next problem's gold solution is right for <= 2 of 200 (coinciding answers)
+        assert sum(math_code.exact_match(task, exs[i].id, exs[i - 1].choices[0])[0] for i in range(len(exs))) <= 5, task
         if task != "gsm8k":
             info = math_code.problem_info(task)
             agree += sum(math_code.gold_answer(task, e.id) == math_code.normalize_math(info[e.id]["answer"]) for e in exs)

@@ -191,6 +191,7 @@ def _humaneval():
 # --- answer extraction ------------------------------------------------------------------------------
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+_SIGNED_NUMBER = re.compile(r"(?:-\s?)?" + _NUMBER.pattern)  # after "the answer is": "- 10" is minus 10
 
 
 def normalize_number(text: str) -> str | None:
@@ -208,7 +209,7 @@ def gsm8k_prediction(text: str) -> str | None:
     for marker in ("the answer is", "####"):
         i = text.lower().rfind(marker)
         if i >= 0:
-            m = re.search(r"(-\s?)?" + _NUMBER.pattern, text[i + len(marker):])  # "is - 10": minus 10
+            m = _SIGNED_NUMBER.search(text, i + len(marker))
             if m:
                 return normalize_number(m.group(0).replace(" ", ""))
     found = _NUMBER.findall(text)
