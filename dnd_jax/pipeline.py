@@ -92,7 +92,7 @@ def run(config, workdir: str | Path, only: list[str] | None = None, docs: str = 
     for t in targets:
         if t not in config.tasks:
             raise InputError(f"experiment target '{t}' is not in config.tasks {tuple(config.tasks)}")
-    _check_extra_targets(config)
+    _check_before_compute(config)
     with locking.workdir_lock(workdir, "experiment"):
         t0 = time.perf_counter()
         collection.collect(config, workdir)
@@ -117,7 +117,7 @@ def run(config, workdir: str | Path, only: list[str] | None = None, docs: str = 
     return results
 
 
-def _check_extra_targets(config) -> None:
+def _check_before_compute(config) -> None:
     """Evaluation-only and cross-domain targets name registered tasks and held-out sources, and the metrics
     exist (before compute)."""
     from dnd_jax import tasks
