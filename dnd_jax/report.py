@@ -294,6 +294,11 @@ def markdown(results: dict) -> str:
         if with_cpu:
             lines.append("\nCPU time is each process's own (every thread), so other jobs on the same cores do not "
                          "inflate it the way they inflate wall time.")
+        if not all("speedup_cpu" in s for s in speed.values()):
+            lines.append("\nWall times only" + (" for the targets marked –" if with_cpu else "")
+                         + ": the zoo recorded no CPU time for those oracle LoRAs, and other jobs sharing the "
+                         "cores while either side ran inflate its wall time, so a ratio is only as comparable "
+                         "as the loads of its two measurements.")
         lines.append("")
     paired = {t: r.get("paired", {}) for t, r in results["targets"].items()}
     if any(paired.values()):

@@ -110,8 +110,12 @@ def test_speed_entry_uses_cpu_time_only_where_both_sides_recorded_it():
     def md(speed: dict) -> str:
         return report.markdown({"targets": {"t": {"systems": {}, "speed": speed}}})
 
-    assert "CPU" not in md(old_zoo)  # old results render as before
+    assert "CPU (s)" not in md(old_zoo)  # old results: wall columns only, and a note saying why
+    assert "Wall times only: the zoo recorded no CPU time" in md(old_zoo)
     assert "| t | 2.00 | 600 | 300x | 3.00 | 150 | 50x |" in md(new_zoo)
+    assert "Wall times only" not in md(new_zoo)
+    mixed = report.markdown({"targets": {"a": {"systems": {}, "speed": old_zoo}, "b": {"systems": {}, "speed": new_zoo}}})
+    assert "| a | 2.00 | 600 | 300x | – | – | – |" in mixed and "for the targets marked –" in mixed
 
 
 def test_paired_table_reads_the_same_way_for_bpb_and_accuracy():
