@@ -216,6 +216,8 @@ def speedup_section(d: dict | None, q: dict | None, curve: dict | None) -> list[
             out.append(f"| {t} | {100 * r['base']:.1f} | {100 * r['dnd']:.1f} | {100 * r['oracle']:.1f} | {steps} | "
                        f"{secs} | {sp} | {now} | {r['full_run_speedup']:.0f}x |")
         out.append("")
+        if res.get("note"):
+            out += [res["note"], ""]
     if curve is not None:
         pts = ", ".join(f"{s}: {100 * a:.0f}" for s, a in curve["curve"])
         out += ["### The oracle LoRA's checkpoint curve (quickstart, ARC-c)", "", _cond(curve), "",

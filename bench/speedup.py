@@ -138,6 +138,7 @@ def _define_flags() -> None:
     flags.DEFINE_integer("limit", 200, "Test examples (curve mode).")
     flags.DEFINE_bool("cached_only", False, "Curve mode: only the scores already in W/eval_cache (evaluate nothing).")
     flags.DEFINE_string("name", "", "Result name.")
+    flags.DEFINE_string("note", "", "A remark printed under the table (e.g. how loaded the oracle's training was).")
     flags.DEFINE_string("out", str(common.DOCS), "Output folder.")
 
 
@@ -152,6 +153,8 @@ def main(argv) -> None:
         res = common.Result(F.name or "speedup_bounds", mode="bounds", source=F.results, metric=F.metric,
                             total_steps=total)
         res["targets"] = bounds_from_results(results, F.metric, total, gen_s)
+        if F.note:
+            res["note"] = F.note
         if (cold := _cold_start_s()) is not None:
             res["cold_start_now_s"] = cold
         res.write(F.out)
