@@ -296,9 +296,10 @@ def markdown(results: dict) -> str:
                          "inflate it the way they inflate wall time.")
         if not all("speedup_cpu" in s for s in speed.values()):
             lines.append("\nWall times only" + (" for the targets marked –" if with_cpu else "")
-                         + ": the zoo recorded no CPU time for those oracle LoRAs, and other jobs sharing the "
-                         "cores while either side ran inflate its wall time, so a ratio is only as comparable "
-                         "as the loads of its two measurements.")
+                         + ": CPU time was not recorded for both the generation and the oracle LoRA's training "
+                         "(zoos and runs from before it was), and other jobs sharing the cores while either side "
+                         "ran inflate its wall time, so a ratio is only as comparable as the loads of its two "
+                         "measurements.")
         lines.append("")
     paired = {t: r.get("paired", {}) for t, r in results["targets"].items()}
     if any(paired.values()):

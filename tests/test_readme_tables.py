@@ -120,3 +120,20 @@ def test_scaling_table_rows_are_docs_scaling_results():
     assert header[:2] == ["K", "DnD - merged"] and len(rows) >= 6
     for row in rows:
         assert "| " + " | ".join(row) + " |" in docs, row[0]  # K = row[0]: copy it from docs/scaling/results.md
+
+
+def test_readme_speed_ratios_follow_from_docs_zoo_and_results():
+    """The README's speed ratios are docs/zoo.md's oracle training walls over docs/results' generation walls."""
+    walls = {}
+    for line in (ROOT / "docs" / "zoo.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 6 and cells[5].isdigit():
+            walls[cells[0]] = float(cells[5])
+    results = json.loads((ROOT / "docs" / "results" / "results.json").read_text())["targets"]
+    ratio = {t: round(walls[t] / r["speed"]["generate_wall_s"]) for t, r in results.items()}
+    names = _bench().COMMONSENSE
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    shown = ", ".join(f"{names[t]} {ratio[t]}x" for t in ("arc_c", "obqa", "piqa", "arc_e", "boolq", "winogrande"))
+    assert shown in readme
+    assert f"that is {ratio['hellaswag']}x (HellaSwag) to {ratio['sciq']}x (SciQ)" in readme
+    assert min(ratio.values()) == ratio["hellaswag"] and max(ratio.values()) == ratio["sciq"]
