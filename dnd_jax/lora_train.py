@@ -121,12 +121,15 @@ def train_lora(
     resume: dict | None = None,
     save_resume: Callable[[dict], None] | None = None,
     resume_every: int = 20,
+    resume_every_s: float = 300.0,
     desc: str = "lora",
 ) -> dict:
     """Train ``model`` (already LoRA-wrapped) for ``total_steps``; call ``on_keep(step, loss, wall)``.
 
     ``resume`` is a state from ``save_resume`` (LoRA tensors, optimizer state, step, wall time):
-    training continues from it exactly. Returns {'final_loss', 'wall_time_s', 'cpu_time_s', 'losses'}:
+    training continues from it exactly. A state is saved at every kept step, every ``resume_every`` steps
+    and whenever ``resume_every_s`` seconds have passed since the last save (slow steps, e.g. 384-token
+    batches at ~3 min a step on one thread, would otherwise lose up to an hour to a kill). Returns {'final_loss', 'wall_time_s', 'cpu_time_s', 'losses'}:
     ``wall_time_s`` is the steps' wall time, ``cpu_time_s`` this process's CPU time over the same steps
     (every thread; unlike the wall time it does not grow when other jobs share the cores; None when
     resumed from a state that did not record it).
@@ -151,6 +154,7 @@ def train_lora(
         if "torch_rng" in resume:  # LoRA dropout draws from torch's global generator
             torch.set_rng_state(resume["torch_rng"])
     model.train()
+    last_save = time.monotonic()
     bar = tqdm(range(start, total_steps), desc=desc, initial=start, total=total_steps, dynamic_ncols=True)
     for step in bar:
         t0, c0 = time.perf_counter(), time.process_time()
@@ -169,7 +173,9 @@ def train_lora(
         done = step + 1
         if keep_step(done):
             on_keep(done, losses[-1], wall)
-        if save_resume is not None and (keep_step(done) or done % resume_every == 0) and done < total_steps:
+        due = keep_step(done) or done % resume_every == 0 or time.monotonic() - last_save >= resume_every_s
+        if save_resume is not None and due and done < total_steps:
+            last_save = time.monotonic()
             save_resume({"lora": trainable_state(model), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                          "step": done, "wall_time_s": wall, "cpu_time_s": cpu, "losses": losses, "torch_rng": torch.get_rng_state()})
     model.eval()

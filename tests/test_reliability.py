@@ -556,6 +556,23 @@ def test_lora_dropout_resume_is_exact(tiny_base, tmp_path):
     m2, tok = fresh()
     with pytest.raises(Killed):
         lora_train.train_lora(m2, tok, examples, **kw, save_resume=save, resume_every=4)
+    # The wall-clock interval alone saves too (slow steps): with a step interval that never fires and a
+    # zero-second one, every step leaves a state, the kill lands at step 4 all the same.
+    saved_steps = []
+
+    def save_each(state):
+        saved_steps.append(state["step"])
+        save(state)
+
+    m2b, tok = fresh()
+    with pytest.raises(Killed):
+        lora_train.train_lora(m2b, tok, examples, **kw, save_resume=save_each, resume_every=1000, resume_every_s=0.0)
+    assert saved_steps == [1, 2, 3, 4]
+    saved_steps.clear()
+    m2c, tok = fresh()
+    with pytest.raises(Killed):  # and a long interval leaves it to the step interval
+        lora_train.train_lora(m2c, tok, examples, **kw, save_resume=save_each, resume_every=4, resume_every_s=1e9)
+    assert saved_steps == [4]
     m3, tok = fresh()
     torch.manual_seed(12345)  # a new process: its RNG is anywhere
     r3 = lora_train.train_lora(m3, tok, examples, **kw, resume=lora_train.load_resume_state(path))
