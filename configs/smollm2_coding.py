@@ -64,7 +64,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # --- experiment ---
     # The similarity-weighted merge (label-free, from the same unlabeled prompts as nearest) joins the baselines.
     config.experiment.baselines = ("base", "training_loras", "merged", "simmerge", "nearest", "oracle")
-    config.experiment.holdouts = ("mt_mbpp_python", "mt_mbpp_javascript", "mt_mbpp_rust")
+    # Python (with HumanEval and MBPP: most of the decoding) second, so `experiment --shard=I/2` runs it
+    # alone in shard 1 and JavaScript + Rust in shard 0 (launch/queue.sh's two 1-core shards).
+    config.experiment.holdouts = ("mt_mbpp_javascript", "mt_mbpp_python", "mt_mbpp_rust")
     config.experiment.also_evaluate = {"mt_mbpp_python": ("codex_humaneval", "codex_mbpp")}
     config.eval.limit = 200
     # Greedy generation decodes 32 problems at a time (stopped rows leave the batch): 2.77 CPU s per GSM8K

@@ -179,6 +179,24 @@ def collect_task(config, workdir: Path, ref: base_model.BaseModelRef, task: str)
     return manifest
 
 
+def incomplete_tasks(config, workdir: str | Path) -> list[str]:
+    """The tasks of ``config.tasks`` whose collection is not finished in ``workdir`` (no manifest, another
+    recipe's manifest, or a checkpoint missing or failing its checksum): what a collect run would still do."""
+    workdir = Path(workdir)
+    task_files.register_config(config)
+    ref = base_model.resolve(config.base_model, workdir)
+    want = _recipe_hash(_recipe(config, ref))
+    steps = kept_steps(config.zoo)
+    out = []
+    for task in config.tasks:
+        tdir = zoo.task_dir(workdir, task)
+        path = tdir / "manifest.json"
+        ok = path.is_file() and json.loads(path.read_text()).get("recipe_hash") == want
+        if not (ok and all(zoo.is_valid_checkpoint(tdir / zoo.ckpt_name(s)) for s in steps)):
+            out.append(task)
+    return out
+
+
 def parse_shard(spec: str | None) -> tuple[int, int] | None:
     """``"I/N"`` -> (I, N) with 0 <= I < N; None or "" -> None (no sharding)."""
     if not spec:

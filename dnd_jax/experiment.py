@@ -2,7 +2,9 @@
 
 Collect the zoo; for each held-out task train a generator on the others, generate the task's adapter
 from unlabeled prompts and evaluate it against every baseline; then the cross-domain targets. Every
-stage is resumable. Results go to ``W/results/`` and, with ``--docs``, to ``docs/results/``. The
+stage is resumable. Results go to ``W/results/`` and, with ``--docs``, to ``docs/results/``.
+``--shard=I/N`` runs the targets in N processes side by side (one per core or host), then a run
+without it writes the report from their cached stages. The
 stages: :mod:`dnd_jax.pipeline`; the report: :mod:`dnd_jax.report`.
 """
 from __future__ import annotations
@@ -32,12 +34,15 @@ def define_flags() -> dict:
         "workdir": flags.DEFINE_string("workdir", None, "Working directory for every stage."),
         "docs": flags.DEFINE_string("docs", "", "Also write results (JSON, Markdown, PNG) here, e.g. docs/results."),
         "only": flags.DEFINE_list("only", None, "Run only these targets (held-out or cross-domain tasks)."),
+        "shard": flags.DEFINE_string("shard", None, "I/N: run every N-th target from the I-th beside the other "
+                                     "shards (needs a complete zoo; writes no report: rerun without --shard)."),
     }
 
 
 def main(fl: dict) -> None:
-    results = run(fl["config"].value, fl["workdir"].value, fl["only"].value, fl["docs"].value)
-    print(report.markdown(report.slim(results)))
+    results = run(fl["config"].value, fl["workdir"].value, fl["only"].value, fl["docs"].value, fl["shard"].value)
+    if not fl["shard"].value:
+        print(report.markdown(report.slim(results)))
 
 
 def cli_main() -> None:

@@ -14,13 +14,14 @@ stage's wall time over its runs and the process's peak RSS by then).
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import resource
 import time
 from pathlib import Path
 
 from dnd_jax import assets, base_model, collection, locking, plan, zoo
-from dnd_jax.errors import InputError
+from dnd_jax.errors import InputError, LockedError
 
 # One definition of a target's training tasks and output root: dnd_jax.plan (re-exported here).
 generator_config = plan.generator_config
@@ -31,13 +32,18 @@ output_root = plan.output_root
 def _stage_log(root: Path, name: str, seconds: float) -> None:
     """Accumulate a stage's wall time over runs (a resumed stage adds only what it still did) and the
     peak RSS of the processes that ran it (this one's, or a child's if larger; Linux reports KiB)."""
-    path = root / "experiment_stages.json"
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".experiment_stages.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # experiment shards add their stages to one file
+        _stage_log_locked(root / "experiment_stages.json", name, seconds)
+
+
+def _stage_log_locked(path: Path, name: str, seconds: float) -> None:
     stages = json.loads(path.read_text()) if path.is_file() else {}
     runs = stages.get(name, {}).get("runs", [stages[name]["wall_s"]] if name in stages else []) + [round(seconds, 2)]
     rss_kib = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
     peak = max(stages.get(name, {}).get("peak_rss_gb", 0.0), round(rss_kib * 1024 / 1e9, 2))
     stages[name] = {"wall_s": round(sum(runs), 2), "runs": runs, "peak_rss_gb": peak}
-    root.mkdir(parents=True, exist_ok=True)
     assets.write_json_atomic(path, stages)
 
 
@@ -80,8 +86,15 @@ def speed_entry(oracle_manifest: dict, gen_timing: dict) -> dict:
     return entry
 
 
-def run(config, workdir: str | Path, only: list[str] | None = None, docs: str = "") -> dict:
-    """Every stage for every target (or ``only`` these), holding ``workdir``'s lock throughout."""
+def run(config, workdir: str | Path, only: list[str] | None = None, docs: str = "", shard: str | None = None) -> dict:
+    """Every stage for every target (or ``only`` these), holding ``workdir``'s lock throughout.
+
+    With ``shard="I/N"``, runs every N-th target from the I-th, beside the other shards (one process each,
+    here or on other hosts sharing the filesystem): the zoo must be complete (a one-line error otherwise),
+    no unsharded run may hold ``workdir``, and each target is locked while a process works on it (two
+    processes on one target are refused, sharded or not). Shards write no report (each knows only its
+    targets): an unsharded run afterwards finds every stage cached and writes it.
+    """
     workdir = Path(workdir)
     targets = list(config.experiment.holdouts) + list(config.experiment.cross_domain)
     if only:
@@ -93,27 +106,56 @@ def run(config, workdir: str | Path, only: list[str] | None = None, docs: str = 
         if t not in config.tasks:
             raise InputError(f"experiment target '{t}' is not in config.tasks {tuple(config.tasks)}")
     _check_before_compute(config)
+    part = collection.parse_shard(shard)
+    if part is not None:
+        targets = targets[part[0]::part[1]]
+        info = locking.holder(workdir)
+        if info is not None and locking.is_live(info):
+            raise LockedError(f"{workdir} is in use by {locking.describe(info)}; an experiment shard would collide with it")
+        missing = collection.incomplete_tasks(config, workdir)
+        if missing:
+            raise InputError(f"--shard needs a complete zoo; {missing} not collected in {zoo.zoo_dir(workdir)} "
+                             "(run dnd_jax.collect first, or the experiment without --shard)")
+        return _run_targets(config, workdir, targets, docs, report=False)
     with locking.workdir_lock(workdir, "experiment"):
         t0 = time.perf_counter()
         collection.collect(config, workdir)
         _stage_log(workdir, "collect", time.perf_counter() - t0)
+        return _run_targets(config, workdir, targets, docs, report=True)
 
-        results = {"config": json.loads(config.to_json_best_effort()),
-                   "base_model": base_model.resolve(config.base_model, workdir).to_dict(), "targets": {}}
-        for target in targets:
-            results["targets"][target] = run_target(config, workdir, target)
+
+def _target_lock(config, workdir: Path, target: str):
+    """The lock of one target's stages (generator, adapter, evaluation), taken by sharded and unsharded runs."""
+    return locking.workdir_lock(output_root(config, workdir) / ".locks" / target, "experiment")
+
+
+def _run_targets(config, workdir: Path, targets: list[str], docs: str, report: bool) -> dict:
+    results = {"config": json.loads(config.to_json_best_effort()),
+               "base_model": base_model.resolve(config.base_model, workdir).to_dict(), "targets": {}}
+
+    def write() -> None:
+        if report:
             write_report(results, output_root(config, workdir) / "results", docs)
+
+    for target in targets:
+        with _target_lock(config, workdir, target):
+            results["targets"][target] = run_target(config, workdir, target)
+            write()
             for extra in config.experiment.get("also_evaluate", {}).get(target, ()):
                 results["targets"][extra] = run_also_evaluate(config, workdir, target, extra)
-                write_report(results, output_root(config, workdir) / "results", docs)
+                write()
             for name, gen_dir in config.experiment.get("foreign_generators", {}).items():
                 results["targets"][target].setdefault("foreign", {})[name] = run_foreign_generator(
                     config, workdir, target, name, gen_dir)
-                write_report(results, output_root(config, workdir) / "results", docs)
-        for ftarget, source in config.experiment.get("foreign_targets", {}).items():
-            if source in targets:
+                write()
+    for ftarget, source in config.experiment.get("foreign_targets", {}).items():
+        if source in targets:
+            with _target_lock(config, workdir, f"{ftarget}<-{source}"):
                 results["targets"][f"{ftarget}<-{source}"] = run_foreign_target(config, workdir, ftarget, source)
-                write_report(results, output_root(config, workdir) / "results", docs)
+            write()
+    if not report:
+        print(f"[experiment] shard done: {targets}; run the experiment without --shard to write the report "
+              "(every stage is cached)")
     return results
 
 

@@ -14,7 +14,9 @@
 # rerun cheap), <job>.failed after a non-zero exit, <job>.running while it runs (left behind by a killed
 # queue: --status says "interrupted"). One queue at a time per $QUEUE_ROOT: a second one is refused
 # (exit 2) while queue.pid names a live queue. Zoos are collected by two 1-thread shards side by side
-# (1.38x the LoRA steps per second of one 2-thread process on 2 cores: docs/scaling/costs). Edit the tree while it runs only
+# (1.38x the LoRA steps per second of one 2-thread process on 2 cores: docs/scaling/costs); the math and
+# coding experiments likewise run their targets in two 1-core shards (`experiment --shard`), then write
+# their report in one more, cached, run. Edit the tree while it runs only
 # from another clone: each job imports the code as it is when the job starts.
 set -u
 cd "$(dirname "$0")/.."
@@ -30,9 +32,9 @@ JOBS=(
   "results_zoo|collect_shards configs/smollm2_commonsense.py $Q/smollm2"
   "results|$PY -m dnd_jax.experiment --config configs/smollm2_commonsense.py --workdir $Q/smollm2 --docs $Q/docs/results"
   "math_zoo|collect_shards configs/smollm2_math.py $Q/math"
-  "math|$PY -m dnd_jax.experiment --config configs/smollm2_math.py --workdir $Q/math --docs $Q/docs/results/math"
+  "math|experiment_shards configs/smollm2_math.py $Q/math $Q/docs/results/math"
   "coding_zoo|collect_shards configs/smollm2_coding.py $Q/coding"
-  "coding|$PY -m dnd_jax.experiment --config configs/smollm2_coding.py --workdir $Q/coding --docs $Q/docs/results/coding"
+  "coding|experiment_shards configs/smollm2_coding.py $Q/coding $Q/docs/results/coding"
   "draws|$PY bench/condition_draws.py --config configs/smollm2_commonsense.py --workdir $Q/smollm2 --seeds 0,1,2,3,4 --metrics cloze --out $Q/docs/results/condition_draws"
   "many_data|$PY -m dnd_jax.task_sources.bigbench"
   "many_zoo|collect_shards configs/smollm2_many.py $Q/many"
@@ -48,6 +50,19 @@ collect_shards() {  # CONFIG WORKDIR: SHARDS 1-thread collectors on one zoo; fai
   done
   for i in "${pids[@]}"; do wait "$i" || rc=1; done
   return $rc
+}
+
+experiment_shards() {  # CONFIG WORKDIR DOCS: the targets in SHARDS processes, one core each, then the report
+  local pids=() rc=0 i pin=()
+  for ((i = 0; i < SHARDS; i++)); do
+    # one core per shard: torch's and XLA's thread pools both size themselves from the affinity mask
+    command -v taskset > /dev/null && pin=(taskset -c "$((i % $(nproc)))")
+    OMP_NUM_THREADS=1 "${pin[@]}" $PY -m dnd_jax.experiment --config "$1" --workdir "$2" --shard="$i/$SHARDS" &
+    pids+=($!)
+  done
+  for i in "${pids[@]}"; do wait "$i" || rc=1; done
+  ((rc == 0)) || return $rc
+  $PY -m dnd_jax.experiment --config "$1" --workdir "$2" --docs "$3"  # every stage cached: writes the report
 }
 
 if [[ ${1:-} == --list ]]; then

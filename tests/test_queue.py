@@ -43,7 +43,29 @@ def test_list_names_real_configs_and_verbs():
     readme = (ROOT / "README.md").read_text()
     for config in ("smollm2_commonsense", "smollm2_math", "smollm2_coding", "smollm2_many"):
         assert f"configs/{config}.py" in readme
-        assert any(f"configs/{config}.py" in c and "--docs" in c for c in jobs.values()), config
+        assert any(f"configs/{config}.py" in c and ("--docs" in c or c.startswith("experiment_shards"))
+                   for c in jobs.values()), config
+
+
+def test_experiment_jobs_run_their_targets_in_shards_then_write_the_report(tmp_path):
+    res = _queue(tmp_path, "math")
+    assert res.returncode == 0, res.stderr
+    calls = _calls(tmp_path)
+    assert len(calls) == 3
+    shards = sorted(calls[:2], key=lambda c: c.split("--shard=")[1])
+    for i, c in enumerate(shards):
+        assert c.startswith("-m dnd_jax.experiment --config configs/smollm2_math.py")
+        assert c.endswith(f"--shard={i}/2") and "--docs" not in c
+    # the report: one unsharded run over the shards' cached stages, into the queue's docs folder
+    assert calls[2] == f"-m dnd_jax.experiment --config configs/smollm2_math.py --workdir {tmp_path}/w/math " \
+                       f"--docs {tmp_path}/w/docs/results/math"
+    assert (tmp_path / "w" / "queue" / "math.done").is_file()
+    # a failed shard: no report, the job is marked failed
+    (tmp_path / "again").mkdir()
+    res = _queue(tmp_path / "again", "coding", fail="--shard=1/2")
+    calls = _calls(tmp_path / "again")
+    assert len(calls) == 2 and all("--shard=" in c for c in calls)
+    assert (tmp_path / "again" / "w" / "queue" / "coding.failed").is_file()
 
 
 def test_runs_in_order_marks_done_and_skips_on_rerun(tmp_path):
