@@ -1,4 +1,5 @@
-"""Quick DnD experiment on the embedded defaults (`make demo`): about 15 minutes on 2 CPU cores.
+"""Quick DnD experiment on the embedded defaults (`make demo`): 46 min on 2 shared CPU cores (session 4,
+docs/quickstart/experiment_stages.json: zoo 1195 s, generator 510 s, evaluation 1049 s).
 
 SmolLM2-135M-Instruct; a 4-task zoo (ARC-e, ARC-c, OBQA, PIQA), 40 LoRA steps per task keeping the
 last 8; a generator trained for 150 steps on ARC-e, OBQA and PIQA; ARC-c held out: its adapter is generated from

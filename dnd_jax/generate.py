@@ -1,6 +1,7 @@
 """Generate peft adapters from prompts: ``python -m dnd_jax.generate`` (the API: :mod:`dnd_jax.generator`).
 
     python -m dnd_jax.generate --checkpoint W --prompts prompts.txt --out my_adapter
+    python -m dnd_jax.generate --checkpoint W --task arc_c --out arc_c   # ARC-c's unscored test prompts
 """
 from __future__ import annotations
 
@@ -32,7 +33,10 @@ def define_flags() -> dict:
         "prompts": flags.DEFINE_multi_string("prompts", [], "Prompt file: .txt (one per line) or .jsonl ('prompt')."),
         "out": flags.DEFINE_multi_string("out", [], "Output adapter folder, one per --prompts (or per --task)."),
         "task": flags.DEFINE_multi_string("task", [], "Take prompts from the task registry instead of a file."),
-        "split": flags.DEFINE_string("split", "test", "Registry split for --task."),
+        "split": flags.DEFINE_enum("split", "unscored", ["unscored", "test", "train"],
+                                   "Prompts for --task: 'unscored' (default) = the task's test prompts that "
+                                   "evaluation does not score (past the generator config's eval.limit; its train "
+                                   "split if too few are left), or the whole 'test' or 'train' split."),
         "overwrite": flags.DEFINE_bool("overwrite", False, "Replace existing --out adapter folders (never a folder holding other files)."),
         "json": flags.DEFINE_bool("json", False, "Print a machine-readable JSON summary."),
         "seed": flags.DEFINE_integer("seed", 0, "Seed for choosing N prompts when more are given."),
@@ -50,10 +54,17 @@ def _jobs(fl: dict) -> list[tuple[list[str], str]]:
         raise GenerateError("give either --prompts or --task, not both")
     sources = [(read_prompts(p), p) for p in fl["prompts"].value]
     if fl["task"].value:  # tasks declared as files in the generator's training config (config.task_files)
-        from dnd_jax import task_files
+        from dnd_jax import plan, task_files
 
-        task_files.register_from_generator(fl["checkpoint"].value, fl["step"].value)
-    sources += [([e.prompt for e in tasks.load_examples(t, fl["split"].value)], t) for t in fl["task"].value]
+        trained = task_files.generator_training_config(fl["checkpoint"].value, fl["step"].value)
+        if trained is None:
+            Generator.load(fl["checkpoint"].value, fl["step"].value)  # names what is missing
+        task_files.register_config(trained)
+        for t in fl["task"].value:
+            if fl["split"].value == "unscored":  # never a question `evaluate` scores (dnd_jax.plan)
+                sources.append((plan.condition_prompts(trained, t), t))
+            else:
+                sources.append(([e.prompt for e in tasks.load_examples(t, fl["split"].value)], t))
     if not sources:
         raise GenerateError("nothing to generate: give --prompts FILE or --task NAME")
     outs = fl["out"].value

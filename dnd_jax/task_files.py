@@ -339,17 +339,24 @@ def register_config(config) -> list[str]:
     return [register_task(name, value).name for name, value in items]
 
 
-def register_from_generator(workdir: str | Path, step: int | None = None) -> list[str]:
-    """Register the file tasks of the config a generator was trained with (for ``generate --task``)."""
+def generator_training_config(workdir: str | Path, step: int | None = None):
+    """The config a generator was trained with (an ``ml_collections.ConfigDict``), or None when the
+    workdir holds no checkpoint (loading the generator then reports it)."""
     import ml_collections
 
     from dnd_jax import checkpoint
 
     if not (Path(workdir) / checkpoint.CKPT_DIR).is_dir():
-        return []  # loading the generator reports the missing checkpoint
+        return None
     with checkpoint.manager(workdir, create=False) as mngr:
         step = mngr.latest_step() if step is None else int(step)
         if step is None:
-            return []
+            return None
         meta = checkpoint.read_meta(mngr, step)
-    return register_config(ml_collections.ConfigDict(meta.get("config", {})))
+    return ml_collections.ConfigDict(meta.get("config", {}))
+
+
+def register_from_generator(workdir: str | Path, step: int | None = None) -> list[str]:
+    """Register the file tasks of the config a generator was trained with (for ``generate --task``)."""
+    config = generator_training_config(workdir, step)
+    return [] if config is None else register_config(config)

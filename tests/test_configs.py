@@ -6,6 +6,7 @@ import pytest
 
 from dnd_jax import baselines, experiment, tasks
 
+ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p.stem for p in (Path(__file__).parents[1] / "configs").glob("*.py")
                  if p.stem not in ("__init__", "common"))
 
@@ -51,3 +52,19 @@ def test_variants_hold_out_against_the_main_training_split():
     for t in tuple(diverse.experiment.holdouts) + tuple(diverse.experiment.cross_domain):
         assert set(experiment.training_tasks(main, t)) < set(experiment.training_tasks(diverse, t))
 
+
+
+def test_make_install_pins_torch_first():
+    """`make install` installs the pinned torch before the package (so no dependency picks another
+    build), and the environment the tests run in has that torch."""
+    import re
+
+    import torch
+
+    recipe = (ROOT / "Makefile").read_text().split("$(STAMP): setup.py", 1)[1].split("\n\n", 1)[0]
+    lines = [ln.strip() for ln in recipe.splitlines() if "pip install" in ln]
+    pins = [re.search(r"torch==([\w.]+)", ln) for ln in lines]
+    first = next(i for i, m in enumerate(pins) if m)
+    package = next(i for i, ln in enumerate(lines) if "-e " in ln)
+    assert first < package, lines
+    assert torch.__version__.split("+")[0] == pins[first].group(1)

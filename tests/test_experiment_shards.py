@@ -28,7 +28,8 @@ def _config():
     config.eval_steps = 6
     config.experiment.holdouts = TARGETS
     config.experiment.cross_domain = ()
-    config.experiment.baselines = ("base", "merged", "oracle")
+    config.experiment.baselines = ("base", "merged")
+    config.eval.metrics = ("cloze",)
     config.eval.limit = 5
     config.eval.bootstrap = 50
     return config
@@ -42,7 +43,7 @@ def _answers(results: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def reference(tmp_path_factory, compile_cache):
     workdir = tmp_path_factory.mktemp("unsharded") / "w"
     return workdir, experiment.run(_config(), workdir)
 

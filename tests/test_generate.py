@@ -155,3 +155,31 @@ def test_cli_writes_adapters_and_refuses_bad_input(trained, tmp_path):
     r = _cli("--checkpoint", tmp_path, "--prompts", p1, "--out", tmp_path / "o4")  # no generator there
     assert r.returncode == 2 and "no generator" in r.stderr and not (tmp_path / "o4").exists()
     assert not list(tmp_path.glob(".o*"))  # no temp folders left behind
+
+
+def test_task_prompts_are_never_the_questions_evaluate_scores(trained, tmp_path):
+    """``generate --task T`` (default ``--split unscored``) conditions on T's test prompts past the
+    generator config's ``eval.limit`` (the ones `evaluate` does not score), as the experiment does;
+    ``--split test`` is the whole split, by request."""
+    from types import SimpleNamespace
+
+    from dnd_jax import generate, plan, task_files
+
+    _, gen_dir = trained
+    config = task_files.generator_training_config(gen_dir)
+    limit = config.eval.limit
+    assert limit > 0
+
+    def flags(**kw):
+        base = dict(checkpoint=str(gen_dir), step=None, prompts=[], task=["arc_c"], split="unscored",
+                    out=[str(tmp_path / "o")], overwrite=False)
+        return {k: SimpleNamespace(value=v) for k, v in (base | kw).items()}
+
+    test = [e.prompt for e in tasks.load_examples("arc_c", "test")]
+    (prompts, _), = generate._jobs(flags())
+    assert prompts == plan.condition_prompts(config, "arc_c") == test[limit:]
+    assert not set(prompts) & set(test[:limit])
+    (prompts, _), = generate._jobs(flags(split="test"))
+    assert prompts == test
+    r = _cli("--checkpoint", gen_dir, "--task", "arc_c", "--out", tmp_path / "cli")  # the verb's default
+    assert r.returncode == 0, r.stderr
