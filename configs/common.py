@@ -35,6 +35,10 @@ def get_config() -> ml_collections.ConfigDict:
         data_seed=-1,  # >= 0: another batch order with the same init (replica zoos)
         num_prompts_saved=512,  # size of the condition pool written to prompts.jsonl
         torch_threads=0,  # 0 = torch default
+        # k > 0: recompute every k-th decoder layer's activations in the backward instead of keeping them
+        # (less memory for long sequences, one more forward of those layers); 0 = keep all. Like
+        # torch_threads a process setting, not part of the recipe: the checkpoints are the same.
+        activation_checkpointing=0,
     )
 
     c.encoder = dict(kind="minilm", path="")  # 'minilm' (embedded) or 'path' (sentence-transformers folder)

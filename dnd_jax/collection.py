@@ -38,10 +38,12 @@ def _lora_dict(config, ref: base_model.BaseModelRef) -> dict:
 def _recipe(config, ref: base_model.BaseModelRef) -> dict:
     """Everything that determines a task's checkpoints; a zoo never mixes two recipes.
 
-    ``torch_threads`` is a process setting, not a recipe: it is recorded as 0 so a zoo can be
-    extended with other thread counts (hashes of zoos collected before stay valid).
+    ``torch_threads`` and ``activation_checkpointing`` are process settings, not a recipe: the threads are
+    recorded as 0 and the checkpointing left out, so a zoo can be extended with other settings (hashes of
+    zoos collected before stay valid).
     """
     zoo_recipe = dict(config.zoo.to_dict(), torch_threads=0)
+    zoo_recipe.pop("activation_checkpointing", None)
     if zoo_recipe.get("data_seed", -1) < 0:  # default: data order follows ``seed`` (zoos from before keep their hash)
         zoo_recipe.pop("data_seed", None)
     return {"base_model_sha": ref.sha, "lora": _lora_dict(config, ref), "zoo": zoo_recipe,
@@ -138,6 +140,7 @@ def collect_task(config, workdir: Path, ref: base_model.BaseModelRef, task: str)
     model, tok = base_model.load(ref)
     lc = config.lora
     model = lora_train.make_lora_model(model, lc.r, lc.alpha, lc.dropout, recipe["lora"]["target_modules"], zc.seed)
+    lora_train.checkpoint_activations(model, int(zc.get("activation_checkpointing", 0)))
 
     def on_keep(step: int, loss: float, wall: float) -> None:
         out = tdir / zoo.ckpt_name(step)
@@ -172,6 +175,7 @@ def collect_task(config, workdir: Path, ref: base_model.BaseModelRef, task: str)
         "train_wall_time_s": result["wall_time_s"],
         "train_cpu_time_s": result["cpu_time_s"],
         "torch_threads": torch.get_num_threads(),
+        "activation_checkpointing": int(zc.get("activation_checkpointing", 0)),
         "session_wall_time_s": time.time() - t0,
     }
     assets.write_json_atomic(manifest_path, manifest)
@@ -221,6 +225,8 @@ def collect(config, workdir: str | Path, only: list[str] | None = None, shard: s
     part = parse_shard(shard)
     task_files.register_config(config)  # tasks declared as files in config.task_files
     names = list(only or config.tasks)
+    if int(config.zoo.get("activation_checkpointing", 0)) < 0:
+        raise InputError(f"zoo.activation_checkpointing must be >= 0 (0 = off), got {config.zoo.activation_checkpointing}")
     for name in names:
         tasks.require_data(name)  # unknown or unprepared task -> a one-line error before any compute
         if name not in config.tasks:

@@ -186,3 +186,37 @@ def test_shard_refuses_a_task_another_process_holds(tmp_path):
     with pytest.raises(LockedError, match="pid 1"):
         collection.collect(_tiny_config(), tmp_path, shard="1/2")
     assert not (tdir / "manifest.json").exists()
+
+
+def test_activation_checkpointing_collects_the_same_zoo(clean_zoo, tmp_path):
+    """Recomputing activations in the backward is a process setting: the same recipe hash, the same
+    checkpoints (float32 to rounding), recorded in the manifest; a negative value is refused first."""
+    config = _tiny_config(activation_checkpointing=1)
+    ref = base_model.resolve(config.base_model, clean_zoo)
+    assert collection._recipe_hash(collection._recipe(config, ref)) == zoo.task_manifest(clean_zoo, "arc_e")["recipe_hash"]
+    calls, forwards = [], []
+    real = collection.lora_train.checkpoint_activations
+
+    def spy(model, k):
+        real(model, k)
+        inner = model.get_base_model()
+        calls.append((k, inner.is_activation_checkpointing))
+        # a module inside the checkpointed layer starts again when the backward recomputes the layer (a
+        # pre-hook: the recompute stops once it has what the backward needs, before forward hooks run)
+        inner.model.layers[0].mlp.register_forward_pre_hook(lambda *a: forwards.append(1))
+
+    import unittest.mock
+
+    with unittest.mock.patch.object(collection.lora_train, "checkpoint_activations", spy):
+        collection.collect(config, tmp_path, only=["arc_e"])
+    assert calls == [(1, True)]
+    steps = config.zoo.pretrain_steps + config.zoo.save_steps
+    assert len(forwards) == 2 * steps  # really recomputed: each step runs the layer again in its backward
+    assert zoo.task_manifest(tmp_path, "arc_e")["activation_checkpointing"] == 1
+    a, b = _snapshot(clean_zoo), _snapshot(tmp_path)
+    for key in b:
+        for name, t in b[key][0].items():
+            np.testing.assert_allclose(t, a[key][0][name], rtol=1e-5, atol=1e-7, err_msg=str((key, name)))
+    with pytest.raises(InputError, match="activation_checkpointing must be >= 0"):
+        collection.collect(_tiny_config(activation_checkpointing=-1), tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
