@@ -12,7 +12,8 @@
 # (bench/compare_results.py for docs/results) and copy them by hand. Per job: $QUEUE_ROOT/queue/<job>.log,
 # and <job>.done once it has exited 0 (delete it to run the job again; the verbs' caches make a
 # rerun cheap), <job>.failed after a non-zero exit, <job>.running while it runs (left behind by a killed
-# queue: --status says "interrupted"). One queue at a time per $QUEUE_ROOT: a second one is refused
+# queue: --status says "interrupted"). A process SIGKILLed (the OOM killer) is run again, up to
+# $QUEUE_RETRIES (2) times. One queue at a time per $QUEUE_ROOT: a second one is refused
 # (exit 2) while queue.pid names a live queue. Zoos are collected by two 1-thread shards side by side
 # (1.38x the LoRA steps per second of one 2-thread process on 2 cores: docs/scaling/costs); the math and
 # coding experiments likewise run their targets in two 1-core shards (`experiment --shard`), then write
@@ -42,10 +43,26 @@ JOBS=(
   "curve_fl1|$PY -m dnd_jax.scaling --config configs/smollm2_many.py --workdir $Q/many --docs $Q/docs/scaling --sizes 25,50,100,152 --variant fl1 --config.function_loss.weight=1.0"
 )
 
+RETRIES=${QUEUE_RETRIES:-2}
+# Run "$@" again when it was SIGKILLed (exit 137: the kernel's OOM killer, usually), up to RETRIES times:
+# every job is resumable, so a retry continues where the killed process stopped. Other failures (a
+# user error, a bug, a SIGTERM that stops the queue) are not retried.
+retry_killed() {
+  local rc n=0
+  while true; do
+    "$@"
+    rc=$?
+    ((rc == 137 && n < RETRIES)) || return $rc
+    n=$((n + 1))
+    echo "queue.sh: SIGKILLed (out of memory?): $*; retry $n of $RETRIES" >&2
+    sleep "${QUEUE_RETRY_WAIT:-30}"
+  done
+}
+
 collect_shards() {  # CONFIG WORKDIR: SHARDS 1-thread collectors on one zoo; fails if any fails
   local pids=() rc=0 i
   for ((i = 0; i < SHARDS; i++)); do
-    $PY -m dnd_jax.collect --config "$1" --workdir "$2" --config.zoo.torch_threads=1 --shard="$i/$SHARDS" &
+    retry_killed $PY -m dnd_jax.collect --config "$1" --workdir "$2" --config.zoo.torch_threads=1 --shard="$i/$SHARDS" &
     pids+=($!)
   done
   for i in "${pids[@]}"; do wait "$i" || rc=1; done
@@ -57,12 +74,12 @@ experiment_shards() {  # CONFIG WORKDIR DOCS: the targets in SHARDS processes, o
   for ((i = 0; i < SHARDS; i++)); do
     # one core per shard: torch's and XLA's thread pools both size themselves from the affinity mask
     command -v taskset > /dev/null && pin=(taskset -c "$((i % $(nproc)))")
-    OMP_NUM_THREADS=1 "${pin[@]}" $PY -m dnd_jax.experiment --config "$1" --workdir "$2" --shard="$i/$SHARDS" &
+    OMP_NUM_THREADS=1 retry_killed "${pin[@]}" $PY -m dnd_jax.experiment --config "$1" --workdir "$2" --shard="$i/$SHARDS" &
     pids+=($!)
   done
   for i in "${pids[@]}"; do wait "$i" || rc=1; done
   ((rc == 0)) || return $rc
-  $PY -m dnd_jax.experiment --config "$1" --workdir "$2" --docs "$3"  # every stage cached: writes the report
+  retry_killed $PY -m dnd_jax.experiment --config "$1" --workdir "$2" --docs "$3"  # all cached: writes the report
 }
 
 if [[ ${1:-} == --list ]]; then
@@ -115,7 +132,7 @@ for j in "${JOBS[@]}"; do
   t0=$SECONDS
   echo "$$ $(date -u +%FT%TZ)" > "$Q/queue/$name.running"
   rm -f "$Q/queue/$name.failed"
-  if (eval "$cmd") >> "$Q/queue/$name.log" 2>&1; then
+  if (eval "retry_killed $cmd") >> "$Q/queue/$name.log" 2>&1; then
     date -u +%FT%TZ > "$Q/queue/$name.done"
     echo "=== $(date -u +%FT%TZ) $name: done in $((SECONDS - t0)) s"
   else

@@ -147,3 +147,43 @@ def test_a_second_queue_is_refused_while_one_runs(tmp_path):
     # once that queue is gone its pid file is stale, and a new queue runs
     res = _queue(tmp_path, "results")
     assert res.returncode == 0 and len(_calls(tmp_path)) == 3 and not (queue / "queue.pid").exists()
+
+
+KILLING_STUB = """#!/bin/bash
+echo "$*" >> "$STUB_CALLS"
+case "$*" in *"$STUB_KILL"*)
+  n=$(cat "$STUB_CALLS.kills" 2>/dev/null || echo 0)
+  if ((n < STUB_KILLS)); then echo $((n + 1)) > "$STUB_CALLS.kills"; kill -9 $$; fi;;
+esac
+case "$*" in *"$STUB_FAIL"*) exit 3;; esac
+exit 0
+"""
+
+
+def _killing_queue(tmp_path: Path, *args: str, kill: str, kills: int, fail: str = "no-such-job-fails"):
+    stub = tmp_path / "python"
+    stub.write_text(KILLING_STUB)
+    stub.chmod(stub.stat().st_mode | stat.S_IEXEC)
+    env = dict(os.environ, PY=str(stub), QUEUE_ROOT=str(tmp_path / "w"), STUB_CALLS=str(tmp_path / "calls"),
+               STUB_KILL=kill, STUB_KILLS=str(kills), STUB_FAIL=fail, QUEUE_RETRY_WAIT="0")
+    return subprocess.run(["bash", str(QUEUE), *args], capture_output=True, text=True, env=env, timeout=60)
+
+
+def test_a_sigkilled_process_runs_again_and_only_that_one(tmp_path):
+    """The OOM killer's SIGKILL (exit 137) reruns that process (resumable), up to QUEUE_RETRIES = 2 times;
+    its sibling shard is not rerun, and other failures are not retried."""
+    res = _killing_queue(tmp_path, "results_zoo", kill="--shard=1/2", kills=1)
+    assert res.returncode == 0, res.stderr
+    calls = _calls(tmp_path)
+    assert sorted(c.split("--shard=")[1] for c in calls) == ["0/2", "1/2", "1/2"]
+    assert (tmp_path / "w" / "queue" / "results_zoo.done").is_file()
+    assert "SIGKILLed" in (tmp_path / "w" / "queue" / "results_zoo.log").read_text()
+
+    (tmp_path / "b").mkdir()
+    res = _killing_queue(tmp_path / "b", "results", kill="dnd_jax.experiment", kills=5)  # killed every time
+    assert res.returncode == 1 and len(_calls(tmp_path / "b")) == 3  # the first run + 2 retries
+    assert (tmp_path / "b" / "w" / "queue" / "results.failed").is_file()
+
+    (tmp_path / "c").mkdir()
+    res = _killing_queue(tmp_path / "c", "results", kill="nothing", kills=0, fail="dnd_jax.experiment")
+    assert res.returncode == 1 and len(_calls(tmp_path / "c")) == 1  # exit 3: not retried
