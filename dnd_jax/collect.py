@@ -2,7 +2,7 @@
 
 For each task: fine-tune a LoRA on the frozen base model, keeping many nearby checkpoints (the DnD
 recipe); crash-safe and resumable. ``--shard=I/N`` collects every N-th task starting at the I-th,
-one process per shard. The logic and the layout it writes: :mod:`dnd_jax.collection`, :mod:`dnd_jax.zoo`.
+one process per shard, then helps with the other shards' tasks that no live process holds. The logic and the layout it writes: :mod:`dnd_jax.collection`, :mod:`dnd_jax.zoo`.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def define_flags() -> dict:
         "workdir": flags.DEFINE_string("workdir", None, "Working directory; the zoo goes to WORKDIR/zoo."),
         "tasks": flags.DEFINE_list("tasks", None, "Only these tasks (default: config.tasks)."),
         "shard": flags.DEFINE_string("shard", None, "I/N: collect every N-th task from the I-th, alongside the "
-                                     "other shards (one process each; see the module doc)."),
+                                     "other shards (one process each), then help with theirs (see the module doc)."),
     }
 
 

@@ -218,8 +218,10 @@ def collect(config, workdir: str | Path, only: list[str] | None = None, shard: s
     """Collect the zoo for ``config.tasks`` (or ``only``); returns the zoo manifest.
 
     Unsharded, holds ``workdir``'s lock (:mod:`dnd_jax.locking`): a second collect on it is refused.
-    With ``shard="I/N"``, collects ``names[I::N]`` and locks each task folder while it works on it
-    (so N shards run side by side; two processes on one task are refused).
+    With ``shard="I/N"``, collects ``names[I::N]``, then helps with the other shards' tasks from the end
+    of the list (so a shard whose tasks were shorter does not sit idle), locking each task folder while
+    it works on it: a task another live process holds is left to that process (two processes never
+    work on one task), a task a dead process left half-done is resumed.
     """
     workdir = Path(workdir)
     part = parse_shard(shard)
@@ -232,21 +234,30 @@ def collect(config, workdir: str | Path, only: list[str] | None = None, shard: s
         if name not in config.tasks:
             raise InputError(f"task '{name}' is not in config.tasks {tuple(config.tasks)}")
     if part is not None:
-        names = names[part[0]::part[1]]
+        own = names[part[0]::part[1]]
         holder = locking.holder(workdir)
         if holder is not None and locking.is_live(holder):
             raise LockedError(f"{workdir} is in use by {locking.describe(holder)}; a shard would collide with it")
-        return _collect(config, workdir, names)
+        return _collect(config, workdir, own, helping=[n for n in reversed(names) if n not in own])
     with locking.workdir_lock(workdir, "collect"):
         return _collect(config, workdir, names)
 
 
-def _collect(config, workdir: Path, names: list[str]) -> dict:
+def _collect(config, workdir: Path, names: list[str], helping: list[str] | None = None) -> dict:
+    """Collect ``names``; as a shard (``helping`` not None), then ``helping``, leaving held tasks to their holders."""
     ref = base_model.resolve(config.base_model, workdir)
-    summaries = {}
-    for name in names:
-        with locking.workdir_lock(zoo.task_dir(workdir, name), "collect"):
-            summaries[name] = collect_task(config, workdir, ref, name)
+    summaries, left = {}, []
+    for name in [*names, *(helping or [])]:
+        try:
+            with locking.workdir_lock(zoo.task_dir(workdir, name), "collect"):
+                summaries[name] = collect_task(config, workdir, ref, name)
+        except LockedError as e:
+            if helping is None:
+                raise
+            left.append(name)
+            print(f"[collect] {name}: left to the process collecting it ({e})", flush=True)
+    if left:
+        print(f"[collect] shard done; left to other processes: {left}", flush=True)
     zdir = zoo.zoo_dir(workdir)
     with locking.workdir_lock(zdir, "collect"):  # shards merge their summaries one at a time
         zoo_manifest_path = zdir / "manifest.json"

@@ -152,11 +152,22 @@ def test_data_seed_reorders_batches_keeps_init_and_old_hashes(clean_zoo, tmp_pat
 
 
 def test_shards_together_equal_one_collect(clean_zoo, tmp_path):
-    """Shards 0/2 and 1/2 (each its own tasks) give the same checkpoints and zoo summary as one collect."""
+    """Shards 0/2 and 1/2 give the same checkpoints and zoo summary as one collect; a shard done with its
+    own tasks (names[I::N]) goes on with the others' from the end of the list."""
     config = _tiny_config()
-    collection.collect(config, tmp_path, shard="1/2")
-    assert zoo.tasks(tmp_path) == ["piqa"]  # names[1::2]
-    collection.collect(config, tmp_path, shard="0/2")
+    order = []
+    real = collection.collect_task
+
+    def spy(config, workdir, ref, task):
+        order.append(task)
+        return real(config, workdir, ref, task)
+
+    import unittest.mock
+
+    with unittest.mock.patch.object(collection, "collect_task", spy):
+        collection.collect(config, tmp_path, shard="1/2")
+        assert order == ["piqa", "arc_e"]  # its own (names[1::2]), then the other shard's
+        collection.collect(config, tmp_path, shard="0/2")  # finds both complete
     a, b = _snapshot(clean_zoo), _snapshot(tmp_path)
     assert a.keys() == b.keys()
     for key in a:
@@ -172,8 +183,9 @@ def test_bad_shard_is_refused(tmp_path, spec):
         collection.collect(_tiny_config(), tmp_path, shard=spec)
 
 
-def test_shard_refuses_a_task_another_process_holds(tmp_path):
-    """A task folder locked by a live process (pid 1 here) is refused with its holder named."""
+def test_shard_leaves_a_task_another_process_holds(tmp_path, capsys):
+    """A task folder locked by a live process (pid 1 here) is left to it, its holder named; the shard
+    does the rest (here the other shard's task). Unsharded, the same lock is an error."""
     import json
     import socket
 
@@ -183,9 +195,13 @@ def test_shard_refuses_a_task_another_process_holds(tmp_path):
     tdir.mkdir(parents=True)
     (tdir / locking.LOCK_FILE).write_text(json.dumps({"pid": 1, "host": socket.gethostname(), "verb": "collect",
                                                       "start": locking._start_time(1), "since": "now"}))
-    with pytest.raises(LockedError, match="pid 1"):
-        collection.collect(_tiny_config(), tmp_path, shard="1/2")
+    collection.collect(_tiny_config(), tmp_path, shard="1/2")
     assert not (tdir / "manifest.json").exists()
+    assert (zoo.task_dir(tmp_path, "arc_e") / "manifest.json").is_file()
+    out = capsys.readouterr().out
+    assert "piqa: left to the process collecting it" in out and "pid 1" in out
+    with pytest.raises(LockedError, match="pid 1"):  # unsharded, a collect may not leave a task out
+        collection.collect(_tiny_config(), tmp_path)
 
 
 def test_activation_checkpointing_collects_the_same_zoo(clean_zoo, tmp_path):
