@@ -5,7 +5,8 @@
 
 Each setting (``zoo.activation_checkpointing = k``: recompute every k-th decoder layer in the backward;
 0 = keep every activation) runs in a fresh process, so its peak RSS (``ru_maxrss``) is its own: base
-model + LoRA + activations of one rank-8 all-linear step at the given batch and length. Step time:
+model + LoRA + activations of one rank-8 all-linear step at the given batch and length, or the model
+load's own peak if that was higher (``peak_rss_after_load_gb``, recorded since session 17's first run). Step time:
 wall and CPU seconds per step after the first; the losses show the settings compute the same thing.
 """
 from __future__ import annotations
@@ -41,6 +42,7 @@ def one_setting(every: int) -> dict:
 
     torch.set_num_threads(THREADS.value)
     model, tok = base_model.load(base_model.resolve({"kind": "smollm2"}))
+    load_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # what loading alone took
     model = lora_train.make_lora_model(model, 8, 16, 0.0, common.LLAMA_ALL_LINEAR, seed=0)
     lora_train.checkpoint_activations(model, every)
     stamps: list[tuple[float, float]] = []
@@ -50,6 +52,7 @@ def one_setting(every: int) -> dict:
         keep_step=lambda s: True, on_keep=lambda *a: stamps.append((time.perf_counter(), time.process_time())))
     n = len(stamps) - 1
     return {"activation_checkpointing": every, "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),
+            "peak_rss_after_load_gb": round(load_peak, 2),
             "wall_s_per_step": round((stamps[-1][0] - stamps[0][0]) / n, 2),
             "cpu_s_per_step": round((stamps[-1][1] - stamps[0][1]) / n, 2),
             "losses": [round(x, 5) for x in r["losses"]], "loadavg_1_5_15": [round(x, 1) for x in os.getloadavg()]}
