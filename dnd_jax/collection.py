@@ -26,6 +26,7 @@ from dnd_jax import assets, base_model, locking, lora_train, task_files, tasks, 
 from dnd_jax.errors import InputError, LockedError, ResumeMismatchError
 
 RESUME_FILE = "resume.pt"
+LOCK_POLL_S = 30.0  # how often a shard looks again at a task another process holds
 
 
 def _lora_dict(config, ref: base_model.BaseModelRef) -> dict:
@@ -221,7 +222,8 @@ def collect(config, workdir: str | Path, only: list[str] | None = None, shard: s
     With ``shard="I/N"``, collects ``names[I::N]``, then helps with the other shards' tasks from the end
     of the list (so a shard whose tasks were shorter does not sit idle), locking each task folder while
     it works on it: a task another live process holds is left to that process (two processes never
-    work on one task), a task a dead process left half-done is resumed.
+    work on one task), a task a dead process left half-done is resumed. It returns when every task is
+    complete, waiting for the ones other processes hold.
     """
     workdir = Path(workdir)
     part = parse_shard(shard)
@@ -256,10 +258,22 @@ def _collect(config, workdir: Path, names: list[str], helping: list[str] | None 
                 raise
             left.append(name)
             print(f"[collect] {name}: left to the process collecting it ({e})", flush=True)
+    # A shard ends with its zoo complete: it waits for the tasks it left until their locks are released,
+    # then finishes any its holder did not (a holder that died leaves a stale lock, taken over here).
     if left:
-        print(f"[collect] shard done; left to other processes: {left}", flush=True)
+        print(f"[collect] waiting for other processes to finish {left}", flush=True)
+    while left:
+        time.sleep(LOCK_POLL_S)
+        for name in list(left):
+            try:
+                with locking.workdir_lock(zoo.task_dir(workdir, name), "collect"):
+                    summaries[name] = collect_task(config, workdir, ref, name)
+                left.remove(name)
+            except LockedError:
+                pass
     zdir = zoo.zoo_dir(workdir)
-    with locking.workdir_lock(zdir, "collect"):  # shards merge their summaries one at a time
+    zdir.mkdir(parents=True, exist_ok=True)
+    with locking.file_lock(zdir / ".manifest.lock"):  # shards merge their summaries one at a time (waiting)
         zoo_manifest_path = zdir / "manifest.json"
         previous = json.loads(zoo_manifest_path.read_text())["tasks"] if zoo_manifest_path.is_file() else {}
         previous.update({

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import fcntl
 import json
 import os
 import socket
@@ -70,6 +71,33 @@ def describe(info: dict) -> str:
 
 
 @contextlib.contextmanager
+def file_lock(path: str | Path) -> Iterator[None]:
+    """Hold the kernel's exclusive lock on ``path`` (created if missing) for the block, waiting for it:
+    for short read-modify-writes that several processes share (the kernel releases it if one dies)."""
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def _remove_stale(workdir: Path, path: Path, seen: dict) -> None:
+    """Remove the lock at ``path`` if it is still the stale record ``seen``.
+
+    Takers serialize on a kernel lock of a sidecar file and re-read the record inside it: a taker that
+    inspected the stale record, then lost the race to one that removed it and linked a fresh lock,
+    finds the fresh record and leaves it (without this, it would rename the new holder's lock away).
+    """
+    with file_lock(path.with_name(f"{LOCK_FILE}.takeover")):
+        if holder(workdir) != seen:
+            return  # released or taken over meanwhile: the caller looks again
+        stale = path.with_name(f"{LOCK_FILE}.stale-{os.getpid()}")
+        try:
+            os.rename(path, stale)
+            os.unlink(stale)
+        except FileNotFoundError:
+            pass
+
+
+@contextlib.contextmanager
 def workdir_lock(workdir: str | Path, verb: str) -> Iterator[Path]:
     """Hold ``workdir``'s lock for the block; refuse if another live process holds it."""
     workdir = Path(workdir)
@@ -99,13 +127,7 @@ def workdir_lock(workdir: str | Path, verb: str) -> Iterator[Path]:
                 same_host = info.get("host") == me["host"]
                 pid = info.get("pid")
                 if info and same_host and isinstance(pid, int) and not _alive(pid, info.get("start")):
-                    # Stale: its holder is gone. Rename it away first, so only one taker wins.
-                    stale = path.with_name(f"{LOCK_FILE}.stale-{os.getpid()}")
-                    try:
-                        os.rename(path, stale)
-                        os.unlink(stale)
-                    except FileNotFoundError:
-                        pass
+                    _remove_stale(workdir, path, info)
                     continue
                 where = "" if same_host or not info else f"; if that process is gone, delete {path}"
                 raise LockedError(f"{workdir} is in use by {describe(info)}: one writer per workdir{where}") from None

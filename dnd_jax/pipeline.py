@@ -14,7 +14,6 @@ stage's wall time over its runs and the process's peak RSS by then).
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import resource
 import time
@@ -33,8 +32,7 @@ def _stage_log(root: Path, name: str, seconds: float) -> None:
     """Accumulate a stage's wall time over runs (a resumed stage adds only what it still did) and the
     peak RSS of the processes that ran it (this one's, or a child's if larger; Linux reports KiB)."""
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".experiment_stages.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # experiment shards add their stages to one file
+    with locking.file_lock(root / ".experiment_stages.lock"):  # experiment shards add to one file
         _stage_log_locked(root / "experiment_stages.json", name, seconds)
 
 

@@ -69,11 +69,27 @@ collect_shards() {  # CONFIG WORKDIR: SHARDS 1-thread collectors on one zoo; fai
   return $rc
 }
 
+allowed_cpus() {  # the CPU numbers this process may run on ("0-3,8" in /proc/self/status -> 0 1 2 3 8)
+  local list r c ranges out=()
+  list=$(awk '/^Cpus_allowed_list/ {print $2}' /proc/self/status 2> /dev/null)
+  IFS=, read -ra ranges <<< "$list"
+  for r in "${ranges[@]}"; do
+    if [[ $r == *-* ]]; then for ((c = ${r%-*}; c <= ${r#*-}; c++)); do out+=("$c"); done
+    elif [[ -n $r ]]; then out+=("$r"); fi
+  done
+  echo "${out[@]}"
+}
+
 experiment_shards() {  # CONFIG WORKDIR DOCS: the targets in SHARDS processes, one core each, then the report
-  local pids=() rc=0 i pin=()
+  local pids=() rc=0 i pin=() cpus
+  read -ra cpus <<< "$(allowed_cpus)"
   for ((i = 0; i < SHARDS; i++)); do
-    # one core per shard: torch's and XLA's thread pools both size themselves from the affinity mask
-    command -v taskset > /dev/null && pin=(taskset -c "$((i % $(nproc)))")
+    # one core per shard (torch's and XLA's thread pools both size themselves from the affinity mask),
+    # where taskset exists and can pin to one of the cores this queue may use
+    pin=()
+    if ((${#cpus[@]})) && taskset -c "${cpus[i % ${#cpus[@]}]}" true 2> /dev/null; then
+      pin=(taskset -c "${cpus[i % ${#cpus[@]}]}")
+    fi
     OMP_NUM_THREADS=1 retry_killed "${pin[@]}" $PY -m dnd_jax.experiment --config "$1" --workdir "$2" --shard="$i/$SHARDS" &
     pids+=($!)
   done
@@ -132,7 +148,9 @@ for j in "${JOBS[@]}"; do
   t0=$SECONDS
   echo "$$ $(date -u +%FT%TZ)" > "$Q/queue/$name.running"
   rm -f "$Q/queue/$name.failed"
-  if (eval "retry_killed $cmd") >> "$Q/queue/$name.log" 2>&1; then
+  run="retry_killed $cmd"  # the shard functions retry each of their processes themselves
+  [[ $cmd == collect_shards* || $cmd == experiment_shards* ]] && run=$cmd
+  if (eval "$run") >> "$Q/queue/$name.log" 2>&1; then
     date -u +%FT%TZ > "$Q/queue/$name.done"
     echo "=== $(date -u +%FT%TZ) $name: done in $((SECONDS - t0)) s"
   else

@@ -183,25 +183,48 @@ def test_bad_shard_is_refused(tmp_path, spec):
         collection.collect(_tiny_config(), tmp_path, shard=spec)
 
 
-def test_shard_leaves_a_task_another_process_holds(tmp_path, capsys):
-    """A task folder locked by a live process (pid 1 here) is left to it, its holder named; the shard
-    does the rest (here the other shard's task). Unsharded, the same lock is an error."""
-    import json
-    import socket
+def test_shard_leaves_a_task_another_process_holds_then_waits_for_it(tmp_path, capsys, monkeypatch):
+    """A task folder locked by another live process is left to it, its holder named, while the shard does
+    the rest (here the other shard's task); the shard returns only when that task is complete too: the
+    holder here gives up after a few seconds without collecting it, so the shard collects it then.
+    Unsharded, the same lock is an error."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
 
-    from dnd_jax import locking
 
     tdir = zoo.task_dir(tmp_path, "piqa")
-    tdir.mkdir(parents=True)
-    (tdir / locking.LOCK_FILE).write_text(json.dumps({"pid": 1, "host": socket.gethostname(), "verb": "collect",
-                                                      "start": locking._start_time(1), "since": "now"}))
+    code = ("import sys, time; from dnd_jax import locking\n"
+            "with locking.workdir_lock(sys.argv[1], 'collect'):\n    print('held', flush=True); time.sleep(float(sys.argv[2]))")
+    repo = str(Path(__file__).resolve().parents[1])
+
+    def hold(seconds):
+        proc = subprocess.Popen([sys.executable, "-c", code, str(tdir), str(seconds)], stdout=subprocess.PIPE,
+                                text=True, env=dict(os.environ, PYTHONPATH=repo))
+        assert proc.stdout.readline().strip() == "held"
+        return proc
+
+    monkeypatch.setattr(collection, "LOCK_POLL_S", 0.2)
+    holder = hold(6)
+    t0 = time.monotonic()
     collection.collect(_tiny_config(), tmp_path, shard="1/2")
-    assert not (tdir / "manifest.json").exists()
-    assert (zoo.task_dir(tmp_path, "arc_e") / "manifest.json").is_file()
+    assert holder.wait(timeout=30) == 0
+    assert time.monotonic() - t0 >= 3  # it waited for the holder
     out = capsys.readouterr().out
-    assert "piqa: left to the process collecting it" in out and "pid 1" in out
-    with pytest.raises(LockedError, match="pid 1"):  # unsharded, a collect may not leave a task out
-        collection.collect(_tiny_config(), tmp_path)
+    assert f"piqa: left to the process collecting it ({tdir} is in use by pid {holder.pid}" in out
+    assert "waiting for other processes to finish ['piqa']" in out
+    assert zoo.tasks(tmp_path) == ["arc_e", "piqa"]  # both complete when the shard returns
+    assert set(zoo.manifest(tmp_path)["tasks"]) == {"arc_e", "piqa"}
+    holder = hold(60)
+    try:
+        (tdir / "manifest.json").unlink()
+        with pytest.raises(LockedError, match=f"pid {holder.pid}"):  # unsharded, a collect may not leave a task
+            collection.collect(_tiny_config(), tmp_path)
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_activation_checkpointing_collects_the_same_zoo(clean_zoo, tmp_path):

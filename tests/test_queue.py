@@ -6,6 +6,8 @@ import stat
 import subprocess
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 QUEUE = ROOT / "launch" / "queue.sh"
 
@@ -187,3 +189,27 @@ def test_a_sigkilled_process_runs_again_and_only_that_one(tmp_path):
     (tmp_path / "c").mkdir()
     res = _killing_queue(tmp_path / "c", "results", kill="nothing", kills=0, fail="dnd_jax.experiment")
     assert res.returncode == 1 and len(_calls(tmp_path / "c")) == 1  # exit 3: not retried
+
+
+def test_shards_retry_once_and_pin_to_cores_the_queue_may_use(tmp_path):
+    """experiment_shards retries its own processes (the job is not retried around it again), and pins
+    each shard to a core from the queue's own affinity list, not core 0.. (a cpuset may start elsewhere)."""
+    res = _killing_queue(tmp_path, "math", kill="--shard=1/2", kills=99)  # shard 1 SIGKILLed every time
+    calls = _calls(tmp_path)
+    assert res.returncode == 1
+    assert sorted(c.split("--shard=")[1] for c in calls) == ["0/2", "1/2", "1/2", "1/2"]  # 1 + 2 retries, once
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs 2 CPUs to start the queue on the second one only")
+    stub = tmp_path / "pinned" / "python"
+    stub.parent.mkdir()
+    stub.write_text('#!/bin/bash\necho "$(awk \'/^Cpus_allowed_list/ {print $2}\' /proc/self/status) $*" '
+                    '>> "$STUB_CALLS"\n')
+    stub.chmod(stub.stat().st_mode | stat.S_IEXEC)
+    cpu = str(sorted(os.sched_getaffinity(0))[-1])
+    env = dict(os.environ, PY=str(stub), QUEUE_ROOT=str(stub.parent / "w"), STUB_CALLS=str(stub.parent / "calls"))
+    res = subprocess.run(["taskset", "-c", cpu, "bash", str(QUEUE), "math"], capture_output=True, text=True,
+                         env=env, timeout=60)
+    assert res.returncode == 0, res.stderr
+    lines = (stub.parent / "calls").read_text().splitlines()
+    assert len(lines) == 3 and all(line.split()[0] == cpu for line in lines)

@@ -378,6 +378,28 @@ def test_stale_lock_is_taken_over_and_foreign_host_is_not(tmp_path):
             pass
 
 
+def test_a_late_taker_of_a_stale_lock_leaves_the_fresh_one(tmp_path):
+    """Two processes see the same stale lock; the first removes it and links its own. The second, taking
+    over the record it saw, must not rename the first one's fresh lock away (two writers on one folder)."""
+    import socket
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    w = tmp_path / "w"
+    w.mkdir()
+    path = w / locking.LOCK_FILE
+    path.write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "verb": "collect"}))
+    seen = locking.holder(w)
+    fresh = {"pid": os.getpid(), "host": socket.gethostname(), "start": locking._start_time(os.getpid()),
+             "verb": "collect"}
+    path.write_text(json.dumps(fresh))  # the first taker won meanwhile
+    locking._remove_stale(w, path, seen)  # the late taker acts on what it saw
+    assert locking.holder(w) == fresh
+    path.write_text(json.dumps(seen))
+    locking._remove_stale(w, path, seen)  # still the stale record: removed
+    assert locking.holder(w) is None
+
+
 # --- 5-6. clear errors, no silent acceptance -----------------------------------------------------------------
 
 
