@@ -28,7 +28,7 @@ TASK = flags.DEFINE_string("task", "minerva_math_algebra", "zoo task whose train
 MAX_LEN = flags.DEFINE_integer("max_len", 384, "sequence cut (config.zoo.max_len)")
 BATCH = flags.DEFINE_integer("batch", 8, "batch size (config.zoo.batch_size)")
 EVERY = flags.DEFINE_list("every", ["0", "1", "2"], "activation_checkpointing settings to compare")
-STEPS = flags.DEFINE_integer("steps", 3, "LoRA steps per setting (the first is not timed)")
+STEPS = flags.DEFINE_integer("steps", 3, "LoRA steps per setting (the first is not timed)", lower_bound=2)
 THREADS = flags.DEFINE_integer("threads", 1, "torch threads")
 OUT = flags.DEFINE_string("out", str(ROOT / "docs" / "bench" / "activation_checkpointing.json"), "output JSON")
 CHILD = flags.DEFINE_integer("child", None, "internal: run one setting and print its JSON")
@@ -42,7 +42,7 @@ def one_setting(every: int) -> dict:
 
     torch.set_num_threads(THREADS.value)
     model, tok = base_model.load(base_model.resolve({"kind": "smollm2"}))
-    load_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # what loading alone took
+    load_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # KiB -> GB; loading alone
     model = lora_train.make_lora_model(model, 8, 16, 0.0, common.LLAMA_ALL_LINEAR, seed=0)
     lora_train.checkpoint_activations(model, every)
     stamps: list[tuple[float, float]] = []
@@ -51,7 +51,7 @@ def one_setting(every: int) -> dict:
         batch_size=BATCH.value, lr=3e-4, weight_decay=0.0, warmup_steps=1, total_steps=STEPS.value, seed=0,
         keep_step=lambda s: True, on_keep=lambda *a: stamps.append((time.perf_counter(), time.process_time())))
     n = len(stamps) - 1
-    return {"activation_checkpointing": every, "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),
+    return {"activation_checkpointing": every, "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, 2),
             "peak_rss_after_load_gb": round(load_peak, 2),
             "wall_s_per_step": round((stamps[-1][0] - stamps[0][0]) / n, 2),
             "cpu_s_per_step": round((stamps[-1][1] - stamps[0][1]) / n, 2),
@@ -67,7 +67,7 @@ def main(argv) -> None:
     # absl leaves only positional arguments in argv: the children get the flags from sys.argv
     passed, skip = [], False
     for a in sys.argv[1:]:
-        if skip or a.startswith(("--every", "--out", "--child")):
+        if skip or a.split("=")[0] in ("--every", "--out", "--child"):
             skip = a in ("--every", "--out", "--child")  # "--flag value": drop the value too
             continue
         passed.append(a)

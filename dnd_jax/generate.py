@@ -39,7 +39,8 @@ def define_flags() -> dict:
                                    "split if too few are left), or the whole 'test' or 'train' split."),
         "overwrite": flags.DEFINE_bool("overwrite", False, "Replace existing --out adapter folders (never a folder holding other files)."),
         "json": flags.DEFINE_bool("json", False, "Print a machine-readable JSON summary."),
-        "seed": flags.DEFINE_integer("seed", 0, "Seed for choosing N prompts when more are given."),
+        "seed": flags.DEFINE_integer("seed", None, "Seed for choosing N prompts when more are given (default: the "
+                                     "generator config's generate.seed, as the experiment draws them)."),
     }
 
 
@@ -82,7 +83,13 @@ def main(fl: dict) -> None:
     jobs = _jobs(fl)
     gen = Generator.load(fl["checkpoint"].value, fl["step"].value)
     timings = {"load_s": gen.load_time_s}
-    adapters = gen.generate_many([ps for ps, _ in jobs], seed=fl["seed"].value, timings=timings)
+    seed = fl["seed"].value
+    if seed is None:
+        from dnd_jax import task_files
+
+        trained = task_files.generator_training_config(fl["checkpoint"].value, fl["step"].value)
+        seed = int((trained.get("generate") or {}).get("seed", 0)) if trained is not None else 0
+    adapters = gen.generate_many([ps for ps, _ in jobs], seed=seed, timings=timings)
     t0 = time.perf_counter()
     outs = [str(a.save(out, overwrite=fl["overwrite"].value)) for a, (_, out) in zip(adapters, jobs)]
     timings["write_s"] = time.perf_counter() - t0

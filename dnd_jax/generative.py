@@ -218,9 +218,15 @@ def exact_match_scores(examples: Sequence[tasks_lib.Example], texts: Sequence[st
 
 
 def pass_at_1_scores(examples: Sequence[tasks_lib.Example], texts: Sequence[str],
-                     limits: sandbox.Limits = sandbox.Limits(), workers: int = 2) -> dict:
+                     limits: sandbox.Limits = sandbox.Limits(), workers: int | None = None) -> dict:
+    """Run each solution against its tests in the sandbox; ``workers`` at a time (default: up to 2, at
+    most one per core this process may use, so a wall-clock timeout is not eaten by a shared core)."""
+    import os
+
     from dnd_jax.task_sources import math_code
 
+    if workers is None:
+        workers = max(1, min(2, len(os.sched_getaffinity(0))))
     programs = [math_code.python_program(ex.task, ex.id, t) for ex, t in zip(examples, texts, strict=True)]
     results = sandbox.run_many(programs, limits, workers)
     return {"correct": [int(r.passed) for r in results], "status": [r.status for r in results]}

@@ -105,6 +105,9 @@ def run(config, workdir: str | Path, only: list[str] | None = None, docs: str = 
             raise InputError(f"experiment target '{t}' is not in config.tasks {tuple(config.tasks)}")
     _check_before_compute(config)
     part = collection.parse_shard(shard)
+    if part is not None and docs:
+        raise InputError("--docs is written by the run without --shard (it reads every shard's cached stages); "
+                         "drop it from the shards")
     if part is not None:
         targets = targets[part[0]::part[1]]
         info = locking.holder(workdir)

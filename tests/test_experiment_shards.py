@@ -113,6 +113,8 @@ def test_a_shard_beside_an_unsharded_run_or_before_the_zoo_is_refused(reference,
         experiment.run(_config(), workdir, shard="1/2")
     with pytest.raises(errors.InputError, match="--shard must look like I/N"):
         experiment.run(_config(), workdir, shard="2")
+    with pytest.raises(errors.InputError, match="--docs is written by the run without --shard"):
+        experiment.run(_config(), workdir, shard="0/2", docs=str(tmp_path / "docs"))
     assert not (workdir / "generators").exists()
 
 
