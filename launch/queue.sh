@@ -119,7 +119,17 @@ if [[ ${1:-} == --status ]]; then
     else state="pending"; fi
     last=""
     # the last progress line: tqdm redraws with carriage returns, so split on them too
-    [[ -s $f.log ]] && last=$(tail -c 4096 "$f.log" | tr '\r' '\n' | sed 's/\x1b\[[0-9;]*[A-Za-z]//g' | grep -av '^[[:space:]]*$' | tail -n 1 | cut -c1-110)
+    # (shards write interleaved bars: the latest line of each unfinished bar, joined by " ; ")
+    [[ -s $f.log ]] && last=$(tail -c 4096 "$f.log" | tr '\r' '\n' | sed 's/\x1b\[[0-9;]*[A-Za-z]//g' |
+      grep -av '^[[:space:]]*$' | awk -F': ' '
+        /%\|/ { if (!($1 in bar)) order[n++] = $1; bar[$1] = substr($0, 1, 110); next }
+        { other = substr($0, 1, 110) }
+        END {
+          s = ""
+          for (i = 0; i < n; i++) if (bar[order[i]] !~ /100%\|/) s = s (s == "" ? "" : " ; ") bar[order[i]]
+          if (s == "") s = (n && other == "") ? bar[order[n - 1]] : other
+          print s
+        }')
     printf '%-12s %-34s %s\n' "$name" "$state" "$last"
   done
   exit 0

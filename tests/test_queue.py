@@ -213,3 +213,15 @@ def test_shards_retry_once_and_pin_to_cores_the_queue_may_use(tmp_path):
     assert res.returncode == 0, res.stderr
     lines = (stub.parent / "calls").read_text().splitlines()
     assert len(lines) == 3 and all(line.split()[0] == cpu for line in lines)
+
+
+def test_status_shows_each_running_shards_bar(tmp_path):
+    """Two shards write interleaved bars into one log: --status shows the latest line of each unfinished one."""
+    queue = tmp_path / "w" / "queue"
+    queue.mkdir(parents=True)
+    (queue / "math_zoo.log").write_text("start\rcollect a:  10%|# | 6/60\rcollect b:   2%|  | 1/60\r"
+                                        "collect a:  12%|# | 7/60\r\nwarn: x\rcollect c: 100%|##| 60/60\r")
+    assert _status(tmp_path)["math_zoo"] == "pending                            collect a:  12%|# | 7/60 ; " \
+                                            "collect b:   2%|  | 1/60"
+    (queue / "coding_zoo.log").write_text("collect d: 100%|##| 60/60\rall done\n")  # every bar finished
+    assert _status(tmp_path)["coding_zoo"].endswith("all done")
