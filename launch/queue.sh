@@ -120,8 +120,9 @@ if [[ ${1:-} == --status ]]; then
     last=""
     # the last progress line: tqdm redraws with carriage returns, so split on them too
     # (shards write interleaved bars: the latest line of each unfinished bar, joined by " ; ")
+    # (a log longer than the 4 KiB read: its first line there starts mid-line, so it is dropped)
     [[ -s $f.log ]] && last=$(tail -c 4096 "$f.log" | tr '\r' '\n' | sed 's/\x1b\[[0-9;]*[A-Za-z]//g' |
-      grep -av '^[[:space:]]*$' | awk -F': ' '
+      awk -v cut="$(($(stat -c %s "$f.log") > 4096))" 'NR > cut' | grep -av '^[[:space:]]*$' | awk -F': ' '
         /%\|/ { if (!($1 in bar)) order[n++] = $1; bar[$1] = substr($0, 1, 110); next }
         { other = substr($0, 1, 110) }
         END {

@@ -225,3 +225,6 @@ def test_status_shows_each_running_shards_bar(tmp_path):
                                             "collect b:   2%|  | 1/60"
     (queue / "coding_zoo.log").write_text("collect d: 100%|##| 60/60\rall done\n")  # every bar finished
     assert _status(tmp_path)["coding_zoo"].endswith("all done")
+    # a long log read from its last 4 KiB: the line cut there ("ect e: ...") is not shown as a bar
+    (queue / "curve.log").write_text("collect e:  50%|# | 30/60\r" * 400 + "collect f:   5%|  | 3/60\r")
+    assert _status(tmp_path)["curve"].split(None, 1)[1] == "collect e:  50%|# | 30/60 ; collect f:   5%|  | 3/60"
