@@ -113,15 +113,10 @@ def collect_task(config, workdir: Path, ref: base_model.BaseModelRef, task: str)
     recipe = _recipe(config, ref)
     steps = kept_steps(zc)
     manifest_path = tdir / "manifest.json"
-    if manifest_path.is_file():
-        old = json.loads(manifest_path.read_text())
-        if old.get("recipe_hash") != _recipe_hash(recipe):
-            raise ResumeMismatchError(
-                f"{tdir} was collected with another recipe ({old.get('recipe_hash')}, this config: "
-                f"{_recipe_hash(recipe)}); use another --workdir or delete that task folder")
-        if all(zoo.is_valid_checkpoint(tdir / zoo.ckpt_name(s)) for s in steps):
-            print(f"[collect] {task}: complete, skipping")
-            return old
+    old = _finished(tdir, _recipe_hash(recipe), steps)
+    if old is not None:
+        print(f"[collect] {task}: complete, skipping")
+        return old
 
     train = tasks.load_examples(task, "train", limit=zc.max_train_examples or None)
     num_prompts = _write_prompts(tdir / "prompts.jsonl", list(tasks.load_examples(task, "train")),
@@ -184,6 +179,19 @@ def collect_task(config, workdir: Path, ref: base_model.BaseModelRef, task: str)
     return manifest
 
 
+def _finished(tdir: Path, want_hash: str, steps: list[int]) -> dict | None:
+    """The task's manifest if its collection finished (manifest written, every kept checkpoint valid),
+    else None; a manifest of another recipe is a :class:`ResumeMismatchError`."""
+    path = tdir / "manifest.json"
+    if not path.is_file():
+        return None
+    old = json.loads(path.read_text())
+    if old.get("recipe_hash") != want_hash:
+        raise ResumeMismatchError(f"{tdir} was collected with another recipe ({old.get('recipe_hash')}, this config: "
+                                  f"{want_hash}); use another --workdir or delete that task folder")
+    return old if all(zoo.is_valid_checkpoint(tdir / zoo.ckpt_name(s)) for s in steps) else None
+
+
 def incomplete_tasks(config, workdir: str | Path) -> list[str]:
     """The tasks of ``config.tasks`` whose collection is not finished in ``workdir`` (no manifest, another
     recipe's manifest, or a checkpoint missing or failing its checksum): what a collect run would still do."""
@@ -194,10 +202,10 @@ def incomplete_tasks(config, workdir: str | Path) -> list[str]:
     steps = kept_steps(config.zoo)
     out = []
     for task in config.tasks:
-        tdir = zoo.task_dir(workdir, task)
-        path = tdir / "manifest.json"
-        ok = path.is_file() and json.loads(path.read_text()).get("recipe_hash") == want
-        if not (ok and all(zoo.is_valid_checkpoint(tdir / zoo.ckpt_name(s)) for s in steps)):
+        try:
+            if _finished(zoo.task_dir(workdir, task), want, steps) is None:
+                out.append(task)
+        except ResumeMismatchError:
             out.append(task)
     return out
 
@@ -237,9 +245,7 @@ def collect(config, workdir: str | Path, only: list[str] | None = None, shard: s
             raise InputError(f"task '{name}' is not in config.tasks {tuple(config.tasks)}")
     if part is not None:
         own = names[part[0]::part[1]]
-        holder = locking.holder(workdir)
-        if holder is not None and locking.is_live(holder):
-            raise LockedError(f"{workdir} is in use by {locking.describe(holder)}; a shard would collide with it")
+        locking.refuse_if_held(workdir, "a shard")
         return _collect(config, workdir, own, helping=[n for n in reversed(names) if n not in own])
     with locking.workdir_lock(workdir, "collect"):
         return _collect(config, workdir, names)
@@ -248,29 +254,30 @@ def collect(config, workdir: str | Path, only: list[str] | None = None, shard: s
 def _collect(config, workdir: Path, names: list[str], helping: list[str] | None = None) -> dict:
     """Collect ``names``; as a shard (``helping`` not None), then ``helping``, leaving held tasks to their holders."""
     ref = base_model.resolve(config.base_model, workdir)
-    summaries, left = {}, []
-    for name in [*names, *(helping or [])]:
+    summaries = {}
+
+    def attempt(name: str) -> LockedError | None:  # collect it, or the error naming who holds it
         try:
             with locking.workdir_lock(zoo.task_dir(workdir, name), "collect"):
                 summaries[name] = collect_task(config, workdir, ref, name)
         except LockedError as e:
             if helping is None:
                 raise
+            return e
+        return None
+
+    left = []
+    for name in [*names, *(helping or [])]:
+        if (held := attempt(name)) is not None:
             left.append(name)
-            print(f"[collect] {name}: left to the process collecting it ({e})", flush=True)
+            print(f"[collect] {name}: left to the process collecting it ({held})", flush=True)
     # A shard ends with its zoo complete: it waits for the tasks it left until their locks are released,
     # then finishes any its holder did not (a holder that died leaves a stale lock, taken over here).
     if left:
         print(f"[collect] waiting for other processes to finish {left}", flush=True)
     while left:
         time.sleep(LOCK_POLL_S)
-        for name in list(left):
-            try:
-                with locking.workdir_lock(zoo.task_dir(workdir, name), "collect"):
-                    summaries[name] = collect_task(config, workdir, ref, name)
-                left.remove(name)
-            except LockedError:
-                pass
+        left = [name for name in left if attempt(name) is not None]
     zdir = zoo.zoo_dir(workdir)
     zdir.mkdir(parents=True, exist_ok=True)
     with locking.file_lock(zdir / ".manifest.lock"):  # shards merge their summaries one at a time (waiting)

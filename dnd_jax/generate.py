@@ -44,8 +44,9 @@ def define_flags() -> dict:
     }
 
 
-def _jobs(fl: dict) -> list[tuple[list[str], str]]:
-    """(prompts, out) pairs, every input read and every output checked before any compute."""
+def _jobs(fl: dict, trained) -> list[tuple[list[str], str]]:
+    """(prompts, out) pairs, every input read and every output checked before any compute (``trained``:
+    the generator's training config, or None if the checkpoint has none)."""
     from dnd_jax import tasks
     from dnd_jax.weights import peft_io
 
@@ -57,7 +58,6 @@ def _jobs(fl: dict) -> list[tuple[list[str], str]]:
     if fl["task"].value:  # tasks declared as files in the generator's training config (config.task_files)
         from dnd_jax import plan, task_files
 
-        trained = task_files.generator_training_config(fl["checkpoint"].value, fl["step"].value)
         if trained is None:
             Generator.load(fl["checkpoint"].value, fl["step"].value)  # names what is missing
         task_files.register_config(trained)
@@ -80,14 +80,15 @@ def _jobs(fl: dict) -> list[tuple[list[str], str]]:
 
 def main(fl: dict) -> None:
     wall0 = time.perf_counter()
-    jobs = _jobs(fl)
+    from dnd_jax import task_files
+
+    trained = task_files.generator_training_config(fl["checkpoint"].value, fl["step"].value) \
+        if fl["checkpoint"].value else None
+    jobs = _jobs(fl, trained)
     gen = Generator.load(fl["checkpoint"].value, fl["step"].value)
     timings = {"load_s": gen.load_time_s}
     seed = fl["seed"].value
-    if seed is None:
-        from dnd_jax import task_files
-
-        trained = task_files.generator_training_config(fl["checkpoint"].value, fl["step"].value)
+    if seed is None:  # as the experiment draws them
         seed = int((trained.get("generate") or {}).get("seed", 0)) if trained is not None else 0
     adapters = gen.generate_many([ps for ps, _ in jobs], seed=seed, timings=timings)
     t0 = time.perf_counter()

@@ -70,6 +70,13 @@ def describe(info: dict) -> str:
     return f"pid {info.get('pid')} on {info.get('host')} ({info.get('verb')}, since {info.get('since')})"
 
 
+def refuse_if_held(workdir: str | Path, what: str) -> None:
+    """A :class:`LockedError` if a live process holds ``workdir``'s lock (``what`` would collide with it)."""
+    info = holder(workdir)
+    if info is not None and is_live(info):
+        raise LockedError(f"{workdir} is in use by {describe(info)}; {what} would collide with it")
+
+
 @contextlib.contextmanager
 def file_lock(path: str | Path) -> Iterator[None]:
     """Hold the kernel's exclusive lock on ``path`` (created if missing) for the block, waiting for it:

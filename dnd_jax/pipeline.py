@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from dnd_jax import assets, base_model, collection, locking, plan, zoo
-from dnd_jax.errors import InputError, LockedError
+from dnd_jax.errors import InputError
 
 # One definition of a target's training tasks and output root: dnd_jax.plan (re-exported here).
 generator_config = plan.generator_config
@@ -110,9 +110,7 @@ def run(config, workdir: str | Path, only: list[str] | None = None, docs: str = 
                          "drop it from the shards")
     if part is not None:
         targets = targets[part[0]::part[1]]
-        info = locking.holder(workdir)
-        if info is not None and locking.is_live(info):
-            raise LockedError(f"{workdir} is in use by {locking.describe(info)}; an experiment shard would collide with it")
+        locking.refuse_if_held(workdir, "an experiment shard")
         missing = collection.incomplete_tasks(config, workdir)
         if missing:
             raise InputError(f"--shard needs a complete zoo; {missing} not collected in {zoo.zoo_dir(workdir)} "

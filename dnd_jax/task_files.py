@@ -341,7 +341,7 @@ def register_config(config) -> list[str]:
 
 def generator_training_config(workdir: str | Path, step: int | None = None):
     """The config a generator was trained with (an ``ml_collections.ConfigDict``), or None when the
-    workdir holds no checkpoint (loading the generator then reports it)."""
+    workdir holds no checkpoint or not that step (loading the generator then reports it)."""
     import ml_collections
 
     from dnd_jax import checkpoint
@@ -350,7 +350,7 @@ def generator_training_config(workdir: str | Path, step: int | None = None):
         return None
     with checkpoint.manager(workdir, create=False) as mngr:
         step = mngr.latest_step() if step is None else int(step)
-        if step is None:
+        if step is None or step not in mngr.all_steps():
             return None
         meta = checkpoint.read_meta(mngr, step)
     return ml_collections.ConfigDict(meta.get("config", {}))

@@ -176,10 +176,10 @@ def test_task_prompts_are_never_the_questions_evaluate_scores(trained, tmp_path)
         return {k: SimpleNamespace(value=v) for k, v in (base | kw).items()}
 
     test = [e.prompt for e in tasks.load_examples("arc_c", "test")]
-    (prompts, _), = generate._jobs(flags())
+    (prompts, _), = generate._jobs(flags(), config)
     assert prompts == plan.condition_prompts(config, "arc_c") == test[limit:]
     assert not set(prompts) & set(test[:limit])
-    (prompts, _), = generate._jobs(flags(split="test"))
+    (prompts, _), = generate._jobs(flags(split="test"), config)
     assert prompts == test
     r = _cli("--checkpoint", gen_dir, "--task", "arc_c", "--out", tmp_path / "cli")  # the verb's default
     assert r.returncode == 0, r.stderr
