@@ -27,12 +27,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from dnd_jax import assets, base_model, baselines, scoring, task_files, tasks, zoo
+from dnd_jax import assets, base_model, baselines, locking, scoring, task_files, tasks, zoo
 from dnd_jax import report as report_lib
-from dnd_jax.errors import InputError, MissingError, OutputError
+from dnd_jax.errors import InputError, LockedError, MissingError, OutputError
 from dnd_jax.report import METRIC_SCALE, METRIC_TITLE, metric_scale  # noqa: F401 (display: dnd_jax.report)
 
 METRICS = ("cloze", "mc", "bpb", "exact_match", "pass@1")
+HELD_MODES = ("wait", "skip")  # what to do with a cache entry another process is computing
+ENTRY_POLL_S = 30.0  # how often a waiting process looks again at such an entry
 CHOICE_METRICS = ("cloze", "mc")  # choice tasks; the others are for generative tasks (dnd_jax.generative)
 # bpb keeps *minus* bits per byte as its per-example "correct" vector, so higher is better for every metric
 # (means, best-of, paired p-values); displays multiply by this scale (percent for accuracies).
@@ -192,13 +194,19 @@ def evaluate_adapter_metrics(model_ref: base_model.BaseModelRef, adapter: str | 
                              metrics: Sequence[str], limit: int | None, batch_size: int,
                              cache_dir: str | Path | None, *, split: str = "test", max_new_tokens: int = 8,
                              n_boot: int = 1000, seed: int = 0, progress: bool = True,
-                             packed: bool = False) -> dict[str, dict]:
+                             packed: bool = False, held: str = "wait") -> dict[str, dict]:
     """:func:`evaluate_adapter` for several metrics, merging the adapter at most once.
 
     ``packed``: cloze scores each question's choices in one row (``config.eval.packed``; up to 3x
     faster on SmolLM2, same log-likelihoods to 4e-5; cached apart from unpacked results).
+
+    With a cache, each entry is computed under its own lock (:func:`entry_lock_dir`), so processes sharing
+    ``cache_dir`` never score one entry twice. An entry another live process holds is waited for
+    (``held="wait"``) or left out of the result (``held="skip"``).
     """
     limit = int(limit or 0)
+    if held not in HELD_MODES:
+        raise ValueError(f"held must be one of {HELD_MODES}, got {held!r}")
     examples = tasks.load_examples(task, split, limit or None)
     ahash = adapter_hash(adapter)
     cache = Path(cache_dir) if cache_dir else None
@@ -209,28 +217,75 @@ def evaluate_adapter_metrics(model_ref: base_model.BaseModelRef, adapter: str | 
             raise InputError(f"unknown metric '{metric}'; use one of {METRICS}")
         key = _cache_key(model_ref, ahash, task, split, metric, limit, examples, max_new_tokens, packed)
         path = _cache_path(cache, key) if cache else None
-        if path is not None and path.is_file():
-            record = json.loads(path.read_text())
-            if record.get("key") == key:
-                out[metric] = _summarize(record, n_boot, seed) | {"cached": True}
-                continue
+        record = _read_cached(path, key)
+        if record is not None:
+            out[metric] = _summarize(record, n_boot, seed) | {"cached": True}
+            continue
         todo.append((metric, key, path))
-    if todo:
-        with model_with_adapter(model_ref, adapter) as (model, tok):
-            for metric, key, path in todo:
-                t0 = time.time()
-                # decoding metrics journal every batch next to their cache entry: a killed run resumes there
-                journal = path.with_name(f"{path.stem}.partial.json") if path is not None else None
-                record = _score(model, tok, examples, metric, batch_size, max_new_tokens, progress, packed,
-                                journal=journal, journal_key=key)
-                record |= {"key": key, "task": task, "split": split, "metric": metric, "limit": limit,
-                           "ids": [e.id for e in examples], "adapter": str(adapter) if adapter else None,
-                           "wall_s": time.time() - t0}
-                if path is not None:
-                    assets.write_json_atomic(path, record)
-                    journal.unlink(missing_ok=True)
-                out[metric] = _summarize(record, n_boot, seed) | {"cached": False}
-    return {m: out[m] for m in metrics}
+    with contextlib.ExitStack() as stack:
+        loaded: list[tuple] = []
+
+        def compute(metric: str, key: dict, path: Path | None) -> dict:
+            if not loaded:  # the adapter is merged once, and only if some entry is computed here
+                loaded.append(stack.enter_context(model_with_adapter(model_ref, adapter)))
+            model, tok = loaded[0]
+            t0 = time.time()
+            # decoding metrics journal every batch next to their cache entry: a killed run resumes there
+            journal = path.with_name(f"{path.stem}.partial.json") if path is not None else None
+            record = _score(model, tok, examples, metric, batch_size, max_new_tokens, progress, packed,
+                            journal=journal, journal_key=key)
+            record |= {"key": key, "task": task, "split": split, "metric": metric, "limit": limit,
+                       "ids": [e.id for e in examples], "adapter": str(adapter) if adapter else None,
+                       "wall_s": time.time() - t0}
+            if path is not None:
+                assets.write_json_atomic(path, record)
+                journal.unlink(missing_ok=True)
+            return record
+
+        for metric, key, path in todo:
+            if path is None:
+                out[metric] = _summarize(compute(metric, key, path), n_boot, seed) | {"cached": False}
+                continue
+            got = _claim_and_compute(path, key, held, lambda m=metric, k=key, p=path: compute(m, k, p))
+            if got is not None:
+                record, cached = got
+                out[metric] = _summarize(record, n_boot, seed) | {"cached": cached}
+    return {m: out[m] for m in metrics if m in out}
+
+
+def _read_cached(path: Path | None, key: dict) -> dict | None:
+    if path is not None and path.is_file():
+        record = json.loads(path.read_text())
+        if record.get("key") == key:
+            return record
+    return None
+
+
+def entry_lock_dir(path: Path) -> Path:
+    """The lock of one cache entry (:func:`dnd_jax.locking.workdir_lock` on this folder)."""
+    return path.parent / ".locks" / path.stem
+
+
+def _claim_and_compute(path: Path, key: dict, held: str, compute) -> tuple[dict, bool] | None:
+    """One cache entry under its lock: (record, cached). Another process may be computing the same entry
+    (an experiment shard helping with another's target): ``held="skip"`` leaves it to that process
+    (returns None), ``"wait"`` waits for its lock, then reads what it wrote (or, if it died, resumes from
+    its journal)."""
+    told = False
+    while True:
+        with contextlib.ExitStack() as lock:
+            try:
+                lock.enter_context(locking.workdir_lock(entry_lock_dir(path), "evaluate"))
+            except LockedError as e:
+                if held == "skip":
+                    return None
+                if not told:
+                    print(f"[evaluate] waiting for {path.name}: {e}", flush=True)
+                    told = True
+                time.sleep(ENTRY_POLL_S)
+                continue
+            record = _read_cached(path, key)  # written by another process meanwhile
+            return (record, True) if record is not None else (compute(), False)
 
 
 def evaluate_adapter(model_ref: base_model.BaseModelRef, adapter: str | Path | None, task: str, metric: str,
@@ -285,17 +340,19 @@ def evaluate_systems(model_ref: base_model.BaseModelRef, systems: Sequence[basel
     names = [s.name for s in systems]
     if len(set(names)) != len(names):
         raise InputError(f"system names must be unique: {names}")
-    results: dict[str, dict[str, dict]] = {m: {} for m in metrics}
-    for s in tqdm(systems, desc=f"eval {task}", disable=not progress):
-        own = [m for m in metrics if m in training_lora_metrics] if (
-            s.kind == "training_lora" and training_lora_metrics is not None) else list(metrics)
-        if not own:
-            continue
-        res = evaluate_adapter_metrics(model_ref, s.adapter, task, own, limit, batch_size, cache_dir,
-                                       split=split, max_new_tokens=max_new_tokens, n_boot=n_boot, seed=seed,
-                                       progress=progress, packed=packed)
-        for m in own:
-            results[m][s.name] = res[m]
+    cells = _cells(systems, metrics, training_lora_metrics)
+    kw = dict(split=split, max_new_tokens=max_new_tokens, n_boot=n_boot, seed=seed, progress=progress, packed=packed)
+    got: dict[tuple[str, str], dict] = {}
+    # Entries another process is computing (a shard helping: fill_cache) are skipped, then waited for.
+    for held in ("skip", "wait"):
+        pending = [(s, [m for m in own if (s.name, m) not in got]) for s, own in cells]
+        pending = [(s, own) for s, own in pending if own]
+        for s, own in tqdm(pending, desc=f"eval {task}", disable=not progress or not pending):
+            res = evaluate_adapter_metrics(model_ref, s.adapter, task, own, limit, batch_size, cache_dir,
+                                           held=held, **kw)
+            got.update({(s.name, m): r for m, r in res.items()})
+    results: dict[str, dict[str, dict]] = {
+        m: {s.name: got[(s.name, m)] for s, own in cells if m in own} for m in metrics}
     for m in metrics:
         agg = _aggregate_training(results[m], systems, n_boot, seed)
         if agg is not None:
@@ -318,6 +375,35 @@ def evaluate_systems(model_ref: base_model.BaseModelRef, systems: Sequence[basel
     if out_dir is not None:
         report_lib.write_target_report(report, out_dir)
     return report
+
+
+def _cells(systems: Sequence[baselines.System], metrics: Sequence[str],
+           training_lora_metrics: Sequence[str] | None) -> list[tuple[baselines.System, list[str]]]:
+    """Each system with the metrics it is scored on (the individual training LoRAs: ``training_lora_metrics``)."""
+    out = []
+    for s in systems:
+        own = [m for m in metrics if m in training_lora_metrics] if (
+            s.kind == "training_lora" and training_lora_metrics is not None) else list(metrics)
+        if own:
+            out.append((s, own))
+    return out
+
+
+def fill_cache(model_ref: base_model.BaseModelRef, systems: Sequence[baselines.System], task: str, *,
+               metrics: Sequence[str], limit: int | None, batch_size: int, cache_dir: str | Path,
+               split: str = "test", max_new_tokens: int = 8, packed: bool = False,
+               training_lora_metrics: Sequence[str] | None = None, progress: bool = True) -> int:
+    """Help another process's :func:`evaluate_systems` of the same systems: compute, from the last system
+    back, the cache entries that are neither cached nor held by another process (each under its lock).
+    Writes no report. Returns the number of entries this call computed."""
+    computed = 0
+    for s, own in tqdm(list(reversed(_cells(systems, metrics, training_lora_metrics))),
+                       desc=f"help {task}", disable=not progress):
+        res = evaluate_adapter_metrics(model_ref, s.adapter, task, own, limit, batch_size, cache_dir, split=split,
+                                       max_new_tokens=max_new_tokens, progress=progress, packed=packed,
+                                       held="skip")
+        computed += sum(not r["cached"] for r in res.values())
+    return computed
 
 
 def _adapter_systems(specs: Sequence[str]) -> list[baselines.System]:
@@ -386,26 +472,16 @@ def _default_training_tasks(config, workdir: Path, task: str, systems: Sequence[
     return [t for t in plan.target_training_tasks(config, task) if t in have]
 
 
-def run(config, workdir: str | Path, task: str, *, adapters: Sequence[str] = (), baseline_names=None,
-        training_tasks: Sequence[str] | None = None, limit: int | None = None, metrics: Sequence[str] | None = None,
-        split: str = "test", out_dir: str | Path | None = None, nearest_prompts: str = "test",
-        progress: bool = True, oracle_task: str | None = None) -> dict:
-    """The CLI's work: resolve the base model, build systems, evaluate, write and print the reports.
-
-    ``training_tasks`` (the generator's training tasks) defaults to those recorded in a generated
-    adapter's ``dnd_generation.json``, else :func:`dnd_jax.plan.target_training_tasks` (the same split
-    the experiment trains ``task``'s generator on). ``nearest`` sees all of the split's unlabeled prompts (what a generator
-    is conditioned on) or, with ``nearest_prompts='zoo'``, the task's zoo prompts.jsonl.
-    """
-    workdir = Path(workdir)
+def _prepare(config, workdir: Path, task: str, *, adapters: Sequence[str], baseline_names, training_tasks,
+             limit: int | None, metrics: Sequence[str] | None, split: str, nearest_prompts: str,
+             oracle_task: str | None) -> tuple[base_model.BaseModelRef, list[baselines.System], dict]:
+    """The checked systems of a task and the keyword arguments of :func:`evaluate_systems` (no cache_dir/out_dir)."""
     task_files.register_config(config)  # tasks declared as files in config.task_files
     tasks.get_task(task)
     ec = config.eval
     limit = int(ec.limit) if limit is None else int(limit)
     if limit < 0:
         raise InputError(f"--limit must be >= 0 (0 = all examples), got {limit}")
-    out_dir = Path(out_dir) if out_dir else workdir / "eval" / task
-    _check_writable(out_dir)
     unknown = [m for m in (metrics or ()) if m not in METRICS]
     if unknown:
         raise InputError(f"unknown metric(s) {unknown}; use {list(METRICS)}")
@@ -430,14 +506,46 @@ def run(config, workdir: str | Path, task: str, *, adapters: Sequence[str] = (),
     if not systems:
         raise InputError("nothing to evaluate: give --adapter and/or --baselines")
     check_adapters_fit(ref, systems)
-    report = evaluate_systems(ref, systems, task, metrics=metrics, limit=limit, batch_size=int(ec.batch_size),
-                              cache_dir=workdir / "eval_cache", out_dir=out_dir, split=split,
-                              max_new_tokens=int(ec.max_new_tokens), n_boot=int(ec.bootstrap),
-                              seed=int(config.seed), progress=progress, packed=bool(ec.get("packed", False)),
-                              training_lora_metrics=tuple(ec.get("training_lora_metrics", ())) or None)
+    kw = dict(metrics=metrics, limit=limit, batch_size=int(ec.batch_size), split=split,
+              max_new_tokens=int(ec.max_new_tokens), packed=bool(ec.get("packed", False)),
+              training_lora_metrics=tuple(ec.get("training_lora_metrics", ())) or None)
+    return ref, systems, kw
+
+
+def run(config, workdir: str | Path, task: str, *, adapters: Sequence[str] = (), baseline_names=None,
+        training_tasks: Sequence[str] | None = None, limit: int | None = None, metrics: Sequence[str] | None = None,
+        split: str = "test", out_dir: str | Path | None = None, nearest_prompts: str = "test",
+        progress: bool = True, oracle_task: str | None = None) -> dict:
+    """The CLI's work: resolve the base model, build systems, evaluate, write and print the reports.
+
+    ``training_tasks`` (the generator's training tasks) defaults to those recorded in a generated
+    adapter's ``dnd_generation.json``, else :func:`dnd_jax.plan.target_training_tasks` (the same split
+    the experiment trains ``task``'s generator on). ``nearest`` sees all of the split's unlabeled prompts (what a generator
+    is conditioned on) or, with ``nearest_prompts='zoo'``, the task's zoo prompts.jsonl.
+    """
+    workdir = Path(workdir)
+    out_dir = Path(out_dir) if out_dir else workdir / "eval" / task
+    _check_writable(out_dir)
+    ref, systems, kw = _prepare(config, workdir, task, adapters=adapters, baseline_names=baseline_names,
+                                training_tasks=training_tasks, limit=limit, metrics=metrics, split=split,
+                                nearest_prompts=nearest_prompts, oracle_task=oracle_task)
+    report = evaluate_systems(ref, systems, task, cache_dir=workdir / "eval_cache", out_dir=out_dir,
+                              n_boot=int(config.eval.bootstrap), seed=int(config.seed), progress=progress, **kw)
     print(report_lib.target_markdown(report))
     print(f"[evaluate] wrote {out_dir}/results.json, results.md, results.png")
     return report
+
+
+def help_evaluate(config, workdir: str | Path, task: str, *, training_tasks: Sequence[str] | None = None,
+                  split: str = "test", progress: bool = True, oracle_task: str | None = None) -> int:
+    """Another process's :func:`evaluate_target` of ``task`` in part: its baselines' cache entries, from the
+    last system back, leaving those another process holds (:func:`fill_cache`); the generated adapter is
+    that process's. Writes no report; returns the number of entries computed here."""
+    workdir = Path(workdir)
+    ref, systems, kw = _prepare(config, workdir, task, adapters=(), baseline_names=None,
+                                training_tasks=training_tasks, limit=None, metrics=None, split=split,
+                                nearest_prompts="test", oracle_task=oracle_task)
+    return fill_cache(ref, systems, task, cache_dir=workdir / "eval_cache", progress=progress, **kw)
 
 
 def summarize(report: dict, adapter: str = "dnd") -> dict:

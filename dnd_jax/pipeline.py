@@ -109,13 +109,15 @@ def run(config, workdir: str | Path, only: list[str] | None = None, docs: str = 
         raise InputError("--docs is written by the run without --shard (it reads every shard's cached stages); "
                          "drop it from the shards")
     if part is not None:
-        targets = targets[part[0]::part[1]]
+        own = targets[part[0]::part[1]]
         locking.refuse_if_held(workdir, "an experiment shard")
         missing = collection.incomplete_tasks(config, workdir)
         if missing:
             raise InputError(f"--shard needs a complete zoo; {missing} not collected in {zoo.zoo_dir(workdir)} "
                              "(run dnd_jax.collect first, or the experiment without --shard)")
-        return _run_targets(config, workdir, targets, docs, report=False)
+        results = _run_targets(config, workdir, own, docs, report=False)
+        _help_other_shards(config, workdir, [t for t in reversed(targets) if t not in own])
+        return results
     with locking.workdir_lock(workdir, "experiment"):
         t0 = time.perf_counter()
         collection.collect(config, workdir)
@@ -126,6 +128,22 @@ def run(config, workdir: str | Path, only: list[str] | None = None, docs: str = 
 def _target_lock(config, workdir: Path, target: str):
     """The lock of one target's stages (generator, adapter, evaluation), taken by sharded and unsharded runs."""
     return locking.workdir_lock(output_root(config, workdir) / ".locks" / target, "experiment")
+
+
+def _help_other_shards(config, workdir: Path, others: list[str]) -> None:
+    """A shard done with its targets scores the other shards' baselines (each target's last evaluation first,
+    each from its last system back), so it does not sit idle while a longer target runs: every cache entry
+    is computed under its own lock, entries their owner holds are left to it, and the owner waits for the
+    ones held here (:func:`dnd_jax.evaluation.help_evaluate`). The generated adapters stay their owners'."""
+    from dnd_jax import evaluation
+
+    for target in others:
+        train = training_tasks(config, target)
+        for extra in reversed(config.experiment.get("also_evaluate", {}).get(target, ())):
+            n = evaluation.help_evaluate(config, workdir, extra, training_tasks=train, oracle_task=target)
+            print(f"[experiment] helped with {extra} (held out: {target}): {n} cache entries scored here", flush=True)
+        n = evaluation.help_evaluate(config, workdir, target, training_tasks=train)
+        print(f"[experiment] helped with {target}: {n} cache entries scored here", flush=True)
 
 
 def _run_targets(config, workdir: Path, targets: list[str], docs: str, report: bool) -> dict:

@@ -33,6 +33,24 @@ def subprocess_env(devices: int = 1, **extra: str) -> dict[str, str]:
     return {**os.environ, "XLA_FLAGS": xla_flags(devices), "JAX_PLATFORMS": "cpu", **extra}
 
 
+def hold_lock(path: str | Path, seconds: float = 600.0, verb: str = "test"):
+    """Another live process holding :func:`dnd_jax.locking.workdir_lock` on ``path`` for ``seconds``, then
+    releasing it (a ``subprocess.Popen``; returns once the lock is held; kill it to end it early)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, time; from dnd_jax import locking\n"
+            "with locking.workdir_lock(sys.argv[1], sys.argv[3]):\n"
+            "    print('held', flush=True); time.sleep(float(sys.argv[2]))")
+    repo = str(Path(__file__).resolve().parents[1])
+    proc = subprocess.Popen([sys.executable, "-c", code, str(path), str(seconds), verb], cwd=repo,
+                            stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": repo})
+    if proc.stdout.readline().strip() != "held":
+        proc.kill()
+        raise RuntimeError(f"the lock holder for {path} did not start (exit {proc.wait()})")
+    return proc
+
+
 _TEMPLATES = {
     "arc_e": ("Question: Which {a} property of {b} makes it useful in science class?", "physics chemistry"),
     "arc_c": ("Question: A student measures the {a} of a {b}; which result is most likely?", "measure test"),

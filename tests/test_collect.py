@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from configs import tiny
-from dnd_jax import base_model, collection, zoo
+from dnd_jax import base_model, collection, testing, zoo
 from dnd_jax.errors import InputError, LockedError
 
 
@@ -188,23 +188,12 @@ def test_shard_leaves_a_task_another_process_holds_then_waits_for_it(tmp_path, c
     the rest (here the other shard's task); the shard returns only when that task is complete too: the
     holder here gives up after a few seconds without collecting it, so the shard collects it then.
     Unsharded, the same lock is an error."""
-    import os
-    import subprocess
-    import sys
     import time
-    from pathlib import Path
-
 
     tdir = zoo.task_dir(tmp_path, "piqa")
-    code = ("import sys, time; from dnd_jax import locking\n"
-            "with locking.workdir_lock(sys.argv[1], 'collect'):\n    print('held', flush=True); time.sleep(float(sys.argv[2]))")
-    repo = str(Path(__file__).resolve().parents[1])
 
     def hold(seconds):
-        proc = subprocess.Popen([sys.executable, "-c", code, str(tdir), str(seconds)], stdout=subprocess.PIPE,
-                                text=True, env=dict(os.environ, PYTHONPATH=repo))
-        assert proc.stdout.readline().strip() == "held"
-        return proc
+        return testing.hold_lock(tdir, seconds, "collect")
 
     monkeypatch.setattr(collection, "LOCK_POLL_S", 0.2)
     holder = hold(6)

@@ -2,6 +2,8 @@
 
 import json
 import shutil
+import signal
+import time
 
 import numpy as np
 import pytest
@@ -271,6 +273,57 @@ def test_cached_results_are_reused(tiny_zoo, tmp_path, monkeypatch):
     assert 0.0 <= first["mc"]["valid_rate"] <= 1.0
     with pytest.raises(AssertionError):  # another limit is another key
         evaluation.evaluate_adapter(ref, adapter, "piqa", "cloze", **(kw | {"limit": 3}))
+
+
+def test_an_entry_another_process_holds_is_skipped_waited_for_or_taken_over(tiny_zoo, tmp_path, monkeypatch):
+    """Processes sharing a cache never score one entry twice: an entry whose lock another live process holds
+    is left out (``held="skip"``) or waited for, then read as that process wrote it (``"wait"``); a holder
+    killed with SIGKILL leaves a stale lock that is taken over, and the entry is scored here."""
+    import threading
+
+    from dnd_jax import testing
+
+    workdir, ref = tiny_zoo
+    adapter = zoo.final_checkpoint(workdir, "arc_e")
+    kw = dict(limit=4, batch_size=4, max_new_tokens=3, n_boot=200, progress=False)
+    want = evaluation.evaluate_adapter_metrics(ref, adapter, "piqa", ["cloze", "mc"], cache_dir=tmp_path / "a", **kw)
+    (entry,) = (tmp_path / "a").glob("piqa-cloze-*.json")  # the key has no folder in it: the same name anywhere
+    cache = tmp_path / "b"
+    monkeypatch.setattr(evaluation, "ENTRY_POLL_S", 0.1)
+
+    holder = testing.hold_lock(evaluation.entry_lock_dir(cache / entry.name), 600, "evaluate")
+    try:
+        got = evaluation.evaluate_adapter_metrics(ref, adapter, "piqa", ["cloze", "mc"], cache_dir=cache,
+                                                  held="skip", **kw)
+        assert list(got) == ["mc"] and not (cache / entry.name).exists()  # cloze left to its holder
+        assert got["mc"]["correct"] == want["mc"]["correct"]
+
+        def holder_finishes():  # writes the entry, then releases the lock
+            time.sleep(0.5)
+            shutil.copy(entry, cache / entry.name)
+            holder.kill()
+            holder.wait()
+
+        monkeypatch.setattr(scoring, "cloze_scores", lambda *a, **k: pytest.fail("scored an entry another wrote"))
+        finisher = threading.Thread(target=holder_finishes)
+        finisher.start()
+        got = evaluation.evaluate_adapter_metrics(ref, adapter, "piqa", ["cloze", "mc"], cache_dir=cache, **kw)
+        finisher.join()
+        assert got["cloze"]["cached"] and got["cloze"]["correct"] == want["cloze"]["correct"]
+    finally:
+        holder.kill()
+        holder.wait()
+    monkeypatch.undo()
+
+    (cache / entry.name).unlink()
+    holder = testing.hold_lock(evaluation.entry_lock_dir(cache / entry.name), 600, "evaluate")
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    got = evaluation.evaluate_adapter_metrics(ref, adapter, "piqa", ["cloze"], cache_dir=cache, held="skip", **kw)
+    assert not got["cloze"]["cached"] and got["cloze"]["correct"] == want["cloze"]["correct"]
+    assert json.loads((cache / entry.name).read_text())["correct"] == want["cloze"]["correct"]
+    with pytest.raises(ValueError, match="held must be one of"):
+        evaluation.evaluate_adapter_metrics(ref, adapter, "piqa", ["cloze"], cache_dir=cache, held="later", **kw)
 
 
 def test_adapters_do_not_leak(tiny_zoo):

@@ -1,8 +1,9 @@
 """``experiment --shard=I/N``: targets run in separate processes, then an unsharded run writes the report.
 
 Sharded then aggregated == unsharded (every system's every answer), nothing recomputed by the aggregating
-run, and the locks: a target another live process works on is refused, a shard beside an unsharded run is
-refused, a shard before the zoo is complete is a one-line error.
+run, a shard done with its targets scores the others' baselines, and the locks: a target another live
+process works on is refused, a shard beside an unsharded run is refused, a shard before the zoo is
+complete is a one-line error.
 """
 import json
 import os
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from configs import tiny
-from dnd_jax import errors, experiment
+from dnd_jax import errors, experiment, testing
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = ("piqa", "arc_e")
@@ -48,23 +49,19 @@ def reference(tmp_path_factory, compile_cache):
     return workdir, experiment.run(_config(), workdir)
 
 
-def _hold_lock(path: Path) -> subprocess.Popen:
-    """Another live process holding the lock of ``path`` (the lock module only, no heavy imports)."""
-    code = ("import sys, time; from dnd_jax import locking\n"
-            "with locking.workdir_lock(sys.argv[1], 'experiment'):\n    print('held', flush=True); time.sleep(600)")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(path)], cwd=REPO, stdout=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONPATH=str(REPO)))
-    assert proc.stdout.readline().strip() == "held"
-    return proc
-
-
 def test_sharded_then_aggregated_equals_unsharded(reference, tmp_path):
     ref_dir, ref = reference
     workdir = tmp_path / "w"
     shutil.copytree(ref_dir / "zoo", workdir / "zoo")  # the zoo only: no generator, adapter or score is shared
     first = experiment.run(_config(), workdir, shard="0/2")
+    # Done with piqa, shard 0 scored arc_e's baselines (not its generated adapter: shard 1's), so shard 1
+    # found them cached; shard 1 then found nothing of piqa's left to help with.
+    assert not (workdir / "generators" / "arc_e").exists()
     second = experiment.run(_config(), workdir, shard="1/2")
     assert list(first["targets"]) == ["piqa"] and list(second["targets"]) == ["arc_e"]
+    arc_e = second["targets"]["arc_e"]["systems"]
+    assert arc_e["base"]["cloze"]["cached"] and arc_e["merged"]["cloze"]["cached"]
+    assert not arc_e["dnd"]["cloze"]["cached"]
     assert not (workdir / "results" / "results.json").exists()  # a shard knows only its targets: no report
     stages = json.loads((workdir / "experiment_stages.json").read_text())
     assert {"train/piqa", "train/arc_e", "evaluate/piqa", "evaluate/arc_e"} <= set(stages)
@@ -86,7 +83,7 @@ def test_a_target_held_by_another_process_is_refused(reference, tmp_path):
     ref_dir, _ = reference
     workdir = tmp_path / "w"
     shutil.copytree(ref_dir / "zoo", workdir / "zoo")
-    holder = _hold_lock(workdir / ".locks" / "piqa")
+    holder = testing.hold_lock(workdir / ".locks" / "piqa")
     try:
         for shard in ("0/2", None):  # sharded or not, nobody works on a target another process holds
             with pytest.raises(errors.LockedError, match="in use by pid"):
@@ -101,7 +98,7 @@ def test_a_shard_beside_an_unsharded_run_or_before_the_zoo_is_refused(reference,
     ref_dir, _ = reference
     workdir = tmp_path / "w"
     shutil.copytree(ref_dir / "zoo", workdir / "zoo")
-    holder = _hold_lock(workdir)
+    holder = testing.hold_lock(workdir)
     try:
         with pytest.raises(errors.LockedError, match="shard would collide"):
             experiment.run(_config(), workdir, shard="1/2")
