@@ -4,6 +4,7 @@ import json
 import shutil
 import signal
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ import torch
 from configs import tiny
 from dnd_jax import assets, base_model, baselines, evaluation, scoring, tasks, zoo
 
+ROOT = Path(__file__).resolve().parents[1]
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -379,6 +381,34 @@ def test_training_loras_scored_on_the_named_metrics_only(tiny_zoo, tmp_path):
     near = full["system_info"]["nearest"]["source_task"]  # nearest is one of the LoRAs: its mc was cached
     other = ({"arc_e", "boolq"} - {near}).pop()
     assert full["systems"][f"lora:{near}"]["mc"]["cached"] and not full["systems"][f"lora:{other}"]["mc"]["cached"]
+
+
+def test_experiment_costs_reads_each_cells_own_cache_entry(tiny_zoo, tmp_path):
+    """bench/experiment_costs.py: every scored (metric, system) of a target report gets the wall time its own
+    cache entry recorded; a system sharing another's entry (nearest is a training LoRA) is counted once;
+    a cell a system was not scored on (a training LoRA on mc here) is no row."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("experiment_costs", ROOT / "bench" / "experiment_costs.py")
+    costs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(costs)
+    workdir = tmp_path / "w"
+    shutil.copytree(tiny_zoo[0], workdir, ignore=shutil.ignore_patterns("eval_cache"))
+    config = tiny.get_config()
+    config.eval.training_lora_metrics = ("cloze",)
+    res = evaluation.evaluate_target(config, workdir, "piqa", training_tasks=["arc_e", "boolq"], limit=4,
+                                     out_dir=workdir / "results" / "piqa", progress=False)
+    walls = {json.loads(p.read_text())["wall_s"] for p in (workdir / "eval_cache").glob("*.json")}
+    rows = costs.cells(workdir)
+    near = "lora:" + res["system_info"]["nearest"]["source_task"]
+    by = {(r["metric"], r["system"]): r for r in rows}
+    assert ("mc", "lora:arc_e") not in by and ("mc", "base") in by
+    assert by[("cloze", "nearest")]["note"] == f"same entry as {near}" and by[("cloze", "nearest")]["wall_s"] is None
+    counted = [r for r in rows if r["wall_s"] is not None]
+    assert {r["wall_s"] for r in counted} == walls and len(counted) == len(walls)  # each entry exactly once
+    assert all(r["n"] == 4 and r["s_per_example"] == r["wall_s"] / 4 for r in counted)
+    groups = {(g["report"], g["metric"]): g for g in costs.summary(rows)}
+    assert groups[("piqa", "cloze")]["systems"] == sum(r["metric"] == "cloze" for r in counted)
 
 
 # --- CLI end to end -------------------------------------------------------------------------------------

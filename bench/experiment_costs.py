@@ -1,0 +1,135 @@
+"""What an experiment's evaluation really cost: every (target, metric, system) cell with the wall seconds
+its cache entry took, from the run's own records (no re-measuring).
+
+    python bench/experiment_costs.py --workdir workdir/math --out docs/results/math
+    python bench/experiment_costs.py --workdir workdir/smollm2 --out /tmp/costs   # the commonsense run
+
+Reads ``W/results/<target>/results.json`` (each target's report: its systems and their adapter hashes),
+``W/eval_cache/*.json`` (each entry's ``wall_s``: the scoring only, not the model merge) and
+``W/experiment_stages.json`` (each stage's wall time over its runs and peak RSS). Writes
+``eval_costs.json`` and ``eval_costs.md`` into ``--out``. A cell whose entry another system shares (the
+``nearest`` baseline is one of the training LoRAs) is counted once, under the first system; an entry
+from an earlier run whose wall was not recorded has none. Wall seconds of a 1-core shard are about its
+CPU seconds; beside other work they are an upper figure.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from absl import app, flags
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from dnd_jax import assets  # noqa: E402
+from dnd_jax.errors import InputError  # noqa: E402
+
+WORKDIR = flags.DEFINE_string("workdir", None, "the experiment's workdir (its output root)")
+OUT = flags.DEFINE_string("out", None, "folder for eval_costs.json / eval_costs.md")
+
+
+def _entries(cache_dir: Path) -> dict[tuple, list[dict]]:
+    """Cache records by (task, metric, split, limit, adapter hash); their per-example vectors dropped."""
+    out: dict[tuple, list[dict]] = {}
+    for path in sorted(cache_dir.glob("*.json")):
+        record = json.loads(path.read_text())
+        key = record.get("key")
+        if not isinstance(key, dict):
+            continue
+        ident = (key.get("task"), key.get("metric"), key.get("split"), key.get("limit"), key.get("adapter_hash"))
+        out.setdefault(ident, []).append({"file": path.name, "wall_s": record.get("wall_s"),
+                                          "n": len(record.get("ids", ()))})
+    return out
+
+
+def cells(workdir: Path) -> list[dict]:
+    """Every evaluated (target, metric, system) of the workdir's per-target reports, with its entry's cost."""
+    entries = _entries(workdir / "eval_cache")
+    rows = []
+    reports = sorted((workdir / "results").glob("*/results.json"))
+    if not reports:
+        raise InputError(f"no per-target reports in {workdir / 'results'} (run the experiment first)")
+    for path in reports:
+        report = json.loads(path.read_text())
+        seen: dict[str, str] = {}  # entry file -> the first system that used it
+        for metric in report["metrics"]:
+            for system in report["systems"]:
+                if system["name"] not in report["results"].get(metric, {}):
+                    continue  # not scored on this metric (training LoRAs on decoding metrics)
+                ident = (report["task"], metric, report["split"], report["limit"], system["adapter_hash"])
+                found = entries.get(ident, [])
+                row = {"report": path.parent.name, "task": report["task"], "metric": metric,
+                       "system": system["name"], "kind": system["kind"]}
+                if len(found) != 1:
+                    rows.append(row | {"wall_s": None, "note": f"{len(found)} cache entries match"})
+                    continue
+                entry = found[0]
+                if entry["file"] in seen:
+                    rows.append(row | {"wall_s": None, "note": f"same entry as {seen[entry['file']]}"})
+                    continue
+                seen[entry["file"]] = system["name"]
+                per = entry["wall_s"] / entry["n"] if entry["wall_s"] is not None and entry["n"] else None
+                rows.append(row | {"n": entry["n"], "wall_s": entry["wall_s"], "s_per_example": per})
+    return rows
+
+
+def summary(rows: list[dict]) -> list[dict]:
+    """Per (report, metric): how many systems were scored, their total wall and the median per system."""
+    groups: dict[tuple, list[float]] = {}
+    for r in rows:
+        if r.get("wall_s") is not None:
+            groups.setdefault((r["report"], r["metric"]), []).append(r["wall_s"])
+    return [{"report": rep, "metric": m, "systems": len(w), "total_wall_s": sum(w),
+             "median_wall_s_per_system": statistics.median(w)} for (rep, m), w in sorted(groups.items())]
+
+
+def markdown(rows: list[dict], groups: list[dict], stages: dict) -> str:
+    lines = ["# Evaluation costs of this experiment, from its own records", "",
+             "Written by `python bench/experiment_costs.py`. Wall seconds of each cache entry's scoring (a 1-core",
+             "shard's wall is about its CPU time); the model merge and report writing are not in them.", "",
+             "## Per report and metric", "",
+             "| report | metric | systems scored | total wall (s) | median per system (s) |", "|---|---|---|---|---|"]
+    lines += [f"| {g['report']} | {g['metric']} | {g['systems']} | {g['total_wall_s']:.0f} | "
+              f"{g['median_wall_s_per_system']:.0f} |" for g in groups]
+    if stages:
+        lines += ["", "## Stages (`experiment_stages.json`: wall over every run of the stage, peak RSS)", "",
+                  "| stage | wall (s) | runs | peak RSS (GB) |", "|---|---|---|---|"]
+        lines += [f"| {name} | {s['wall_s']:.0f} | {len(s.get('runs', []))} | {s.get('peak_rss_gb', 0):.2f} |"
+                  for name, s in sorted(stages.items())]
+    lines += ["", "## Every cell", "", "| report | metric | system | n | wall (s) | s per example | note |",
+              "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        wall = f"{r['wall_s']:.1f}" if r.get("wall_s") is not None else "-"
+        per = f"{r['s_per_example']:.2f}" if r.get("s_per_example") is not None else "-"
+        lines.append(f"| {r['report']} | {r['metric']} | {r['system']} | {r.get('n', '-')} | {wall} | {per} | "
+                     f"{r.get('note', '')} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    if not WORKDIR.value or not OUT.value:
+        raise app.UsageError("--workdir and --out are required")
+    workdir, out = Path(WORKDIR.value), Path(OUT.value)
+    if not workdir.is_dir():
+        raise app.UsageError(f"--workdir {workdir} is not a folder")
+    try:
+        rows = cells(workdir)
+    except InputError as e:
+        raise app.UsageError(str(e)) from None
+    stages_path = workdir / "experiment_stages.json"
+    stages = json.loads(stages_path.read_text()) if stages_path.is_file() else {}
+    groups = summary(rows)
+    out.mkdir(parents=True, exist_ok=True)
+    assets.write_json_atomic(out / "eval_costs.json", {"workdir": str(workdir), "summary": groups, "cells": rows,
+                                                       "stages": stages})
+    assets.write_text_atomic(out / "eval_costs.md", markdown(rows, groups, stages))
+    print(markdown(rows, groups, stages).split("## Every cell")[0])
+    print(f"wrote {out / 'eval_costs.json'} and {out / 'eval_costs.md'}")
+
+
+if __name__ == "__main__":
+    app.run(main)
