@@ -35,13 +35,15 @@ def _entries(cache_dir: Path) -> dict[tuple, list[dict]]:
     """Cache records by (task, metric, split, limit, adapter hash); their per-example vectors dropped."""
     out: dict[tuple, list[dict]] = {}
     for path in sorted(cache_dir.glob("*.json")):
+        if path.name.endswith(".partial.json"):  # a decoding journal (an entry being written), not an entry
+            continue
         record = json.loads(path.read_text())
         key = record.get("key")
         if not isinstance(key, dict):
             continue
         ident = (key.get("task"), key.get("metric"), key.get("split"), key.get("limit"), key.get("adapter_hash"))
         out.setdefault(ident, []).append({"file": path.name, "wall_s": record.get("wall_s"),
-                                          "n": len(record.get("ids", ()))})
+                                          "n": len(record.get("ids", ())), "version": key.get("version", 0)})
     return out
 
 
@@ -61,6 +63,8 @@ def cells(workdir: Path) -> list[dict]:
                     continue  # not scored on this metric (training LoRAs on decoding metrics)
                 ident = (report["task"], metric, report["split"], report["limit"], system["adapter_hash"])
                 found = entries.get(ident, [])
+                newest = max((e["version"] for e in found), default=0)
+                found = [e for e in found if e["version"] == newest]  # entries of an older scoring version
                 row = {"report": path.parent.name, "task": report["task"], "metric": metric,
                        "system": system["name"], "kind": system["kind"]}
                 if len(found) != 1:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dnd_jax import assets, zoo
+from dnd_jax import assets, locking, zoo
 from dnd_jax.errors import InputError, IntegrityError
 from dnd_jax.weights import lora
 from dnd_jax.weights.lora import lora_scaling  # (the LoRA math lives in dnd_jax.weights.lora)
@@ -84,14 +84,24 @@ def merge_adapters(ckpts: Sequence[str | Path], out_dir: str | Path, weights: Se
     adapter of rank ``R = sum r_k`` whose ``lora_alpha`` keeps its scaling ``s`` equal to the first
     adapter's (``alpha * K`` for equal plain LoRAs). Idempotent: an existing folder is kept.
     """
-    from dnd_jax.weights import peft_io
-
     ckpts = [Path(c) for c in ckpts]
     out_dir = Path(out_dir)
     if not ckpts:
         raise ValueError("merge_adapters needs at least one adapter")
     if (out_dir / zoo.ADAPTER_WEIGHTS).is_file() and (out_dir / zoo.ADAPTER_CONFIG).is_file():
         return out_dir
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # Processes sharing a workdir (experiment shards helping each other) may build the same merge at once:
+    # one writes it, the others find it written.
+    with locking.file_lock(out_dir.parent / f".{out_dir.name}.lock"):
+        if (out_dir / zoo.ADAPTER_WEIGHTS).is_file() and (out_dir / zoo.ADAPTER_CONFIG).is_file():
+            return out_dir
+        return _write_merge(ckpts, out_dir, weights)
+
+
+def _write_merge(ckpts: list[Path], out_dir: Path, weights: Sequence[float] | None) -> Path:
+    from dnd_jax.weights import peft_io
+
     cfgs = [zoo.adapter_config(c) for c in ckpts]
     sds = [zoo.load_state_dict(c) for c in ckpts]
     for c, cfg in zip(ckpts, cfgs, strict=True):

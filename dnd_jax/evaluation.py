@@ -35,6 +35,7 @@ from dnd_jax.report import METRIC_SCALE, METRIC_TITLE, metric_scale  # noqa: F40
 METRICS = ("cloze", "mc", "bpb", "exact_match", "pass@1")
 HELD_MODES = ("wait", "skip")  # what to do with a cache entry another process is computing
 ENTRY_POLL_S = 30.0  # how often a waiting process looks again at such an entry
+_sleep = time.sleep  # the wait between those looks (tests replace it)
 CHOICE_METRICS = ("cloze", "mc")  # choice tasks; the others are for generative tasks (dnd_jax.generative)
 # bpb keeps *minus* bits per byte as its per-example "correct" vector, so higher is better for every metric
 # (means, best-of, paired p-values); displays multiply by this scale (percent for accuracies).
@@ -271,7 +272,7 @@ def _claim_and_compute(path: Path, key: dict, held: str, compute) -> tuple[dict,
     (an experiment shard helping with another's target): ``held="skip"`` leaves it to that process
     (returns None), ``"wait"`` waits for its lock, then reads what it wrote (or, if it died, resumes from
     its journal)."""
-    told = False
+    polls = 0
     while True:
         with contextlib.ExitStack() as lock:
             try:
@@ -279,10 +280,10 @@ def _claim_and_compute(path: Path, key: dict, held: str, compute) -> tuple[dict,
             except LockedError as e:
                 if held == "skip":
                     return None
-                if not told:
+                if polls % 20 == 0:  # said again every 20 polls: a holder on another host is never taken over
                     print(f"[evaluate] waiting for {path.name}: {e}", flush=True)
-                    told = True
-                time.sleep(ENTRY_POLL_S)
+                polls += 1
+                _sleep(ENTRY_POLL_S)
                 continue
             record = _read_cached(path, key)  # written by another process meanwhile
             return (record, True) if record is not None else (compute(), False)

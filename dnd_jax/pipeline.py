@@ -135,15 +135,22 @@ def _help_other_shards(config, workdir: Path, others: list[str]) -> None:
     each from its last system back), so it does not sit idle while a longer target runs: every cache entry
     is computed under its own lock, entries their owner holds are left to it, and the owner waits for the
     ones held here (:func:`dnd_jax.evaluation.help_evaluate`). The generated adapters stay their owners'."""
+    import traceback
+
     from dnd_jax import evaluation
 
     for target in others:
         train = training_tasks(config, target)
-        for extra in reversed(config.experiment.get("also_evaluate", {}).get(target, ())):
-            n = evaluation.help_evaluate(config, workdir, extra, training_tasks=train, oracle_task=target)
-            print(f"[experiment] helped with {extra} (held out: {target}): {n} cache entries scored here", flush=True)
-        n = evaluation.help_evaluate(config, workdir, target, training_tasks=train)
-        print(f"[experiment] helped with {target}: {n} cache entries scored here", flush=True)
+        jobs = [(extra, target) for extra in reversed(config.experiment.get("also_evaluate", {}).get(target, ()))]
+        for task, oracle in [*jobs, (target, None)]:
+            try:
+                n = evaluation.help_evaluate(config, workdir, task, training_tasks=train, oracle_task=oracle)
+            except Exception:  # noqa: BLE001 - the owner scores whatever is left; this shard's own targets are done
+                traceback.print_exc()
+                print(f"[experiment] helping with {task} failed (above); left to the shard that owns {target}",
+                      flush=True)
+                continue
+            print(f"[experiment] helped with {task} (target {target}): {n} cache entries scored here", flush=True)
 
 
 def _run_targets(config, workdir: Path, targets: list[str], docs: str, report: bool) -> dict:

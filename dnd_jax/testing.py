@@ -34,17 +34,19 @@ def subprocess_env(devices: int = 1, **extra: str) -> dict[str, str]:
 
 
 def hold_lock(path: str | Path, seconds: float = 600.0, verb: str = "test"):
-    """Another live process holding :func:`dnd_jax.locking.workdir_lock` on ``path`` for ``seconds``, then
-    releasing it (a ``subprocess.Popen``; returns once the lock is held; kill it to end it early)."""
+    """Another live process holding :func:`dnd_jax.locking.workdir_lock` on ``path`` (a ``subprocess.Popen``,
+    returned once the lock is held). It releases the lock normally after ``seconds`` or when its stdin is
+    closed (``proc.stdin.close(); proc.wait()``); kill it to leave a stale lock."""
     import subprocess
     import sys
 
-    code = ("import sys, time; from dnd_jax import locking\n"
+    code = ("import select, sys; from dnd_jax import locking\n"
             "with locking.workdir_lock(sys.argv[1], sys.argv[3]):\n"
-            "    print('held', flush=True); time.sleep(float(sys.argv[2]))")
+            "    print('held', flush=True); select.select([sys.stdin], [], [], float(sys.argv[2]))")
     repo = str(Path(__file__).resolve().parents[1])
     proc = subprocess.Popen([sys.executable, "-c", code, str(path), str(seconds), verb], cwd=repo,
-                            stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": repo})
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": repo})
     if proc.stdout.readline().strip() != "held":
         proc.kill()
         raise RuntimeError(f"the lock holder for {path} did not start (exit {proc.wait()})")

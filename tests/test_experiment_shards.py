@@ -124,3 +124,25 @@ def test_concurrent_stage_logs_lose_no_entry(tmp_path):
     assert [p.wait(timeout=120) for p in procs] == [0, 0, 0]
     stages = json.loads((tmp_path / "experiment_stages.json").read_text())
     assert set(stages) == {f"{n}/{i}" for n in "abc" for i in range(40)}
+
+
+def test_a_failure_while_helping_leaves_the_work_to_its_owner(monkeypatch, capsys):
+    """A shard's own targets are done when it helps: an error while helping (here on the first target it helps
+    with) is printed with its traceback and the shard goes on with the next, exiting normally."""
+    from dnd_jax import evaluation, pipeline
+
+    calls = []
+
+    def help_evaluate(config, workdir, task, **kw):
+        calls.append(task)
+        if len(calls) == 1:
+            raise RuntimeError("boom while helping")
+        return 3
+
+    monkeypatch.setattr(evaluation, "help_evaluate", help_evaluate)
+    pipeline._help_other_shards(_config(), Path("unused"), ["arc_e", "piqa"])
+    assert calls == ["arc_e", "piqa"]
+    out, err = capsys.readouterr()
+    assert "RuntimeError: boom while helping" in err
+    assert "helping with arc_e failed (above); left to the shard that owns arc_e" in out
+    assert "helped with piqa (target piqa): 3 cache entries scored here" in out
