@@ -10,6 +10,8 @@ experiment's questions (``config.eval``; cached in ``W/eval_cache``, so the merg
 free). Reports, per target and metric: each draw's accuracy, their mean, standard deviation and range, and
 each draw's paired difference to the merged adapter with its CI, so that a DnD - merged difference can be
 read against the spread that the draw alone makes. Resumable: finished adapters and evaluations are reused.
+``--shard=I/N`` takes every N-th target from the I-th (``launch/queue.sh`` runs two, one core each, then the
+report run, which finds every adapter and score cached).
 """
 from __future__ import annotations
 
@@ -36,6 +38,8 @@ def _define_flags() -> dict:
                                      "with a trained generator)"),
         "metrics": flags.DEFINE_list("metrics", [], "metrics (default: config.eval.metrics that apply)"),
         "out": flags.DEFINE_string("out", "", "folder for condition_draws.json and .md (printed only when empty)"),
+        "shard": flags.DEFINE_string("shard", None, "I/N: only every N-th target from the I-th (one process per "
+                                     "core; no --out: a run without --shard then reads every draw from the caches)"),
     }
 
 
@@ -96,9 +100,20 @@ def markdown(res: dict) -> str:
 
 
 def main(fl: dict) -> None:
+    from dnd_jax import collection
+    from dnd_jax.errors import InputError
+
     config, workdir = fl["config"].value, Path(fl["workdir"].value)
     targets = fl["targets"].value or [t for t in (*config.experiment.holdouts, *config.experiment.cross_domain)
                                       if (workdir / "generators" / t).is_dir()]
+    try:
+        part = collection.parse_shard(fl["shard"].value)
+    except InputError as e:
+        raise app.UsageError(str(e)) from None
+    if part is not None:
+        if fl["out"].value:
+            raise app.UsageError("--out is written by the run without --shard (every shard's draws are cached by then)")
+        targets = targets[part[0]::part[1]]
     res = study(config, workdir, targets, [int(s) for s in fl["seeds"].value], fl["metrics"].value)
     res["command"] = "python bench/condition_draws.py " + " ".join(sys.argv[1:])
     md = markdown(res)

@@ -17,7 +17,7 @@
 # (exit 2) while queue.pid names a live queue. Zoos are collected by two 1-thread shards side by side
 # (1.38x the LoRA steps per second of one 2-thread process on 2 cores: docs/scaling/costs); the math and
 # coding experiments likewise run their targets in two 1-core shards (`experiment --shard`), then write
-# their report in one more, cached, run. Edit the tree while it runs only
+# their report in one more, cached, run; so do the condition draws (`bench/condition_draws.py --shard`). Edit the tree while it runs only
 # from another clone: each job imports the code as it is when the job starts.
 set -u
 cd "$(dirname "$0")/.."
@@ -36,7 +36,7 @@ JOBS=(
   "math|experiment_shards configs/smollm2_math.py $Q/math $Q/docs/results/math"
   "coding_zoo|collect_shards configs/smollm2_coding.py $Q/coding"
   "coding|experiment_shards configs/smollm2_coding.py $Q/coding $Q/docs/results/coding"
-  "draws|$PY bench/condition_draws.py --config configs/smollm2_commonsense.py --workdir $Q/smollm2 --seeds 0,1,2,3,4 --metrics cloze --out $Q/docs/results/condition_draws"
+  "draws|draws_shards configs/smollm2_commonsense.py $Q/smollm2 $Q/docs/results/condition_draws"
   "many_data|$PY -m dnd_jax.task_sources.bigbench"
   "many_zoo|collect_shards configs/smollm2_many.py $Q/many"
   "curve|$PY -m dnd_jax.scaling --config configs/smollm2_many.py --workdir $Q/many --docs $Q/docs/scaling"
@@ -80,7 +80,7 @@ allowed_cpus() {  # the CPU numbers this process may run on ("0-3,8" in /proc/se
   echo "${out[@]}"
 }
 
-experiment_shards() {  # CONFIG WORKDIR DOCS: the targets in SHARDS processes, one core each, then the report
+pinned_shards() {  # COMMAND...: COMMAND --shard=I/SHARDS for every I, one process per core; fails if any does
   local pids=() rc=0 i pin=() cpus
   read -ra cpus <<< "$(allowed_cpus)"
   for ((i = 0; i < SHARDS; i++)); do
@@ -90,12 +90,22 @@ experiment_shards() {  # CONFIG WORKDIR DOCS: the targets in SHARDS processes, o
     if ((${#cpus[@]})) && taskset -c "${cpus[i % ${#cpus[@]}]}" true 2> /dev/null; then
       pin=(taskset -c "${cpus[i % ${#cpus[@]}]}")
     fi
-    OMP_NUM_THREADS=1 retry_killed "${pin[@]}" $PY -m dnd_jax.experiment --config "$1" --workdir "$2" --shard="$i/$SHARDS" &
+    OMP_NUM_THREADS=1 retry_killed "${pin[@]}" "$@" --shard="$i/$SHARDS" &
     pids+=($!)
   done
   for i in "${pids[@]}"; do wait "$i" || rc=1; done
-  ((rc == 0)) || return $rc
+  return $rc
+}
+
+experiment_shards() {  # CONFIG WORKDIR DOCS: the targets in SHARDS processes, one core each, then the report
+  pinned_shards $PY -m dnd_jax.experiment --config "$1" --workdir "$2" || return
   retry_killed $PY -m dnd_jax.experiment --config "$1" --workdir "$2" --docs "$3"  # all cached: writes the report
+}
+
+draws_shards() {  # CONFIG WORKDIR OUT: bench/condition_draws.py's targets in SHARDS processes, then the report
+  local args=(--config "$1" --workdir "$2" --seeds 0,1,2,3,4 --metrics cloze)
+  pinned_shards $PY bench/condition_draws.py "${args[@]}" || return
+  retry_killed $PY bench/condition_draws.py "${args[@]}" --out "$3"  # all cached: writes the report
 }
 
 if [[ ${1:-} == --list ]]; then
@@ -160,7 +170,7 @@ for j in "${JOBS[@]}"; do
   echo "$$ $(date -u +%FT%TZ)" > "$Q/queue/$name.running"
   rm -f "$Q/queue/$name.failed"
   run="retry_killed $cmd"  # the shard functions retry each of their processes themselves
-  [[ $cmd == collect_shards* || $cmd == experiment_shards* ]] && run=$cmd
+  [[ $cmd == *_shards\ * ]] && run=$cmd
   if (eval "$run") >> "$Q/queue/$name.log" 2>&1; then
     date -u +%FT%TZ > "$Q/queue/$name.done"
     echo "=== $(date -u +%FT%TZ) $name: done in $((SECONDS - t0)) s"

@@ -132,3 +132,32 @@ def test_paired_table_reads_the_same_way_for_bpb_and_accuracy():
     assert "negative difference is DnD better" in md
     assert "negative difference" not in report.markdown(
         {"targets": {"t": {"systems": {}, "paired": {"dnd - base": {"cloze": paired["dnd - base"]["cloze"]}}}}})
+
+
+def test_condition_draws_shards_split_the_targets_and_leave_the_report_to_a_full_run(monkeypatch):
+    """bench/condition_draws.py --shard=I/N: every N-th target from the I-th; with --out it is refused (the run
+    without --shard writes the report from the shards' cached adapters and scores)."""
+    import importlib.util
+    from types import SimpleNamespace
+
+    from absl import app
+
+    spec = importlib.util.spec_from_file_location("condition_draws", ROOT / "bench" / "condition_draws.py")
+    draws = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(draws)
+    seen = []
+    monkeypatch.setattr(draws, "study", lambda config, workdir, targets, seeds, metrics: seen.append(targets) or
+                        {"seeds": seeds, "num_prompts": 1, "targets": {}})
+
+    def flags(shard, out=""):
+        return {k: SimpleNamespace(value=v) for k, v in dict(
+            config=_config(), workdir="unused", seeds=["0", "1"], targets=["arc_c", "arc_e", "boolq"], metrics=[],
+            out=out, shard=shard).items()}
+
+    draws.main(flags("1/2"))
+    draws.main(flags(None))
+    assert seen == [["arc_e"], ["arc_c", "arc_e", "boolq"]]
+    with pytest.raises(app.UsageError, match="--out is written by the run without --shard"):
+        draws.main(flags("0/2", out="somewhere"))
+    with pytest.raises(app.UsageError, match="--shard"):
+        draws.main(flags("2/2"))

@@ -70,6 +70,16 @@ def test_experiment_jobs_run_their_targets_in_shards_then_write_the_report(tmp_p
     assert (tmp_path / "again" / "w" / "queue" / "coding.failed").is_file()
 
 
+def test_condition_draws_run_in_shards_then_write_the_report(tmp_path):
+    res = _queue(tmp_path, "draws")
+    assert res.returncode == 0, res.stderr
+    calls = _calls(tmp_path)
+    args = (f"bench/condition_draws.py --config configs/smollm2_commonsense.py --workdir {tmp_path}/w/smollm2 "
+            "--seeds 0,1,2,3,4 --metrics cloze")
+    assert sorted(calls[:2]) == [f"{args} --shard=0/2", f"{args} --shard=1/2"]
+    assert calls[2:] == [f"{args} --out {tmp_path}/w/docs/results/condition_draws"]  # the report: all cached
+
+
 def test_runs_in_order_marks_done_and_skips_on_rerun(tmp_path):
     res = _queue(tmp_path, "results_zoo", "results")
     assert res.returncode == 0, res.stderr
