@@ -327,22 +327,36 @@ def memoized(embed: Embedder, cache_dir: str | Path | None = None) -> Embedder:
     names it). Each call that encodes new texts adds one shard (safetensors: the texts' sha256 and
     their float64 vectors, written to a temporary name and renamed), so a killed run leaves whole
     shards only; a shard that does not read back as such is ignored (with a warning) and its texts
-    are encoded again. The vectors are the ones ``embed`` returned, bit for bit.
+    are encoded again. The vectors are the ones ``embed`` returned, bit for bit. Before encoding texts it
+    has not seen, a memo reads the shards other processes wrote since (experiment shards, a curve and
+    its helper): the same texts get the first encoder's vectors in every process.
     """
     seen: dict[bytes, np.ndarray] = {}
     folder = Path(cache_dir) if cache_dir is not None else None
-    if folder is not None and folder.is_dir():
+    read: set[str] = set()  # shards already read (or found unreadable) by this memo
+
+    def read_new_shards() -> None:
+        if folder is None or not folder.is_dir():
+            return
         for shard in sorted(folder.glob("*.safetensors")):
+            if shard.name in read:
+                continue
+            read.add(shard.name)
             try:
                 keys, vecs = _read_embedding_shard(shard)
             except Exception as e:  # noqa: BLE001 - any unreadable shard is recomputed, never used
-                warnings.warn(f"ignoring embedding cache shard {shard}: {e}", stacklevel=2)
+                warnings.warn(f"ignoring embedding cache shard {shard}: {e}", stacklevel=3)
                 continue
             seen.update(zip(map(bytes, keys), vecs, strict=True))
+
+    read_new_shards()
 
     def embed_once(texts: list[str]) -> np.ndarray:
         keys = [hashlib.sha256(t.encode("utf-8")).digest() for t in texts]
         new = {k: t for k, t in zip(keys, texts, strict=True) if k not in seen}
+        if new and folder is not None:  # another process sharing the folder may have encoded them meanwhile
+            read_new_shards()
+            new = {k: t for k, t in new.items() if k not in seen}
         if new:
             vecs = np.asarray(embed(list(new.values())), dtype=np.float64)
             if vecs.ndim != 2 or len(vecs) != len(new) or not np.isfinite(vecs).all():

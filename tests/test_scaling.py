@@ -427,6 +427,27 @@ def test_train_seconds_sums_the_logged_step_times(tmp_path):
     assert trainer.train_seconds(tmp_path) == pytest.approx(9.0 + 9 * 1.0 + 10 * 0.5)
 
 
+def test_a_memo_reads_what_another_process_encoded_since_it_started(tmp_path):
+    """Two memos on one folder (two processes): the second, created before the first encoded anything, gets
+    the first's vectors bit for bit instead of encoding the texts again (its own encoder would differ)."""
+    rng = np.random.default_rng(1)
+    calls = []
+
+    def embed(texts):
+        calls.append(list(texts))
+        return rng.normal(size=(len(texts), 3)) / 7.0  # a different vector on every call
+
+    cache = tmp_path / "emb"
+    late = baselines.memoized(embed, cache)  # started first, with an empty folder
+    early = baselines.memoized(embed, cache)
+    a = early(["alpha", "beta"])
+    got = late(["beta", "alpha", "gamma"])  # alpha and beta from early's shard; only gamma encoded here
+    assert calls == [["alpha", "beta"], ["gamma"]]
+    np.testing.assert_array_equal(got[:2], a[::-1])
+    np.testing.assert_array_equal(early(["gamma"]), got[2:])  # and back: early reads late's shard
+    assert len(calls) == 2
+
+
 def test_failed_embedding_shard_write_leaves_nothing(tmp_path, monkeypatch):
     import safetensors.numpy
 
