@@ -28,7 +28,7 @@ $(STAMP): setup.py
 	touch $(STAMP)
 
 test: install
-	$(BIN)/python -m pytest -q -n 2 tests
+	$(BIN)/python -m pytest -q -n 2 --durations=15 tests  # the 15 slowest: where the time goes (docs/test_suite.md)
 
 demo: install
 	$(BIN)/python -m dnd_jax.experiment --config configs/quickstart.py --workdir workdir/quickstart
