@@ -50,8 +50,6 @@ def _jobs(fl: dict, trained) -> list[tuple[list[str], str]]:
     from dnd_jax import tasks
     from dnd_jax.weights import peft_io
 
-    if not fl["checkpoint"].value:
-        raise GenerateError("--checkpoint (the generator workdir) is required")
     if fl["prompts"].value and fl["task"].value:
         raise GenerateError("give either --prompts or --task, not both")
     sources = [(read_prompts(p), p) for p in fl["prompts"].value]
@@ -82,8 +80,9 @@ def main(fl: dict) -> None:
     wall0 = time.perf_counter()
     from dnd_jax import task_files
 
-    trained = task_files.generator_training_config(fl["checkpoint"].value, fl["step"].value) \
-        if fl["checkpoint"].value else None
+    if not fl["checkpoint"].value:
+        raise GenerateError("--checkpoint (the generator workdir) is required")
+    trained = task_files.generator_training_config(fl["checkpoint"].value, fl["step"].value)
     jobs = _jobs(fl, trained)
     gen = Generator.load(fl["checkpoint"].value, fl["step"].value)
     timings = {"load_s": gen.load_time_s}

@@ -59,14 +59,8 @@ retry_killed() {
   done
 }
 
-collect_shards() {  # CONFIG WORKDIR: SHARDS 1-thread collectors on one zoo; fails if any fails
-  local pids=() rc=0 i
-  for ((i = 0; i < SHARDS; i++)); do
-    retry_killed $PY -m dnd_jax.collect --config "$1" --workdir "$2" --config.zoo.torch_threads=1 --shard="$i/$SHARDS" &
-    pids+=($!)
-  done
-  for i in "${pids[@]}"; do wait "$i" || rc=1; done
-  return $rc
+collect_shards() {  # CONFIG WORKDIR: SHARDS 1-thread collectors on one zoo, one core each; fails if any fails
+  pinned_shards $PY -m dnd_jax.collect --config "$1" --workdir "$2" --config.zoo.torch_threads=1
 }
 
 allowed_cpus() {  # the CPU numbers this process may run on ("0-3,8" in /proc/self/status -> 0 1 2 3 8)
