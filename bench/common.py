@@ -117,3 +117,50 @@ def _jsonable(x: Any) -> Any:
     except ImportError:
         pass
     return str(x)
+
+
+def report_cells(workdir: Path) -> list[dict]:
+    """Every scored (target report, metric, system) of an experiment's workdir and the cache entry holding it.
+
+    Reads each per-target report ``W/results/<report>/results.json`` (its systems and their adapter hashes)
+    and matches it to ``W/eval_cache/*.json`` by (task, metric, split, limit, adapter hash), keeping the
+    newest scoring version (decoding journals, ``*.partial.json``, are not entries). A row: ``report``,
+    ``task``, ``metric``, ``system``, ``kind``, ``entry`` (the entry's path, or None with a ``note`` when not
+    exactly one matches) and ``shared_with`` (the report's first system that used the same entry: the
+    ``nearest`` baseline is one of the training LoRAs). A system not scored on a metric (training LoRAs on
+    decoding metrics) has no row. Raises ValueError when the workdir has no report.
+    """
+    entries: dict[tuple, list[tuple[int, Path]]] = {}
+    for path in sorted((workdir / "eval_cache").glob("*.json")):
+        if path.name.endswith(".partial.json"):
+            continue
+        key = json.loads(path.read_text()).get("key")
+        if isinstance(key, dict):
+            ident = (key.get("task"), key.get("metric"), key.get("split"), key.get("limit"), key.get("adapter_hash"))
+            entries.setdefault(ident, []).append((key.get("version", 0), path))
+    reports = sorted((workdir / "results").glob("*/results.json"))
+    if not reports:
+        raise ValueError(f"no per-target reports in {workdir / 'results'} (run the experiment first)")
+    rows = []
+    for path in reports:
+        report = json.loads(path.read_text())
+        seen: dict[Path, str] = {}
+        for metric in report["metrics"]:
+            for system in report["systems"]:
+                if system["name"] not in report["results"].get(metric, {}):
+                    continue
+                found = entries.get((report["task"], metric, report["split"], report["limit"],
+                                     system["adapter_hash"]), [])
+                newest = max((v for v, _ in found), default=0)
+                found = [p for v, p in found if v == newest]
+                row = {"report": path.parent.name, "task": report["task"], "metric": metric,
+                       "system": system["name"], "kind": system["kind"], "entry": None, "shared_with": None}
+                if len(found) != 1:
+                    rows.append(row | {"note": f"{len(found)} cache entries match"})
+                    continue
+                row["entry"] = found[0]
+                row["shared_with"] = seen.setdefault(found[0], system["name"])
+                if row["shared_with"] == system["name"]:
+                    row["shared_with"] = None
+                rows.append(row)
+    return rows

@@ -23,60 +23,29 @@ from absl import app, flags
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import common  # noqa: E402
 
 from dnd_jax import assets  # noqa: E402
-from dnd_jax.errors import InputError  # noqa: E402
 
 WORKDIR = flags.DEFINE_string("workdir", None, "the experiment's workdir (its output root)")
 OUT = flags.DEFINE_string("out", None, "folder for eval_costs.json / eval_costs.md")
 
 
-def _entries(cache_dir: Path) -> dict[tuple, list[dict]]:
-    """Cache records by (task, metric, split, limit, adapter hash); their per-example vectors dropped."""
-    out: dict[tuple, list[dict]] = {}
-    for path in sorted(cache_dir.glob("*.json")):
-        if path.name.endswith(".partial.json"):  # a decoding journal (an entry being written), not an entry
-            continue
-        record = json.loads(path.read_text())
-        key = record.get("key")
-        if not isinstance(key, dict):
-            continue
-        ident = (key.get("task"), key.get("metric"), key.get("split"), key.get("limit"), key.get("adapter_hash"))
-        out.setdefault(ident, []).append({"file": path.name, "wall_s": record.get("wall_s"),
-                                          "n": len(record.get("ids", ())), "version": key.get("version", 0)})
-    return out
-
-
 def cells(workdir: Path) -> list[dict]:
     """Every evaluated (target, metric, system) of the workdir's per-target reports, with its entry's cost."""
-    entries = _entries(workdir / "eval_cache")
     rows = []
-    reports = sorted((workdir / "results").glob("*/results.json"))
-    if not reports:
-        raise InputError(f"no per-target reports in {workdir / 'results'} (run the experiment first)")
-    for path in reports:
-        report = json.loads(path.read_text())
-        seen: dict[str, str] = {}  # entry file -> the first system that used it
-        for metric in report["metrics"]:
-            for system in report["systems"]:
-                if system["name"] not in report["results"].get(metric, {}):
-                    continue  # not scored on this metric (training LoRAs on decoding metrics)
-                ident = (report["task"], metric, report["split"], report["limit"], system["adapter_hash"])
-                found = entries.get(ident, [])
-                newest = max((e["version"] for e in found), default=0)
-                found = [e for e in found if e["version"] == newest]  # entries of an older scoring version
-                row = {"report": path.parent.name, "task": report["task"], "metric": metric,
-                       "system": system["name"], "kind": system["kind"]}
-                if len(found) != 1:
-                    rows.append(row | {"wall_s": None, "note": f"{len(found)} cache entries match"})
-                    continue
-                entry = found[0]
-                if entry["file"] in seen:
-                    rows.append(row | {"wall_s": None, "note": f"same entry as {seen[entry['file']]}"})
-                    continue
-                seen[entry["file"]] = system["name"]
-                per = entry["wall_s"] / entry["n"] if entry["wall_s"] is not None and entry["n"] else None
-                rows.append(row | {"n": entry["n"], "wall_s": entry["wall_s"], "s_per_example": per})
+    for cell in common.report_cells(workdir):
+        row = {k: cell[k] for k in ("report", "task", "metric", "system", "kind")}
+        if cell["entry"] is None:
+            rows.append(row | {"wall_s": None, "note": cell["note"]})
+        elif cell["shared_with"] is not None:
+            rows.append(row | {"wall_s": None, "note": f"same entry as {cell['shared_with']}"})
+        else:
+            record = json.loads(cell["entry"].read_text())
+            wall, n = record.get("wall_s"), len(record.get("ids", ()))
+            rows.append(row | {"n": n, "wall_s": wall, "s_per_example": wall / n if wall is not None and n else None})
     return rows
 
 
@@ -122,7 +91,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"--workdir {workdir} is not a folder")
     try:
         rows = cells(workdir)
-    except InputError as e:
+    except ValueError as e:
         raise app.UsageError(str(e)) from None
     stages_path = workdir / "experiment_stages.json"
     stages = json.loads(stages_path.read_text()) if stages_path.is_file() else {}

@@ -453,6 +453,28 @@ def test_experiment_costs_reads_each_cells_own_cache_entry(tiny_zoo, tmp_path):
     assert groups[("piqa", "cloze")]["systems"] == sum(r["metric"] == "cloze" for r in counted)
 
 
+def test_decoded_agreement_counts_identical_texts_answers_and_who_is_right():
+    """bench/decoded_agreement.py: per problem, DnD's greedy text against another system's; a problem where
+    neither text yields an answer is not an agreeing answer; texts of different problems are refused."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("decoded_agreement", ROOT / "bench" / "decoded_agreement.py")
+    agree = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(agree)
+    records = {"dnd": {"texts": ["a 1", "b", "c 3", "dd"], "pred": ["1", None, "3", None], "correct": [1, 0, 1, 0]},
+               "merged": {"texts": ["a 1", "x", "c 4", "dd"], "pred": ["1", None, "4", None], "correct": [1, 0, 0, 0]},
+               "base": {"texts": ["q", "r", "s", "t"], "correct": [0, 1, 0, 0]}}
+    out = agree.agreement(records)
+    assert out["n"] == 4 and out["systems"]["dnd"] == {"mean_chars": 2.25, "score": 0.5}
+    assert out["versus"]["merged"] == {"identical_texts": 2, "same_answer": 1, "both_correct": 1, "only_dnd": 1,
+                                       "only_other": 0}
+    assert out["versus"]["base"] == {"identical_texts": 0, "both_correct": 0, "only_dnd": 2, "only_other": 1}
+    assert "dnd" not in out["versus"]
+    records["base"]["texts"].pop()
+    with pytest.raises(ValueError, match="base has 3 texts"):
+        agree.agreement(records)
+
+
 # --- CLI end to end -------------------------------------------------------------------------------------
 
 
