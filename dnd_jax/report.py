@@ -317,31 +317,62 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def figure(results: dict, path: Path, metric: str = "cloze") -> None:
+METRIC_ORDER = ("bpb", "exact_match", "pass@1", "cloze", "mc")  # a generative domain's primary metric first
+
+
+def figure_metrics(results: dict) -> list[str]:
+    """The metrics the experiment figure draws, one panel each: every metric some target was scored on."""
+    present = {m for t in results["targets"].values() for s in t["systems"].values() for m in (s or {})}
+    return [m for m in METRIC_ORDER if m in present] + sorted(present - set(METRIC_ORDER))
+
+
+def figure(results: dict, path: Path, metrics: Sequence[str] | None = None) -> None:
+    """One panel per metric: the targets scored on it, every system's score with its 95% CI."""
     plt = pyplot()
     import numpy as np
 
-    targets = list(results["targets"])
-    keys = [(k, t) for k, t in COLUMNS if any(results["targets"][x]["systems"].get(k) for x in targets)]
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(targets) * len(keys) / 4), 4))
-    width = 0.8 / max(1, len(keys))
-    for j, (key, title) in enumerate(keys):
-        accs, lo, hi = [], [], []
-        for t in targets:
-            e = (results["targets"][t]["systems"].get(key) or {}).get(metric) or {}
-            a = e.get("acc", np.nan)
-            ci = e.get("ci") or (a, a)
-            s = _scale(metric)[0]
-            ends = sorted((s * ci[0], s * ci[1]))
-            accs.append(s * a)
-            lo.append(s * a - ends[0])
-            hi.append(ends[1] - s * a)
-        x = np.arange(len(targets)) + (j - (len(keys) - 1) / 2) * width
-        ax.bar(x, accs, width, yerr=[lo, hi], capsize=2, label=title)
-    ax.set_xticks(np.arange(len(targets)), targets)
-    ax.set_ylabel("bits per byte (lower is better)" if metric == "bpb" else f"{metric} accuracy (%)")
-    ax.set_title(f"Held-out tasks: DnD vs baselines ({metric}, 95% CI)")
-    ax.legend(fontsize=7, ncol=4)
+    metrics = list(metrics) if metrics is not None else figure_metrics(results)
+    panels = []
+    for metric in metrics:
+        targets = [t for t in results["targets"] if any(metric in (s or {}) for s in
+                                                        results["targets"][t]["systems"].values())]
+        keys = [(k, title) for k, title in COLUMNS
+                if any(metric in (results["targets"][t]["systems"].get(k) or {}) for t in targets)]
+        panels.append((metric, targets, keys))
+    widths = [max(4.0, 1.6 * len(t) * len(k) / 4) for _, t, k in panels]
+    if sum(widths) <= 24:  # side by side
+        fig, axes = plt.subplots(1, len(panels), figsize=(sum(widths) + 1, 4.2), squeeze=False,
+                                 gridspec_kw={"width_ratios": widths})
+        axes = axes[0]
+    else:  # one above the other (many targets)
+        fig, axes = plt.subplots(len(panels), 1, figsize=(max(widths), 4.2 * len(panels)), squeeze=False)
+        axes = axes[:, 0]
+    colors = dict(zip([k for k, _ in COLUMNS], plt.get_cmap("tab10").colors, strict=False))  # same in every panel
+    for ax, (metric, targets, keys) in zip(axes, panels, strict=True):
+        width = 0.8 / max(1, len(keys))
+        s = _scale(metric)[0]
+        for j, (key, title) in enumerate(keys):
+            accs, lo, hi = [], [], []
+            for t in targets:
+                e = (results["targets"][t]["systems"].get(key) or {}).get(metric) or {}
+                a = e.get("acc", np.nan)
+                ci = e.get("ci") or (a, a)
+                ends = sorted((s * ci[0], s * ci[1]))
+                accs.append(s * a)
+                lo.append(s * a - ends[0])
+                hi.append(ends[1] - s * a)
+            x = np.arange(len(targets)) + (j - (len(keys) - 1) / 2) * width
+            ax.bar(x, accs, width, yerr=[lo, hi], capsize=2, label=title, color=colors[key])
+        ax.set_xticks(np.arange(len(targets)), targets, rotation=20 if len(targets) > 3 else 0, fontsize=8)
+        ax.set_ylabel(METRIC_TITLE.get(metric, metric))
+        ax.set_title(f"{metric} (95% CI)")
+        if metric == "bpb" and targets:  # differences of a few hundredths: start the axis near the data
+            lows = [s * e["ci"][1] for t in targets for e in
+                    (v.get(metric) for v in results["targets"][t]["systems"].values() if v) if e and e.get("ci")]
+            if lows:
+                ax.set_ylim(0.9 * min(lows), None)
+        ax.legend(fontsize=7, ncol=2)
+    fig.suptitle("Held-out tasks: DnD vs baselines")
     fig.tight_layout()
     save_figure(fig, path, dpi=120)
 
@@ -352,9 +383,8 @@ def write(results: dict, out_dir: str | Path) -> None:
     slim = slim_results(results)
     assets.write_json_atomic(out_dir / "results.json", slim)
     assets.write_text_atomic(out_dir / "results.md", markdown(slim))
-    if slim["targets"]:
-        present = {m for t in slim["targets"].values() for s in t["systems"].values() for m in s}
-        figure(slim, out_dir / "results.png", "cloze" if "cloze" in present or not present else sorted(present)[0])
+    if figure_metrics(slim):
+        figure(slim, out_dir / "results.png")
 
 
 def slim_results(results: dict) -> dict:

@@ -134,6 +134,27 @@ def test_paired_table_reads_the_same_way_for_bpb_and_accuracy():
         {"targets": {"t": {"systems": {}, "paired": {"dnd - base": {"cloze": paired["dnd - base"]["cloze"]}}}}})
 
 
+def test_experiment_figure_draws_every_metric_scored_primary_first(tmp_path, monkeypatch):
+    """A math or coding report's figure has a panel per metric (bits per byte first: the primary metric), each
+    with the targets scored on it; a cross-domain cloze row gets its own panel instead of the only one."""
+    from dnd_jax import report
+
+    cell = {"acc": -0.6, "ci": [-0.62, -0.58], "n": 200}
+    results = {"targets": {
+        "gsm8k": {"systems": {"base": {"bpb": cell, "exact_match": {"acc": 0.03, "ci": [0.01, 0.05], "n": 200}},
+                              "dnd": {"bpb": cell, "exact_match": {"acc": 0.01, "ci": [0.0, 0.02], "n": 200}}}},
+        "arc_c<-gsm8k": {"systems": {"base": {"cloze": {"acc": 0.28, "ci": [0.2, 0.3], "n": 200}},
+                                     "dnd": {"cloze": {"acc": 0.27, "ci": [0.2, 0.3], "n": 200}}}}}}
+    assert report.figure_metrics(results) == ["bpb", "exact_match", "cloze"]
+    titles = []
+    real = report.save_figure
+    monkeypatch.setattr(report, "save_figure", lambda fig, path, **kw: (
+        titles.extend(ax.get_title() for ax in fig.axes), real(fig, path, **kw)))
+    report.write(results, tmp_path)
+    assert titles == ["bpb (95% CI)", "exact_match (95% CI)", "cloze (95% CI)"]
+    assert (tmp_path / "results.png").stat().st_size > 1000
+
+
 def test_condition_draws_shards_split_the_targets_and_leave_the_report_to_a_full_run(monkeypatch):
     """bench/condition_draws.py --shard=I/N: every N-th target from the I-th; with --out it is refused (the run
     without --shard writes the report from the shards' cached adapters and scores)."""
