@@ -126,9 +126,10 @@ def report_cells(workdir: Path) -> list[dict]:
     and matches it to ``W/eval_cache/*.json`` by (task, metric, split, limit, adapter hash), keeping the
     newest scoring version (decoding journals, ``*.partial.json``, are not entries). A row: ``report``,
     ``task``, ``metric``, ``system``, ``kind``, ``entry`` (the entry's path, or None with a ``note`` when not
-    exactly one matches) and ``shared_with`` (the report's first system that used the same entry: the
-    ``nearest`` baseline is one of the training LoRAs). A system not scored on a metric (training LoRAs on
-    decoding metrics) has no row. Raises ValueError when the workdir has no report.
+    exactly one matches) and ``shared_with`` (``report/system`` of the first row that used the same entry,
+    in report order: the ``nearest`` baseline is one of the training LoRAs, and a cross-domain report reuses
+    its target's base and DnD entries). A system not scored on a metric (training LoRAs on decoding
+    metrics) has no row. Raises ValueError when the workdir has no report.
     """
     entries: dict[tuple, list[tuple[int, Path]]] = {}
     for path in sorted((workdir / "eval_cache").glob("*.json")):
@@ -142,9 +143,9 @@ def report_cells(workdir: Path) -> list[dict]:
     if not reports:
         raise ValueError(f"no per-target reports in {workdir / 'results'} (run the experiment first)")
     rows = []
+    seen: dict[Path, str] = {}  # entry -> the first "report/system" that used it
     for path in reports:
         report = json.loads(path.read_text())
-        seen: dict[Path, str] = {}
         for metric in report["metrics"]:
             for system in report["systems"]:
                 if system["name"] not in report["results"].get(metric, {}):
@@ -158,9 +159,7 @@ def report_cells(workdir: Path) -> list[dict]:
                 if len(found) != 1:
                     rows.append(row | {"note": f"{len(found)} cache entries match"})
                     continue
-                row["entry"] = found[0]
-                row["shared_with"] = seen.setdefault(found[0], system["name"])
-                if row["shared_with"] == system["name"]:
-                    row["shared_with"] = None
-                rows.append(row)
+                name = f"{path.parent.name}/{system['name']}"
+                first = seen.setdefault(found[0], name)
+                rows.append(row | {"entry": found[0], "shared_with": None if first == name else first})
     return rows

@@ -26,9 +26,12 @@ import common  # noqa: E402
 
 from dnd_jax import assets  # noqa: E402
 
-WORKDIR = flags.DEFINE_string("workdir", None, "the experiment's workdir (its output root)")
-OUT = flags.DEFINE_string("out", None, "folder for decoded_agreement.json / .md")
-SYSTEM = flags.DEFINE_string("system", "dnd", "the system compared with every other decoded system")
+
+def _define_flags() -> dict:
+    """The CLI's flags (defined only when run as a script, so tests can load this module beside others)."""
+    return {"workdir": flags.DEFINE_string("workdir", None, "the experiment's workdir (its output root)"),
+            "out": flags.DEFINE_string("out", None, "folder for decoded_agreement.json / .md"),
+            "system": flags.DEFINE_string("system", "dnd", "the system compared with every other decoded system")}
 
 
 def agreement(records: dict[str, dict], system: str = "dnd") -> dict:
@@ -95,22 +98,21 @@ def markdown(tables: list[dict], system: str) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str]) -> None:
-    del argv
-    if not WORKDIR.value or not OUT.value:
+def main(fl: dict) -> None:
+    if not fl["workdir"].value or not fl["out"].value:
         raise app.UsageError("--workdir and --out are required")
-    workdir, out = Path(WORKDIR.value), Path(OUT.value)
+    workdir, out, system = Path(fl["workdir"].value), Path(fl["out"].value), fl["system"].value
     if not workdir.is_dir():
         raise app.UsageError(f"--workdir {workdir} is not a folder")
     try:
-        tables = collect(workdir, SYSTEM.value)
+        tables = collect(workdir, system)
     except ValueError as e:
         raise app.UsageError(str(e)) from None
     if not tables:
-        raise app.UsageError(f"no decoding metric with texts for {SYSTEM.value!r} in {workdir}")
-    md = markdown(tables, SYSTEM.value)
+        raise app.UsageError(f"no decoding metric with texts for {system!r} in {workdir}")
+    md = markdown(tables, system)
     out.mkdir(parents=True, exist_ok=True)
-    assets.write_json_atomic(out / "decoded_agreement.json", {"workdir": str(workdir), "system": SYSTEM.value,
+    assets.write_json_atomic(out / "decoded_agreement.json", {"workdir": str(workdir), "system": system,
                                                               "tables": tables})
     assets.write_text_atomic(out / "decoded_agreement.md", md)
     print(md)
@@ -118,4 +120,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _flags = _define_flags()
+    app.run(lambda argv: main(_flags))

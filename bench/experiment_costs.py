@@ -7,10 +7,13 @@ its cache entry took, from the run's own records (no re-measuring).
 Reads ``W/results/<target>/results.json`` (each target's report: its systems and their adapter hashes),
 ``W/eval_cache/*.json`` (each entry's ``wall_s``: the scoring only, not the model merge) and
 ``W/experiment_stages.json`` (each stage's wall time over its runs and peak RSS). Writes
-``eval_costs.json`` and ``eval_costs.md`` into ``--out``. A cell whose entry another system shares (the
-``nearest`` baseline is one of the training LoRAs) is counted once, under the first system; an entry
-from an earlier run whose wall was not recorded has none. Wall seconds of a 1-core shard are about its
-CPU seconds; beside other work they are an upper figure.
+``eval_costs.json`` and ``eval_costs.md`` into ``--out``. A cell whose entry another cell shares (the
+``nearest`` baseline is one of the training LoRAs; a cross-domain report reuses its target's base and
+DnD entries) is counted once, under the first; an entry from an earlier run whose wall was not recorded
+has none. A decoding resumed from its journal counts the seconds of every run (since session 19); one
+resumed from an older journal counts only its last run's problems and says so. Entries written before
+session 19 do not say whether they were resumed: their wall can be the last run's alone. Wall seconds of
+a 1-core shard are about its CPU seconds; beside other work they are an upper figure.
 """
 from __future__ import annotations
 
@@ -45,6 +48,10 @@ def cells(workdir: Path) -> list[dict]:
         else:
             record = json.loads(cell["entry"].read_text())
             wall, n = record.get("wall_s"), len(record.get("ids", ()))
+            resumed = record.get("resumed") or {}
+            if resumed and resumed.get("wall_s") is None:  # its earlier runs' seconds are not known
+                n -= resumed["texts"]
+                row["note"] = f"resumed with {resumed['texts']} texts decoded by earlier runs: wall of the rest only"
             rows.append(row | {"n": n, "wall_s": wall, "s_per_example": wall / n if wall is not None and n else None})
     return rows
 

@@ -233,11 +233,16 @@ def evaluate_adapter_metrics(model_ref: base_model.BaseModelRef, adapter: str | 
             t0 = time.time()
             # decoding metrics journal every batch next to their cache entry: a killed run resumes there
             journal = path.with_name(f"{path.stem}.partial.json") if path is not None else None
+            from dnd_jax import generative
+
+            prior = generative.read_journal(journal, key, len(examples))
             record = _score(model, tok, examples, metric, batch_size, max_new_tokens, progress, packed,
                             journal=journal, journal_key=key)
             record |= {"key": key, "task": task, "split": split, "metric": metric, "limit": limit,
                        "ids": [e.id for e in examples], "adapter": str(adapter) if adapter else None,
-                       "wall_s": time.time() - t0}
+                       "wall_s": time.time() - t0 + (prior.wall_s or 0.0)}
+            if prior.texts:  # resumed: wall_s covers the earlier runs too, unless their journal did not say
+                record["resumed"] = {"texts": len(prior.texts), "wall_s": prior.wall_s}
             if path is not None:
                 assets.write_json_atomic(path, record)
                 journal.unlink(missing_ok=True)

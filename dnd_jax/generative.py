@@ -18,8 +18,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from tqdm import tqdm
@@ -99,16 +101,17 @@ def greedy_solutions(model, tokenizer, examples: Sequence[tasks_lib.Example], st
     as its text holds a stop sequence or it emits the end-of-sequence token (:func:`greedy_decode`), so
     a batch costs what its rows need, not ``batch_size`` times its longest row.
 
-    ``journal``: after every batch the texts so far are written there (atomically, with ``journal_key``),
-    and a run that finds a journal with the same key decodes only the problems it lacks, so a killed
-    evaluation loses at most one batch. A problem's text does not depend on its batch
+    ``journal``: after every batch the texts so far are written there (atomically, with ``journal_key`` and
+    the decoding seconds behind them, summed over runs), and a run that finds a journal with the same key
+    decodes only the problems it lacks, so a killed evaluation loses at most one batch. A problem's text does not depend on its batch
     (``tests/test_math_code.py::test_greedy_texts_do_not_depend_on_the_batch_size``), so a resumed run
     returns what an uninterrupted one would. The caller removes the journal once the result is stored.
     """
     prompts = [tokenizer(tasks_lib.cloze_context(ex), add_special_tokens=False)["input_ids"][-max_prompt_len:]
                for ex in examples]
     out: list[str] = [""] * len(prompts)
-    done = read_journal(journal, journal_key, len(prompts)) if journal is not None else {}
+    prior = read_journal(journal, journal_key, len(prompts)) if journal is not None else Journal({}, 0.0)
+    done, t0 = dict(prior.texts), time.time()
     for i, text in done.items():
         out[i] = text
     order = sorted((i for i in range(len(prompts)) if i not in done), key=lambda i: -len(prompts[i]))
@@ -119,30 +122,41 @@ def greedy_solutions(model, tokenizer, examples: Sequence[tasks_lib.Example], st
         for i, tokens in zip(idx, rows, strict=True):
             out[i] = done[i] = truncate_at_stop(tokenizer.decode(tokens, skip_special_tokens=True), stops)
         if journal is not None and len(done) < len(prompts):
-            assets.write_json_atomic(journal, {"key": journal_key, "texts": {str(i): t for i, t in done.items()}})
+            assets.write_json_atomic(journal, {"key": journal_key, "texts": {str(i): t for i, t in done.items()},
+                                               "wall_s": None if prior.wall_s is None else prior.wall_s + time.time() - t0})
         bar.update(len(idx))
     bar.close()
     return out
 
 
-def read_journal(path: Path, key: dict | None, n: int) -> dict[int, str]:
-    """The texts of a :func:`greedy_solutions` journal written under ``key`` (another key's: none). It is
-    written atomically, so one that does not parse is corruption: an IntegrityError naming it."""
+class Journal(NamedTuple):
+    """What a :func:`greedy_solutions` journal holds: the texts decoded so far, by problem index, and the
+    seconds their decoding took over every run that wrote them (None: a journal from before that was kept)."""
+    texts: dict[int, str]
+    wall_s: float | None
+
+
+def read_journal(path: Path | None, key: dict | None, n: int) -> Journal:
+    """The :func:`greedy_solutions` journal at ``path`` written under ``key`` (absent, or another key's: empty).
+    It is written atomically, so one that does not parse is corruption: an IntegrityError naming it."""
     from dnd_jax.errors import IntegrityError
 
-    if not path.is_file():
-        return {}
+    if path is None or not path.is_file():
+        return Journal({}, 0.0)
     try:
         obj = json.loads(path.read_text())
         if obj.get("key") != key:
-            return {}
+            return Journal({}, 0.0)
         texts = {int(i): t for i, t in obj["texts"].items()}
         if not all(0 <= i < n and isinstance(t, str) for i, t in texts.items()):
             raise ValueError("indices or texts out of range")
+        wall = obj.get("wall_s")
+        if wall is not None and not (isinstance(wall, (int, float)) and wall >= 0):
+            raise ValueError(f"wall_s {wall!r}")
     except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
         raise IntegrityError(f"{path}: not a readable generation journal ({e}); it is written atomically, so "
                              "this is corruption: delete it to decode those problems again") from None
-    return texts
+    return Journal(texts, None if wall is None else float(wall))
 
 
 def greedy_decode(model, tokenizer, prompts: Sequence[Sequence[int]], max_new_tokens: int,

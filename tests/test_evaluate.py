@@ -441,11 +441,16 @@ def test_experiment_costs_reads_each_cells_own_cache_entry(tiny_zoo, tmp_path):
     res = evaluation.evaluate_target(config, workdir, "piqa", training_tasks=["arc_e", "boolq"], limit=4,
                                      out_dir=workdir / "results" / "piqa", progress=False)
     walls = sorted(json.loads(p.read_text())["wall_s"] for p in (workdir / "eval_cache").glob("*.json"))
+    # a second report on the same entries (as a cross-domain report reuses its target's base and DnD entries)
+    shutil.copytree(workdir / "results" / "piqa", workdir / "results" / "piqa_from_other")
     rows = costs.cells(workdir)
     near = "lora:" + res["system_info"]["nearest"]["source_task"]
-    by = {(r["metric"], r["system"]): r for r in rows}
+    by = {(r["metric"], r["system"]): r for r in rows if r["report"] == "piqa"}
     assert ("mc", "lora:arc_e") not in by and ("mc", "base") in by
-    assert by[("cloze", "nearest")]["note"] == f"same entry as {near}" and by[("cloze", "nearest")]["wall_s"] is None
+    assert by[("cloze", "nearest")]["note"] == f"same entry as piqa/{near}" and by[("cloze", "nearest")]["wall_s"] is None
+    again = [r for r in rows if r["report"] == "piqa_from_other"]
+    assert len(again) == len(by) and all(r["wall_s"] is None and r["note"].startswith("same entry as piqa/")
+                                         for r in again)
     counted = [r for r in rows if r["wall_s"] is not None]
     assert sorted(r["wall_s"] for r in counted) == walls  # each entry exactly once
     assert all(r["n"] == 4 and r["s_per_example"] == r["wall_s"] / 4 for r in counted)

@@ -220,7 +220,7 @@ def test_greedy_journal_resumes_a_killed_run_exactly(tiny_base, tiny, tmp_path, 
                           env=testing.subprocess_env(1), capture_output=True, text=True, timeout=600)
     assert proc.returncode == -9, proc.stderr[-2000:]
     saved = json.loads(journal.read_text())
-    assert saved["key"] == {"k": 1} and len(saved["texts"]) == 4
+    assert saved["key"] == {"k": 1} and len(saved["texts"]) == 4 and saved["wall_s"] > 0
     assert not list(tmp_path.glob(".*tmp*"))  # the atomic writes left no temp file behind
 
     calls = []
@@ -242,6 +242,48 @@ def test_greedy_journal_resumes_a_killed_run_exactly(tiny_base, tiny, tmp_path, 
 
     with pytest.raises(IntegrityError, match="j.partial.json: not a readable generation journal"):
         generative.greedy_solutions(model, tok, exs, ("\n\n",), 10, journal_key={"k": 1}, **kw)
+
+
+def test_a_resumed_decoding_records_the_seconds_of_every_run(tiny_base, tmp_path, monkeypatch):
+    """The journal keeps the decoding seconds behind its texts (summed over runs); the cache entry of a resumed
+    evaluation adds them to its own wall time and says how many texts it took over, so measured costs are
+    not those of the last run only. A journal from before the seconds were kept says so (None)."""
+    kw = dict(limit=3, batch_size=1, max_new_tokens=4, progress=False)
+    cache = tmp_path / "cache"
+    full = evaluation.evaluate_adapter(tiny_base, None, "gsm8k", "exact_match", cache_dir=cache, **kw)
+    (entry,) = cache.glob("gsm8k-exact_match-*.json")
+    record = json.loads(entry.read_text())
+    assert "resumed" not in record and record["wall_s"] > 0
+    journal = entry.with_name(f"{entry.stem}.partial.json")
+    for prior_wall in (100.0, None):
+        entry.unlink()
+        journal.write_text(json.dumps({"key": record["key"], "texts": {"0": record["texts"][0]}, "wall_s": prior_wall}))
+        got = evaluation.evaluate_adapter(tiny_base, None, "gsm8k", "exact_match", cache_dir=cache, **kw)
+        assert got["texts"] == full["texts"] and not journal.exists()
+        stored = json.loads(entry.read_text())
+        assert stored["resumed"] == {"texts": 1, "wall_s": prior_wall}
+        assert stored["wall_s"] > (prior_wall or 0.0)
+    # an interrupted run adds its own seconds to the journal's
+    entry.unlink()
+    journal.write_text(json.dumps({"key": record["key"], "texts": {"0": record["texts"][0]}, "wall_s": 100.0}))
+    real, calls = generative.greedy_decode, []
+
+    def decode(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # after one more batch was journaled
+        return real(*a, **k)
+
+    monkeypatch.setattr(generative, "greedy_decode", decode)
+    with pytest.raises(KeyboardInterrupt):
+        evaluation.evaluate_adapter(tiny_base, None, "gsm8k", "exact_match", cache_dir=cache, **kw)
+    kept = generative.read_journal(journal, record["key"], 3)
+    assert len(kept.texts) == 2 and kept.wall_s > 100.0
+    journal.write_text(json.dumps({"key": record["key"], "texts": {}, "wall_s": -1}))
+    from dnd_jax.errors import IntegrityError
+
+    with pytest.raises(IntegrityError, match="wall_s -1"):
+        generative.read_journal(journal, record["key"], 3)
 
 
 def test_bpb_truncation_keeps_context_and_scores_the_solution_head(tiny):
