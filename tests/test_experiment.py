@@ -146,12 +146,16 @@ def test_experiment_figure_draws_every_metric_scored_primary_first(tmp_path, mon
         "arc_c<-gsm8k": {"systems": {"base": {"cloze": {"acc": 0.28, "ci": [0.2, 0.3], "n": 200}},
                                      "dnd": {"cloze": {"acc": 0.27, "ci": [0.2, 0.3], "n": 200}}}}}}
     assert report.figure_metrics(results) == ["bpb", "exact_match", "cloze"]
-    titles = []
+    axes = []
     real = report.save_figure
-    monkeypatch.setattr(report, "save_figure", lambda fig, path, **kw: (
-        titles.extend(ax.get_title() for ax in fig.axes), real(fig, path, **kw)))
+    monkeypatch.setattr(report, "save_figure", lambda fig, path, **kw: (axes.extend(fig.axes), real(fig, path, **kw)))
     report.write(results, tmp_path)
-    assert titles == ["bpb (95% CI)", "exact_match (95% CI)", "cloze (95% CI)"]
+    assert [ax.get_title() for ax in axes] == ["bpb (95% CI)", "exact_match (95% CI)", "cloze (95% CI)"]
+    colours = [{c.get_label(): c.patches[0].get_facecolor() for c in ax.containers if getattr(c, "patches", None)}
+               for ax in axes]
+    assert all(c.keys() == {"base", "DnD"} for c in colours)
+    assert colours[0] == colours[1] == colours[2] and colours[0]["base"] != colours[0]["DnD"]  # one per system
+    assert axes[0].get_ylim()[0] == pytest.approx(0.9 * 0.58)  # bits per byte: the axis starts near the data
     assert (tmp_path / "results.png").stat().st_size > 1000
 
 
