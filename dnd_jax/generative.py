@@ -110,7 +110,7 @@ def greedy_solutions(model, tokenizer, examples: Sequence[tasks_lib.Example], st
     prompts = [tokenizer(tasks_lib.cloze_context(ex), add_special_tokens=False)["input_ids"][-max_prompt_len:]
                for ex in examples]
     out: list[str] = [""] * len(prompts)
-    prior = read_journal(journal, journal_key, len(prompts)) if journal is not None else Journal({}, 0.0)
+    prior = read_journal(journal, journal_key, len(prompts))
     done, t0 = dict(prior.texts), time.time()
     for i, text in done.items():
         out[i] = text

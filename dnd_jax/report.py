@@ -351,6 +351,7 @@ def figure(results: dict, path: Path, metrics: Sequence[str] | None = None) -> N
     for ax, (metric, targets, keys) in zip(axes, panels, strict=True):
         width = 0.8 / max(1, len(keys))
         s = _scale(metric)[0]
+        bottoms = []  # the lower CI end of every bar drawn
         for j, (key, title) in enumerate(keys):
             accs, lo, hi = [], [], []
             for t in targets:
@@ -361,16 +362,14 @@ def figure(results: dict, path: Path, metrics: Sequence[str] | None = None) -> N
                 accs.append(s * a)
                 lo.append(s * a - ends[0])
                 hi.append(ends[1] - s * a)
+                bottoms.append(ends[0])
             x = np.arange(len(targets)) + (j - (len(keys) - 1) / 2) * width
             ax.bar(x, accs, width, yerr=[lo, hi], capsize=2, label=title, color=colors[key])
         ax.set_xticks(np.arange(len(targets)), targets, rotation=20 if len(targets) > 3 else 0, fontsize=8)
         ax.set_ylabel(METRIC_TITLE.get(metric, metric))
         ax.set_title(f"{metric} (95% CI)")
-        if metric == "bpb" and targets:  # differences of a few hundredths: start the axis near the data
-            lows = [s * e["ci"][1] for t in targets for e in
-                    (v.get(metric) for v in results["targets"][t]["systems"].values() if v) if e and e.get("ci")]
-            if lows:
-                ax.set_ylim(0.9 * min(lows), None)
+        if metric == "bpb" and not np.isnan(bottoms).all():  # differences of hundredths: start near the data
+            ax.set_ylim(0.9 * np.nanmin(bottoms), None)
         ax.legend(fontsize=7, ncol=2)
     fig.suptitle("Held-out tasks: DnD vs baselines")
     fig.tight_layout()
@@ -383,8 +382,9 @@ def write(results: dict, out_dir: str | Path) -> None:
     slim = slim_results(results)
     assets.write_json_atomic(out_dir / "results.json", slim)
     assets.write_text_atomic(out_dir / "results.md", markdown(slim))
-    if figure_metrics(slim):
-        figure(slim, out_dir / "results.png")
+    metrics = figure_metrics(slim)
+    if metrics:
+        figure(slim, out_dir / "results.png", metrics)
 
 
 def slim_results(results: dict) -> dict:

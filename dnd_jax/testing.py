@@ -7,6 +7,8 @@ come from a task-specific template, so a generator can learn the prompt -> weigh
 """
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
 import os
 from collections.abc import Sequence
@@ -21,6 +23,17 @@ from dnd_jax import assets, zoo
 #: level, 3.7x less at -O0: bench/compile_level.py), so tests compile at -O0: the same programs, about 1.8x
 #: less CPU for the suite (docs/test_suite.md). Production processes keep XLA's default.
 TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+
+
+@functools.cache
+def load_bench(name: str):
+    """``bench/<name>.py`` of this checkout as a module, loaded once per process (a bench script that
+    defines absl flags at import can define them only once)."""
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def xla_flags(devices: int = 1) -> str:

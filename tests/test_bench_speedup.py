@@ -1,5 +1,4 @@
 """bench/speedup.py: steps to reach DnD's accuracy, from end points and from a scored zoo curve."""
-import importlib.util
 import json
 from pathlib import Path
 
@@ -12,10 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def speedup():
-    spec = importlib.util.spec_from_file_location("bench_speedup", ROOT / "bench" / "speedup.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return testing.load_bench("speedup")
 
 
 def test_steps_to_reach(speedup):

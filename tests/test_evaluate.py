@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from configs import tiny
-from dnd_jax import assets, base_model, baselines, evaluation, scoring, tasks, zoo
+from dnd_jax import assets, base_model, baselines, evaluation, scoring, tasks, testing, zoo
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -323,8 +323,6 @@ def test_an_entry_another_process_holds_is_skipped_waited_for_or_taken_over(tiny
     """Processes sharing a cache never score one entry twice: an entry whose lock another live process holds
     is left out (``held="skip"``) or waited for, then read as that process wrote it (``"wait"``); a holder
     killed with SIGKILL leaves a stale lock that is taken over, and the entry is scored here."""
-    from dnd_jax import testing
-
     workdir, ref = tiny_zoo
     adapter = zoo.final_checkpoint(workdir, "arc_e")
     kw = dict(limit=4, batch_size=4, max_new_tokens=3, n_boot=200, progress=False)
@@ -429,11 +427,7 @@ def test_experiment_costs_reads_each_cells_own_cache_entry(tiny_zoo, tmp_path):
     """bench/experiment_costs.py: every scored (metric, system) of a target report gets the wall time its own
     cache entry recorded; a system sharing another's entry (nearest is a training LoRA) is counted once;
     a cell a system was not scored on (a training LoRA on mc here) is no row."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("experiment_costs", ROOT / "bench" / "experiment_costs.py")
-    costs = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(costs)
+    costs = testing.load_bench("experiment_costs")
     workdir = tmp_path / "w"
     shutil.copytree(tiny_zoo[0], workdir, ignore=shutil.ignore_patterns("eval_cache"))
     config = tiny.get_config()
@@ -461,11 +455,7 @@ def test_experiment_costs_reads_each_cells_own_cache_entry(tiny_zoo, tmp_path):
 def test_decoded_agreement_counts_identical_texts_answers_and_who_is_right():
     """bench/decoded_agreement.py: per problem, DnD's greedy text against another system's; a problem where
     neither text yields an answer is not an agreeing answer; texts of different problems are refused."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("decoded_agreement", ROOT / "bench" / "decoded_agreement.py")
-    agree = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(agree)
+    agree = testing.load_bench("decoded_agreement")
     records = {"dnd": {"texts": ["a 1", "b", "c 3", "dd"], "pred": ["1", None, "3", None], "correct": [1, 0, 1, 0]},
                "merged": {"texts": ["a 1", "x", "c 4", "dd"], "pred": ["1", None, "4", None], "correct": [1, 0, 0, 0]},
                "base": {"texts": ["q", "r", "s", "t"], "correct": [0, 1, 0, 0]}}

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from configs import tiny
-from dnd_jax import experiment
+from dnd_jax import experiment, testing
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,11 +75,7 @@ def test_experiment_end_to_end_and_resume(tmp_path, condition_spy):
 
     # bench/condition_draws.py on this workdir: draw 0 is the experiment's own adapter (same bytes, same
     # cached scores, same difference to merged); another draw conditions on other prompts
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("condition_draws", ROOT / "bench" / "condition_draws.py")
-    draws = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(draws)
+    draws = testing.load_bench("condition_draws")
     study = draws.study(_config(), workdir, ["piqa"], [0, 1], ["cloze"])
     row = study["targets"]["piqa"]["cloze"]
     first = workdir / "draws" / "piqa" / "seed0" / "adapter_model.safetensors"
@@ -162,14 +158,11 @@ def test_experiment_figure_draws_every_metric_scored_primary_first(tmp_path, mon
 def test_condition_draws_shards_split_the_targets_and_leave_the_report_to_a_full_run(monkeypatch):
     """bench/condition_draws.py --shard=I/N: every N-th target from the I-th; with --out it is refused (the run
     without --shard writes the report from the shards' cached adapters and scores)."""
-    import importlib.util
     from types import SimpleNamespace
 
     from absl import app
 
-    spec = importlib.util.spec_from_file_location("condition_draws", ROOT / "bench" / "condition_draws.py")
-    draws = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(draws)
+    draws = testing.load_bench("condition_draws")
     seen = []
     monkeypatch.setattr(draws, "study", lambda config, workdir, targets, seeds, metrics: seen.append(targets) or
                         {"seeds": seeds, "num_prompts": 1, "targets": {}})

@@ -1,6 +1,4 @@
 """README tables that restate a results file are exactly what that file says."""
-import functools
-import importlib.util
 import json
 import subprocess
 import sys
@@ -8,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dnd_jax import report
+from dnd_jax import report, testing
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,13 +30,8 @@ def _domain_tables(names: dict[str, str]) -> list[str]:
             if t[0].startswith("| held out | metric |") and any(r.split("|")[1].strip() in shown for r in t[2:])]
 
 
-@functools.cache
 def _bench():
-    """bench/readme_table.py, loaded once (its absl flags can be defined only once per process)."""
-    spec = importlib.util.spec_from_file_location("readme_table", ROOT / "bench" / "readme_table.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return testing.load_bench("readme_table")
 
 
 @pytest.mark.parametrize("domain", ["commonsense", "math", "coding"])
