@@ -9,6 +9,8 @@ stages: :mod:`dnd_jax.pipeline`; the report: :mod:`dnd_jax.report`.
 """
 from __future__ import annotations
 
+import json
+
 from absl import flags
 
 from dnd_jax import cli, report
@@ -22,6 +24,7 @@ from dnd_jax.pipeline import (  # noqa: F401
     run_foreign_generator,
     run_foreign_target,
     run_target,
+    train_generator,
     training_tasks,
     write_report,
 )
@@ -36,12 +39,18 @@ def define_flags() -> dict:
         "only": flags.DEFINE_list("only", None, "Run only these targets (held-out or cross-domain tasks)."),
         "shard": flags.DEFINE_string("shard", None, "I/N: run every N-th target from the I-th beside the other "
                                      "shards (needs a complete zoo; writes no report: rerun without --shard)."),
+        "train_only": flags.DEFINE_bool("train_only", False, "Collect the zoo and train the targets' generators; "
+                                        "generate, evaluate and report nothing (e.g. to make another "
+                                        "experiment's foreign generator: --only sciq)."),
     }
 
 
 def main(fl: dict) -> None:
-    results = run(fl["config"].value, fl["workdir"].value, fl["only"].value, fl["docs"].value, fl["shard"].value)
-    if not fl["shard"].value:
+    results = run(fl["config"].value, fl["workdir"].value, fl["only"].value, fl["docs"].value, fl["shard"].value,
+                  train_only=fl["train_only"].value)
+    if fl["train_only"].value:
+        print(json.dumps(results["targets"]))
+    elif not fl["shard"].value:
         print(report.markdown(report.slim(results)))
 
 

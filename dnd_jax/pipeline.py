@@ -47,15 +47,10 @@ def _stage_log_locked(path: Path, name: str, seconds: float) -> None:
 
 def run_target(config, workdir: Path, target: str) -> dict:
     """Train (or resume) the generator for ``target``, generate its adapter, evaluate everything."""
-    from dnd_jax import evaluation, trainer
+    from dnd_jax import evaluation
 
-    cfg = generator_config(config, target)
     root = output_root(config, workdir)
-    gen_dir = root / "generators" / target
-    t0 = time.perf_counter()
-    trainer.train_and_evaluate(cfg, gen_dir)
-    _stage_log(root, f"train/{target}", time.perf_counter() - t0)
-
+    gen_dir = train_generator(config, workdir, target)
     adapter_dir = root / "adapters" / f"dnd_{target}"
     gen_timing = _generate_to(config, gen_dir, (target,), adapter_dir)  # never from the scored questions
 
@@ -67,6 +62,18 @@ def run_target(config, workdir: Path, target: str) -> dict:
     _stage_log(root, f"evaluate/{target}", time.perf_counter() - t0)
     result["speed"] = speed_entry(zoo.task_manifest(workdir, target), gen_timing)
     return result
+
+
+def train_generator(config, workdir: Path, target: str) -> Path:
+    """Train (or resume, or find trained) held-out ``target``'s generator; its folder."""
+    from dnd_jax import trainer
+
+    root = output_root(config, workdir)
+    gen_dir = root / "generators" / target
+    t0 = time.perf_counter()
+    trainer.train_and_evaluate(generator_config(config, target), gen_dir)
+    _stage_log(root, f"train/{target}", time.perf_counter() - t0)
+    return gen_dir
 
 
 def speed_entry(oracle_manifest: dict, gen_timing: dict) -> dict:
@@ -84,8 +91,13 @@ def speed_entry(oracle_manifest: dict, gen_timing: dict) -> dict:
     return entry
 
 
-def run(config, workdir: str | Path, only: list[str] | None = None, docs: str = "", shard: str | None = None) -> dict:
+def run(config, workdir: str | Path, only: list[str] | None = None, docs: str = "", shard: str | None = None,
+        train_only: bool = False) -> dict:
     """Every stage for every target (or ``only`` these), holding ``workdir``'s lock throughout.
+
+    With ``train_only``, the zoo and the targets' generators only: no adapter, evaluation or report (to
+    make the generator another experiment uses as a foreign one, or to train where evaluation cannot run).
+    A later full run finds the generators trained.
 
     With ``shard="I/N"``, runs every N-th target from the I-th, beside the other shards (one process each,
     here or on other hosts sharing the filesystem): the zoo must be complete (a one-line error otherwise),
@@ -108,6 +120,9 @@ def run(config, workdir: str | Path, only: list[str] | None = None, docs: str = 
     if part is not None and docs:
         raise InputError("--docs is written by the run without --shard (it reads every shard's cached stages); "
                          "drop it from the shards")
+    if train_only and docs:
+        raise InputError("--train_only writes no report (it evaluates nothing): drop --docs")
+    stages = _train_targets if train_only else _run_targets
     if part is not None:
         own = targets[part[0]::part[1]]
         locking.refuse_if_held(workdir, "an experiment shard")
@@ -115,14 +130,16 @@ def run(config, workdir: str | Path, only: list[str] | None = None, docs: str = 
         if missing:
             raise InputError(f"--shard needs a complete zoo; {missing} not collected in {zoo.zoo_dir(workdir)} "
                              "(run dnd_jax.collect first, or the experiment without --shard)")
-        results = _run_targets(config, workdir, own, docs, report=False)
+        results = stages(config, workdir, own, docs, report=False)
+        if train_only:
+            return results
         _help_other_shards(config, workdir, [t for t in reversed(targets) if t not in own])
         return results
     with locking.workdir_lock(workdir, "experiment"):
         t0 = time.perf_counter()
         collection.collect(config, workdir)
         _stage_log(workdir, "collect", time.perf_counter() - t0)
-        return _run_targets(config, workdir, targets, docs, report=True)
+        return stages(config, workdir, targets, docs, report=True)
 
 
 def _target_lock(config, workdir: Path, target: str):
@@ -151,6 +168,16 @@ def _help_other_shards(config, workdir: Path, others: list[str]) -> None:
                       flush=True)
                 continue
             print(f"[experiment] helped with {task} (target {target}): {n} cache entries scored here", flush=True)
+
+
+def _train_targets(config, workdir: Path, targets: list[str], docs: str, report: bool) -> dict:
+    """``run(train_only=True)``: each target's generator (under the target's lock), nothing else."""
+    del docs, report  # no report: nothing was evaluated
+    out = {"targets": {}}
+    for target in targets:
+        with _target_lock(config, workdir, target):
+            out["targets"][target] = {"generator": str(train_generator(config, workdir, target))}
+    return out
 
 
 def _run_targets(config, workdir: Path, targets: list[str], docs: str, report: bool) -> dict:
@@ -243,7 +270,8 @@ def run_foreign_generator(config, workdir: Path, target: str, name: str, gen_dir
     from dnd_jax import evaluation
 
     if not Path(gen_dir).is_dir():
-        print(f"[experiment] foreign generator '{name}' not found at {gen_dir}: skipped (run its experiment first)")
+        print(f"[experiment] foreign generator '{name}' not found at {gen_dir}: skipped (run its experiment first, "
+              f"or only that generator: experiment --train_only --only {Path(gen_dir).name})")
         return {"skipped": f"no generator at {gen_dir}"}
     root = output_root(config, workdir)
     adapter_dir = root / "adapters" / f"dnd_{target}_from_{name}"

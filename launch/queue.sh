@@ -28,9 +28,13 @@ NICE=${QUEUE_NICE:-10}
 export OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 \
   TOKENIZERS_PARALLELISM=false
 
-# name | command (run with eval; `collect_shards CONFIG WORKDIR` for a zoo)
+# name | command (run with eval; `collect_shards CONFIG WORKDIR` for a zoo). sciq_generator is the commonsense
+# generator the math and coding experiments also evaluate on their targets (cross-domain); their configs
+# name it as workdir/smollm2/generators/sciq, relative to the repository: with another QUEUE_ROOT, link
+# workdir to it.
 JOBS=(
   "results_zoo|collect_shards configs/smollm2_commonsense.py $Q/smollm2"
+  "sciq_generator|$PY -m dnd_jax.experiment --config configs/smollm2_commonsense.py --workdir $Q/smollm2 --only sciq --train_only"
   "results|$PY -m dnd_jax.experiment --config configs/smollm2_commonsense.py --workdir $Q/smollm2 --docs $Q/docs/results"
   "math_zoo|collect_shards configs/smollm2_math.py $Q/math"
   "math|experiment_shards configs/smollm2_math.py $Q/math $Q/docs/results/math"

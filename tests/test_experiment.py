@@ -86,6 +86,27 @@ def test_experiment_end_to_end_and_resume(tmp_path, condition_spy):
     assert "| piqa | cloze |" in draws.markdown(study)
 
 
+def test_train_only_trains_the_generators_and_nothing_else(tmp_path):
+    from dnd_jax import trainer
+    from dnd_jax.errors import InputError
+
+    workdir = tmp_path / "w"
+    with pytest.raises(InputError, match="--train_only writes no report"):
+        experiment.run(_config(), workdir, docs=str(tmp_path / "docs"), train_only=True)
+    assert not workdir.exists()  # refused before the zoo
+    out = experiment.run(_config(), workdir, train_only=True)
+    gen_dir = workdir / "generators" / "piqa"
+    assert out == {"targets": {"piqa": {"generator": str(gen_dir)}}}
+    assert trainer.load_generator(gen_dir).step == 10  # a full generator, loadable
+    assert not (workdir / "adapters").exists() and not (workdir / "results").exists()
+    assert not (workdir / "eval_cache").exists()
+    stages = json.loads((workdir / "experiment_stages.json").read_text())
+    assert set(stages) == {"collect", "train/piqa"}
+    experiment.run(_config(), workdir, train_only=True)  # found trained, not trained again
+    runs = json.loads((workdir / "experiment_stages.json").read_text())["train/piqa"]["runs"]
+    assert len(runs) == 2 and runs[1] < runs[0]
+
+
 def test_generator_config_excludes_target_and_cross_domain():
     config = _config()
     config.tasks = ("arc_e", "piqa", "boolq", "sciq")

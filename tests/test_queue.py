@@ -35,7 +35,9 @@ def _calls(tmp_path: Path) -> list[str]:
 def test_list_names_real_configs_and_verbs():
     out = subprocess.run(["bash", str(QUEUE), "--list"], capture_output=True, text=True, check=True).stdout
     jobs = dict(line.split(None, 1) for line in out.splitlines())
-    assert list(jobs)[:6] == ["results_zoo", "results", "math_zoo", "math", "coding_zoo", "coding"]
+    assert list(jobs)[:7] == ["results_zoo", "sciq_generator", "results", "math_zoo", "math", "coding_zoo", "coding"]
+    # the math and coding experiments' foreign (commonsense) generator, trained before either needs it
+    assert "--only sciq --train_only" in jobs["sciq_generator"]
     for cmd in jobs.values():
         for config in re.findall(r"configs/\w+\.py", cmd):
             assert (ROOT / config).is_file(), config
