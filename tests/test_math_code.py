@@ -422,6 +422,42 @@ def test_coding_experiment_end_to_end_tiny(tmp_path):
     print(json.loads((tmp_path / "w" / "experiment_stages.json").read_text()))
 
 
+def test_a_coding_shard_done_first_scores_the_evaluation_only_targets_baselines_for_their_owner(tmp_path, capsys):
+    """The queue's coding run: one shard holds Python with HumanEval (an evaluation-only target whose oracle
+    is Python's LoRA), the other finishes its language first and scores those baselines; the owner must
+    find every one of them cached (the same cache entries), leaving it only its generated adapters."""
+    from configs import tiny
+    from dnd_jax import collection, experiment
+
+    config = tiny.get_config()
+    config.tasks = ("mt_mbpp_python", "mt_mbpp_rust", "mt_mbpp_go")
+    config.total_steps = config.ckpt_steps = config.eval_steps = 6
+    config.experiment.holdouts = ("mt_mbpp_rust", "mt_mbpp_python")  # shard 0: Rust; shard 1: Python
+    config.experiment.cross_domain = ()
+    config.experiment.also_evaluate = {"mt_mbpp_python": ("codex_humaneval",)}
+    config.eval.metrics = ("bpb", "pass@1")
+    config.experiment.baselines = ("base", "merged", "nearest", "oracle")
+    config.eval.limit = 3
+    config.eval.max_new_tokens = 4
+    config.eval.bootstrap = 50
+    workdir = tmp_path / "w"
+    collection.collect(config, workdir)
+    experiment.run(config, workdir, shard="0/2")
+    helped = capsys.readouterr().out
+    assert "helped with codex_humaneval (target mt_mbpp_python)" in helped
+    assert "helped with mt_mbpp_python (target mt_mbpp_python)" in helped
+    owner = experiment.run(config, workdir, shard="1/2")["targets"]
+    for target in ("mt_mbpp_python", "codex_humaneval"):
+        systems = owner[target]["systems"]
+        assert {"base", "merged", "nearest", "oracle", "dnd"} <= set(systems), target
+        for name, metrics in systems.items():
+            if name == "best_training_lora":
+                continue
+            for metric, entry in metrics.items():
+                assert entry["cached"] is (name != "dnd"), (target, name, metric)
+    assert owner["codex_humaneval"]["system_info"]["oracle"]["source_task"] == "mt_mbpp_python"
+
+
 def test_condition_prompts_never_scored_for_code_targets():
     """With the coding config's limit (200), HumanEval scores all 164 problems: it has no unscored prompts,
     so its adapter is conditioned on the held-out language's (Python's) unscored prompts instead."""
