@@ -13,6 +13,10 @@ partial zoo already serves the small pools. Resumable (``collect`` skips finishe
 
     make data   # BIG-bench tasks from the bigbench 1.0.0 sdist (358 MB, cached outside git)
     nohup nice -n 10 python -m dnd_jax.collect --config configs/smollm2_many.py --workdir workdir/many &
+
+One point of the curve needs only its prefix of the pool: ``--config configs/smollm2_many.py:pool=100``
+collects the targets and the first 100 pool tasks (the same checkpoints the full zoo holds for them);
+``python -m dnd_jax.scaling --config configs/smollm2_many.py --sizes 100 ...`` then runs on that zoo.
 """
 import ml_collections
 
@@ -41,8 +45,21 @@ def pool_order() -> list[str]:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """``arg``: ``pool=K`` keeps only the pool's first K tasks (the targets and the pools of size <= K: e.g.
+    ``collect --config configs/smollm2_many.py:pool=100`` collects the 108 tasks one point of the curve
+    needs); other items as :func:`common.apply_arg`."""
+    pool, rest = None, []
+    for item in (arg or "").split(","):
+        if item.startswith("pool="):
+            pool = int(item[len("pool="):])
+        elif item:
+            rest.append(item)
     config = smollm2_commonsense.get_config()
     order = pool_order()
+    if pool is not None:
+        if not 0 < pool <= len(order):
+            raise ValueError(f"pool={pool}: the pool holds 1 to {len(order)} tasks")
+        order = order[:pool]
     config.tasks = TARGETS + tuple(order)
     config.zoo.max_len = 96
     config.zoo.pretrain_steps = 30
@@ -52,8 +69,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.experiment.holdouts = TARGETS
     config.experiment.cross_domain = ()
     config.experiment.pool_order = tuple(order)
-    config.experiment.pool_sizes = POOL_SIZES
+    config.experiment.pool_sizes = tuple(k for k in POOL_SIZES if k <= len(order))
     # Training-LoRA mean over the first 6 pool tasks (the K=6 pool: shared by every K, evaluated once).
     config.scaling = dict(metrics=("cloze",), temperature=0.05, mean_sample=6, seed=0, geometry=True)
     config.eval.packed = True  # up to 3x faster cloze (ARC-c), same scores to 6e-5 (tests/test_evaluate.py)
-    return common.apply_arg(config, arg)
+    return common.apply_arg(config, ",".join(rest))

@@ -182,6 +182,12 @@ def test_pools_are_nested_seeded_and_family_disjoint():
     order = list(config.experiment.pool_order)
     assert config.tasks[: len(smollm2_many.TARGETS)] == smollm2_many.TARGETS
     assert list(config.tasks[len(smollm2_many.TARGETS):]) == order and max(config.experiment.pool_sizes) == len(order)
+    part = smollm2_many.get_config("pool=100")  # one point of the curve: a prefix of the same order
+    assert part.tasks == config.tasks[: len(smollm2_many.TARGETS) + 100]
+    assert part.experiment.pool_order == config.experiment.pool_order[:100]
+    assert part.experiment.pool_sizes == (6, 12, 25, 50, 100) and part.zoo == config.zoo
+    with pytest.raises(ValueError, match="pool=153"):
+        smollm2_many.get_config("pool=153")
     target_families = {tasks.family(t) for t in smollm2_many.TARGETS}
     known = [t for t in order if not t.startswith("bb_")]  # bb_ families: bigbench_<task>, never a target's
     assert not {tasks.family(t) for t in known} & target_families
