@@ -31,7 +31,9 @@ export OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASE
 # name | command (run with eval; `collect_shards CONFIG WORKDIR` for a zoo). sciq_generator is the commonsense
 # generator the math and coding experiments also evaluate on their targets (cross-domain); their configs
 # name it as workdir/smollm2/generators/sciq, relative to the repository: with another QUEUE_ROOT, link
-# workdir to it.
+# workdir to it. The *_100 jobs are the curve's K = 100 point first (the targets and the pool's first 100
+# tasks, ~2/3 of the many-task zoo; the function-space loss at K = 100 was the one point never measured);
+# many_zoo, curve and curve_fl1 then extend that zoo and find K = 100 cached.
 JOBS=(
   "results_zoo|collect_shards configs/smollm2_commonsense.py $Q/smollm2"
   "sciq_generator|$PY -m dnd_jax.experiment --config configs/smollm2_commonsense.py --workdir $Q/smollm2 --only sciq --train_only"
@@ -42,6 +44,9 @@ JOBS=(
   "coding|experiment_shards configs/smollm2_coding.py $Q/coding $Q/docs/results/coding"
   "draws|draws_shards configs/smollm2_commonsense.py $Q/smollm2 $Q/docs/results/condition_draws"
   "many_data|$PY -m dnd_jax.task_sources.bigbench"
+  "many_zoo_100|collect_shards configs/smollm2_many.py:pool=100 $Q/many"
+  "curve_100|$PY -m dnd_jax.scaling --config configs/smollm2_many.py --workdir $Q/many --docs $Q/docs/scaling --sizes 100"
+  "curve_fl1_100|$PY -m dnd_jax.scaling --config configs/smollm2_many.py --workdir $Q/many --docs $Q/docs/scaling --sizes 100 --variant fl1 --config.function_loss.weight=1.0"
   "many_zoo|collect_shards configs/smollm2_many.py $Q/many"
   "curve|$PY -m dnd_jax.scaling --config configs/smollm2_many.py --workdir $Q/many --docs $Q/docs/scaling"
   "curve_fl1|$PY -m dnd_jax.scaling --config configs/smollm2_many.py --workdir $Q/many --docs $Q/docs/scaling --sizes 25,50,100,152 --variant fl1 --config.function_loss.weight=1.0"
@@ -107,7 +112,7 @@ draws_shards() {  # CONFIG WORKDIR OUT: bench/condition_draws.py's targets in SH
 }
 
 if [[ ${1:-} == --list ]]; then
-  for j in "${JOBS[@]}"; do printf '%-12s %s\n' "${j%%|*}" "${j#*|}"; done
+  for j in "${JOBS[@]}"; do printf '%-14s %s\n' "${j%%|*}" "${j#*|}"; done
   exit 0
 fi
 
@@ -139,7 +144,7 @@ if [[ ${1:-} == --status ]]; then
           if (s == "") s = (n && other == "") ? bar[order[n - 1]] : other
           print s
         }')
-    printf '%-12s %-34s %s\n' "$name" "$state" "$last"
+    printf '%-14s %-34s %s\n' "$name" "$state" "$last"
   done
   exit 0
 fi
