@@ -7,8 +7,9 @@ cut to 256 tokens (the problem keeps its last <= 128 tokens, the solution loses 
 the examples are longer). 40 steps of batch 8, then 20 more keeping a checkpoint at each.
 
 Held out in turn: Python (evaluated on mt_mbpp_python, and on HumanEval and MBPP in Python, where the
-Python generator makes an adapter from those benchmarks' own unlabeled prompts and Python's zoo LoRA
-is the oracle), JavaScript (TypeScript is in the zoo) and Rust. Metrics: bits per byte of the gold
+Python generator makes an adapter from MBPP's own unscored prompts (its train ids) and, since HumanEval
+scores all 164 of its problems, from the held-out Python's unscored prompts for HumanEval (so HumanEval's
+DnD adapter is mt_mbpp_python's, byte for byte); Python's zoo LoRA is the oracle), JavaScript (TypeScript is in the zoo) and Rust. Metrics: bits per byte of the gold
 solution (primary; n = 200 test problems, HumanEval all 164), pass@1 for HumanEval and MBPP (greedy,
 at most ``eval.max_new_tokens`` new tokens, executed against the tests in ``dnd_jax.sandbox``).
 

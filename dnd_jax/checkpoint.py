@@ -213,6 +213,18 @@ class LoadedGenerator:
     step: int
 
 
+def training_progress(workdir: str | Path) -> tuple[int, int] | None:
+    """``(latest saved step, the run's total_steps)`` of the generator under ``workdir``; None before its
+    first checkpoint. A generator another process is still training has ``latest < total``."""
+    if not (Path(workdir) / CKPT_DIR).is_dir():
+        return None
+    with manager(workdir, create=False) as mngr:
+        latest = mngr.latest_step()
+        if latest is None:
+            return None
+        return int(latest), int(read_meta(mngr, latest)["config"]["total_steps"])
+
+
 def load_generator(workdir: str | Path, step: int | None = None) -> LoadedGenerator:
     """The generator saved under ``workdir`` (latest step by default), verified, on the default device.
 

@@ -94,6 +94,10 @@ def _cache_key(ref: base_model.BaseModelRef, ahash: str, task: str, split: str, 
         from dnd_jax import generative
 
         key["generative"] = generative.SETTINGS
+    if metric in ("exact_match", "pass@1"):  # where a decoded text is cut
+        from dnd_jax.task_sources import math_code
+
+        key["stops"] = list(math_code.stop_sequences(task))
     if metric == "exact_match":  # how answers are parsed and compared (bpb's and pass@1's entries stay valid)
         from dnd_jax.task_sources import math_code
 

@@ -267,12 +267,16 @@ def _generate_to(config, gen_dir: Path, prompt_tasks: tuple[str, ...], adapter_d
 def run_foreign_generator(config, workdir: Path, target: str, name: str, gen_dir: str) -> dict:
     """Cross-domain: another experiment's generator (e.g. the commonsense one) makes an adapter from
     ``target``'s prompts; it is evaluated next to this domain's DnD adapter and the base model."""
-    from dnd_jax import evaluation
+    from dnd_jax import checkpoint, evaluation
 
-    if not Path(gen_dir).is_dir():
-        print(f"[experiment] foreign generator '{name}' not found at {gen_dir}: skipped (run its experiment first, "
+    progress = checkpoint.training_progress(gen_dir) if Path(gen_dir).is_dir() else None
+    if progress is None or progress[0] < progress[1]:
+        # Absent, or still being trained by another process: an adapter from a partial generator would be
+        # cached as this row's for good. Skipped now; a later run (the report run) fills the row in.
+        state = "not found" if progress is None else f"still training (step {progress[0]} of {progress[1]})"
+        print(f"[experiment] foreign generator '{name}' at {gen_dir} {state}: skipped (run its experiment first, "
               f"or only that generator: experiment --train_only --only {Path(gen_dir).name})")
-        return {"skipped": f"no generator at {gen_dir}"}
+        return {"skipped": f"generator at {gen_dir} {state}"}
     root = output_root(config, workdir)
     adapter_dir = root / "adapters" / f"dnd_{target}_from_{name}"
     timing = _generate_to(config, Path(gen_dir), (target,), adapter_dir)

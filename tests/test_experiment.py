@@ -107,6 +107,30 @@ def test_train_only_trains_the_generators_and_nothing_else(tmp_path):
     assert len(runs) == 2 and runs[1] < runs[0]
 
 
+def test_a_foreign_generator_still_in_training_is_skipped_not_used(tmp_path, capsys):
+    """Another experiment's generator (the commonsense one that math and coding score cross-domain) may be in
+    training beside the run: an adapter from its partial weights would be cached as the row's for good, so
+    it is skipped until it has reached its total_steps (the report run then fills the row in)."""
+    from dnd_jax import checkpoint, pipeline, trainer
+
+    zoo_dir = testing.make_synthetic_zoo(tmp_path / "zoo", tasks=("arc_e", "piqa", "boolq"))
+    config = _config()
+    config.zoo_workdir = str(zoo_dir)
+    config.total_steps, config.ckpt_steps = 10, 5
+    gen_dir = tmp_path / "other" / "generators" / "sciq"
+    assert checkpoint.training_progress(gen_dir) is None
+    trainer.train_and_evaluate(config, gen_dir, max_steps=7)  # preempted: step 5 saved, 10 planned
+    assert checkpoint.training_progress(gen_dir) == (5, 10)
+    out = pipeline.run_foreign_generator(config, tmp_path / "w", "piqa", "commonsense", str(gen_dir))
+    assert out == {"skipped": f"generator at {gen_dir} still training (step 5 of 10)"}
+    assert "still training (step 5 of 10): skipped" in capsys.readouterr().out
+    assert not (tmp_path / "w").exists()  # no adapter generated, nothing scored
+    trainer.train_and_evaluate(config, gen_dir)
+    assert checkpoint.training_progress(gen_dir) == (10, 10)
+    missing = pipeline.run_foreign_generator(config, tmp_path / "w", "piqa", "commonsense", str(tmp_path / "none"))
+    assert missing["skipped"].endswith("not found")
+
+
 def test_generator_config_excludes_target_and_cross_domain():
     config = _config()
     config.tasks = ("arc_e", "piqa", "boolq", "sciq")

@@ -121,6 +121,23 @@ def test_gold_python_solutions_pass_and_wrong_ones_fail():
         assert not any(r.passed for r in sandbox.run_many(wrong, limits)), task
 
 
+def test_mbpp_stops_are_the_benchmarks_own_and_cut_what_would_run_after_the_solution():
+    """pass@1 on MBPP cuts a completion where the benchmark's own request file says (not only at the closing
+    fence): a correct function followed by a call that raises, or by a stray assert, still passes."""
+    reqs = math_code._requests("codex_mbpp", "gold_bpb_0shot")
+    assert {tuple(r["request"]["stop_sequences"]) for r in reqs} == {math_code.stop_sequences("codex_mbpp")}
+    ex = tasks.load_examples("codex_mbpp", "test", limit=1)[0]
+    gold = generative.truncate_at_stop(ex.choices[0], math_code.stop_sequences("codex_mbpp"))
+    limits = sandbox.Limits(timeout_s=10.0)
+    for tail in ("\nprint(undefined_name)\n", "\nassert False\n", "\nif True:\n    raise SystemExit(1)\n",
+                 "\n# a comment, then\nraise ValueError\n"):
+        cut = generative.truncate_at_stop(gold + tail, math_code.stop_sequences("codex_mbpp"))
+        assert sandbox.run_many([math_code.python_program("codex_mbpp", ex.id, cut)], limits)[0].passed, tail
+        # cut only at the fence, the same text fails: what the benchmark's stops protect a correct solution from
+        fence = generative.truncate_at_stop(gold + tail, ("\n```",))
+        assert not sandbox.run_many([math_code.python_program("codex_mbpp", ex.id, fence)], limits)[0].passed, tail
+
+
 # --- bpb and truncation on a tiny random model --------------------------------------------------------
 
 

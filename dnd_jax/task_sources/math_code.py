@@ -312,6 +312,10 @@ STOP_SEQUENCES = {
     "math": ("\n\nProblem:", "Problem:"),
     "code": ("\n```",),
     "codex_humaneval": ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\n```"),
+    # MBPP's own (the stop_sequences of its requests.jsonl.gz): the solution ends at the fence or at the first
+    # top-level statement after it (a call, a print, an assert, a comment), which would otherwise run as part
+    # of the program and fail a correct function (tests/test_math_code.py checks them against the file).
+    "codex_mbpp": ("\nclass", "\nassert", '\n"""', "\nprint", "\nif", "\n```", "\n#", "\n<|/", "<|eot_id|>"),
 }
 
 
@@ -320,8 +324,8 @@ def stop_sequences(task: str) -> tuple[str, ...]:
         return STOP_SEQUENCES["gsm8k"]
     if task.startswith("minerva_math_"):
         return STOP_SEQUENCES["math"]
-    if task == "codex_humaneval":
-        return STOP_SEQUENCES["codex_humaneval"]
+    if task in ("codex_humaneval", "codex_mbpp"):
+        return STOP_SEQUENCES[task]
     return STOP_SEQUENCES["code"]
 
 
