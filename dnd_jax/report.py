@@ -258,6 +258,20 @@ def _foreign_generators_markdown(results: dict) -> list[str]:
     return out + skipped + ([""] if skipped else [])
 
 
+def _evaluation_only_markdown(results: dict) -> list[str]:
+    """Evaluation-only targets (``experiment.also_evaluate``): whose generator made their DnD adapter, from
+    which task's unscored prompts, and whose zoo LoRA is their oracle (their baselines are that task's)."""
+    rows = [f"| {t} | {r['held_out']} | {r.get('conditions_from', '–')} | {r['held_out']} |"
+            for t, r in results["targets"].items() if "held_out" in r]
+    if not rows:
+        return []
+    return ["### Evaluation-only targets\n",
+            "| target | generator (held-out task) | DnD conditioned on the unscored prompts of | oracle LoRA |",
+            "|---|---|---|---|", *rows,
+            "", "Conditioned on another task's prompts (the target has no unscored ones), the target's DnD adapter "
+            "is that task's own.", ""]
+
+
 def markdown(results: dict) -> str:
     lines = []
     metrics = sorted({m for t in results["targets"].values() for s in t["systems"].values() for m in s
@@ -277,6 +291,7 @@ def markdown(results: dict) -> str:
             lines.append(f"| {target} | {n} | " + " | ".join(row) + " |")
         lines.append("")
     lines.append("\\* best training LoRA is chosen on the test set itself: an optimistic reference, not a method.\n")
+    lines += _evaluation_only_markdown(results)
     lines += _foreign_generators_markdown(results)
     speed = {t: r["speed"] for t, r in results["targets"].items() if "speed" in r}
     if speed:

@@ -432,6 +432,7 @@ def test_coding_experiment_end_to_end_tiny(tmp_path):
     # the foreign generator's rows: its adapter is this run's own, so it equals DnD question by question
     assert "### Cross-domain: another domain's generator" in md
     assert "| mt_mbpp_python | same | bpb |" in md and "| +0.000 [+0.000, +0.000] |" in md
+    assert "| codex_humaneval | mt_mbpp_python | codex_humaneval | mt_mbpp_python |" in md  # whose adapter it is
     again = experiment.run(config, tmp_path / "w")
     for t in ("mt_mbpp_python", "codex_humaneval"):
         entry = again["targets"][t]["systems"]["dnd"]["bpb"]
