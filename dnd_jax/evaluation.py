@@ -82,6 +82,18 @@ def _examples_hash(examples: Sequence[tasks.Example]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def _generative_texts_hash(task: str, metric: str, examples: Sequence[tasks.Example]) -> str:
+    """What a generative metric's model and sandbox see beyond the examples' fields: the templated prompt
+    and gold continuation (bpb, decoding) and, for pass@1, the program around a completion (prompt code and
+    tests). A template or test-harness change then scores afresh instead of reusing old entries."""
+    rows = [[tasks.cloze_context(e), tasks.gold_continuation(e)] for e in examples]
+    if metric == "pass@1":
+        from dnd_jax.task_sources import math_code
+
+        rows = [r + [math_code.python_program(task, e.id, "")] for r, e in zip(rows, examples)]
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+
+
 def _cache_key(ref: base_model.BaseModelRef, ahash: str, task: str, split: str, metric: str, limit: int,
                examples: Sequence[tasks.Example], max_new_tokens: int, packed: bool = False) -> dict:
     key = {"version": SCORING_VERSION, "base_model_sha": ref.sha, "adapter_hash": ahash, "task": task,
@@ -94,6 +106,7 @@ def _cache_key(ref: base_model.BaseModelRef, ahash: str, task: str, split: str, 
         from dnd_jax import generative
 
         key["generative"] = generative.SETTINGS
+        key["texts"] = _generative_texts_hash(task, metric, examples)
     if metric in ("exact_match", "pass@1"):  # where a decoded text is cut
         from dnd_jax.task_sources import math_code
 

@@ -503,3 +503,31 @@ def test_cli_end_to_end(tiny_zoo, tmp_path, capsys):
     assert {(c["a"], c["b"]) for c in report["comparisons"] if c["metric"] == "cloze"} >= {
         ("dnd", "merged"), ("dnd", "oracle"), ("dnd", evaluation.MEAN_TRAINING), ("merged", "base")}
     assert len(list((workdir / "eval_cache").glob("piqa-*.json"))) >= 2 * 6
+
+
+def test_generative_cache_keys_follow_the_prompt_template_and_the_test_programs(monkeypatch):
+    """A cached bpb/decoding entry is reused only for the same templated prompts, gold continuations and
+    (pass@1) test programs; a changed template or harness scores afresh. Cloze keys do not move."""
+    from dnd_jax import base_model, evaluation, tasks
+    from dnd_jax.task_sources import math_code
+
+    ref = base_model.BaseModelRef(name="m", path="/nowhere", sha="abc")
+    exs = tasks.load_examples("codex_mbpp", "test", limit=3)
+    piqa = tasks.load_examples("piqa", "test", limit=3)
+
+    def keys():
+        return {m: evaluation._cache_key(ref, "h", "codex_mbpp", "test", m, 3, exs, 128) for m in ("bpb", "pass@1")} | {
+            "cloze": evaluation._cache_key(ref, "h", "piqa", "test", "cloze", 3, piqa, 128)}
+
+    before = keys()
+    assert before == keys()  # deterministic
+    real = tasks.cloze_context
+    monkeypatch.setattr(tasks, "cloze_context", lambda e: "A changed template:\n" + real(e))
+    changed = keys()
+    assert changed["bpb"] != before["bpb"] and changed["pass@1"] != before["pass@1"]
+    assert changed["cloze"] == before["cloze"]
+    monkeypatch.setattr(tasks, "cloze_context", real)
+    program = math_code.python_program
+    monkeypatch.setattr(math_code, "python_program", lambda t, i, c: program(t, i, c) + "\nassert True\n")
+    harness = keys()
+    assert harness["pass@1"] != before["pass@1"] and harness["bpb"] == before["bpb"]
