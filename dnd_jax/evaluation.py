@@ -107,14 +107,12 @@ def _cache_key(ref: base_model.BaseModelRef, ahash: str, task: str, split: str, 
 
         key["generative"] = generative.SETTINGS
         key["texts"] = _generative_texts_hash(task, metric, examples)
-    if metric in ("exact_match", "pass@1"):  # where a decoded text is cut
+    if metric in ("exact_match", "pass@1"):
         from dnd_jax.task_sources import math_code
 
-        key["stops"] = list(math_code.stop_sequences(task))
-    if metric == "exact_match":  # how answers are parsed and compared (bpb's and pass@1's entries stay valid)
-        from dnd_jax.task_sources import math_code
-
-        key["answers"] = math_code.ANSWER_VERSION
+        key["stops"] = list(math_code.stop_sequences(task))  # where a decoded text is cut
+        if metric == "exact_match":  # how answers are parsed and compared (bpb's and pass@1's entries stay valid)
+            key["answers"] = math_code.ANSWER_VERSION
     return key
 
 

@@ -122,7 +122,6 @@ def run(config, workdir: str | Path, only: list[str] | None = None, docs: str = 
                          "drop it from the shards")
     if train_only and docs:
         raise InputError("--train_only writes no report (it evaluates nothing): drop --docs")
-    stages = _train_targets if train_only else _run_targets
     if part is not None:
         own = targets[part[0]::part[1]]
         locking.refuse_if_held(workdir, "an experiment shard")
@@ -130,16 +129,18 @@ def run(config, workdir: str | Path, only: list[str] | None = None, docs: str = 
         if missing:
             raise InputError(f"--shard needs a complete zoo; {missing} not collected in {zoo.zoo_dir(workdir)} "
                              "(run dnd_jax.collect first, or the experiment without --shard)")
-        results = stages(config, workdir, own, docs, report=False)
         if train_only:
-            return results
+            return _train_targets(config, workdir, own)
+        results = _run_targets(config, workdir, own, docs, report=False)
         _help_other_shards(config, workdir, [t for t in reversed(targets) if t not in own])
         return results
     with locking.workdir_lock(workdir, "experiment"):
         t0 = time.perf_counter()
         collection.collect(config, workdir)
         _stage_log(workdir, "collect", time.perf_counter() - t0)
-        return stages(config, workdir, targets, docs, report=True)
+        if train_only:
+            return _train_targets(config, workdir, targets)
+        return _run_targets(config, workdir, targets, docs, report=True)
 
 
 def _target_lock(config, workdir: Path, target: str):
@@ -170,9 +171,8 @@ def _help_other_shards(config, workdir: Path, others: list[str]) -> None:
             print(f"[experiment] helped with {task} (target {target}): {n} cache entries scored here", flush=True)
 
 
-def _train_targets(config, workdir: Path, targets: list[str], docs: str, report: bool) -> dict:
+def _train_targets(config, workdir: Path, targets: list[str]) -> dict:
     """``run(train_only=True)``: each target's generator (under the target's lock), nothing else."""
-    del docs, report  # no report: nothing was evaluated
     out = {"targets": {}}
     for target in targets:
         with _target_lock(config, workdir, target):
@@ -269,7 +269,7 @@ def run_foreign_generator(config, workdir: Path, target: str, name: str, gen_dir
     ``target``'s prompts; it is evaluated next to this domain's DnD adapter and the base model."""
     from dnd_jax import checkpoint, evaluation
 
-    progress = checkpoint.training_progress(gen_dir) if Path(gen_dir).is_dir() else None
+    progress = checkpoint.training_progress(gen_dir)
     if progress is None or progress[0] < progress[1]:
         # Absent, or still being trained by another process: an adapter from a partial generator would be
         # cached as this row's for good. Skipped now; a later run (the report run) fills the row in.
