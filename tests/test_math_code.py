@@ -2,6 +2,7 @@
 truncation, LoRA loss on solution tokens only, and the evaluation of bpb / exact match / pass@1."""
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,29 @@ def test_mbpp_problems_split_by_id_across_languages():
         train = {int(e.id) for e in tasks.load_examples(name, "train")}
         test = {int(e.id) for e in tasks.load_examples(name, "test")}
         assert test == set(test_ids) and not train & set(test_ids)
+
+
+def test_coding_zoo_prompts_differ_only_in_the_language_name():
+    """What the README's coding results say the generator can see: for every MBPP problem, the 8 zoo
+    languages' prompts are one text with the language's name in the fence (and, on 157 of 499 problems,
+    in the text: "Write a python function ...", "... operator in python."); nothing else tells a held-out
+    language apart."""
+    from configs import smollm2_coding
+
+    config = smollm2_coding.get_config()
+    spelled = {"cpp": "c++"}
+    by_id: dict[str, dict[str, str]] = {}
+    for name in config.tasks:
+        lang = name.removeprefix("mt_mbpp_")
+        for split in ("train", "test"):
+            for e in tasks.load_examples(name, split):
+                text, tag = e.prompt.rsplit("\n```", 1)
+                assert tag == lang
+                name_re = rf"(?<![\w+]){re.escape(spelled.get(lang, lang))}(?![\w+])"
+                by_id.setdefault(e.id, {})[lang] = re.sub(name_re, "<LANG>", text)
+    assert len(by_id) == 499 and all(len(v) == len(config.tasks) == 8 for v in by_id.values())
+    assert all(len(set(v.values())) == 1 for v in by_id.values())
+    assert sum("<LANG>" in v["python"] for v in by_id.values()) == 157
 
 
 def test_training_pair_is_the_gold_solution_verbatim():
