@@ -5,7 +5,9 @@
 
 Scores say how often two systems are right; this says whether they decode the same thing. For every
 per-target report and decoding metric (exact match, pass@1: the cache entries that keep their texts), each
-system's mean text length and score, and for DnD against every other decoded system: on how many problems
+system's mean text length, score, how many of its texts are empty (the stop sequences cut them at their
+first character) and how many open with a Markdown code fence (a code model ending the block where the solution
+should be, to write prose), and for DnD against every other decoded system: on how many problems
 the two greedy texts are identical, on how many both extract the same answer (exact match only), and how
 many problems both, only DnD, or only the other get right. Reads the run's records only (no model).
 Writes ``decoded_agreement.json`` and ``decoded_agreement.md`` into ``--out``.
@@ -37,7 +39,8 @@ def _define_flags() -> dict:
 def agreement(records: dict[str, dict], system: str = "dnd") -> dict:
     """``records``: system -> its cache record (``texts``, ``correct``, optionally ``pred``), on the same problems.
 
-    Returns per system its n, mean text length (characters) and score, and per other system the counts of
+    Returns per system its mean text length (characters), score, empty texts (after the stop sequences' cut)
+    and texts that open with a code fence (``` after leading whitespace), and per other system the counts of
     identical texts, equal extracted answers (where both records have ``pred``; a problem where neither text
     yields an answer is not counted as agreeing), both correct, only ``system`` correct and only
     the other correct.
@@ -49,7 +52,9 @@ def agreement(records: dict[str, dict], system: str = "dnd") -> dict:
         if len(r["texts"]) != n or len(r["correct"]) != n:
             raise ValueError(f"{name} has {len(r['texts'])} texts and {len(r['correct'])} scores, {system} {n}")
         out["systems"][name] = {"mean_chars": sum(map(len, r["texts"])) / n if n else 0.0,
-                                "score": sum(r["correct"]) / n if n else 0.0}
+                                "score": sum(r["correct"]) / n if n else 0.0,
+                                "empty": sum(not t.strip() for t in r["texts"]),
+                                "opens_with_fence": sum(t.lstrip().startswith("```") for t in r["texts"])}
         if name == system:
             continue
         pairs = list(zip(ref["correct"], r["correct"], strict=True))
@@ -83,17 +88,20 @@ def markdown(tables: list[dict], system: str) -> str:
     lines = ["# How close the decoded outputs are", "",
              f"Written by `python bench/decoded_agreement.py`. Greedy texts of `{system}` against every other decoded",
              "system, problem by problem: identical texts (character for character), the same extracted answer",
-             "(exact match only; both texts must yield one), and who is right where.", ""]
+             "(exact match only; both texts must yield one), and who is right where. Empty: texts the stop",
+             "sequences cut at their first character; fence: texts that open with ``` (the model ends the code",
+             "block where the solution should be and writes prose after it).", ""]
     for t in tables:
         lines += [f"## {t['report']}, {t['metric']} ({t['n']} problems)", "",
-                  "| system | mean chars | score (%) | identical texts | same answer | both right | "
-                  f"only {system} right | only this one right |", "|---|---|---|---|---|---|---|---|"]
+                  "| system | mean chars | empty | fence | score (%) | identical texts | same answer | both right | "
+                  f"only {system} right | only this one right |", "|---|---|---|---|---|---|---|---|---|---|"]
         for name, s in t["systems"].items():
             v = t["versus"].get(name)
             cells = ["–"] * 5 if v is None else [
                 str(v["identical_texts"]), str(v.get("same_answer", "–")), str(v["both_correct"]),
                 str(v["only_" + system]), str(v["only_other"])]
-            lines.append(f"| {name} | {s['mean_chars']:.0f} | {100 * s['score']:.1f} | " + " | ".join(cells) + " |")
+            lines.append(f"| {name} | {s['mean_chars']:.0f} | {s['empty']} | {s['opens_with_fence']} | "
+                         f"{100 * s['score']:.1f} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
 

@@ -458,9 +458,14 @@ def test_decoded_agreement_counts_identical_texts_answers_and_who_is_right():
     agree = testing.load_bench("decoded_agreement")
     records = {"dnd": {"texts": ["a 1", "b", "c 3", "dd"], "pred": ["1", None, "3", None], "correct": [1, 0, 1, 0]},
                "merged": {"texts": ["a 1", "x", "c 4", "dd"], "pred": ["1", None, "4", None], "correct": [1, 0, 0, 0]},
-               "base": {"texts": ["q", "r", "s", "t"], "correct": [0, 1, 0, 0]}}
+               "base": {"texts": ["q", "", " \n```\nIt returns", "t"], "correct": [0, 1, 0, 0]}}
     out = agree.agreement(records)
-    assert out["n"] == 4 and out["systems"]["dnd"] == {"mean_chars": 2.25, "score": 0.5}
+    assert out["n"] == 4 and out["systems"]["dnd"] == {"mean_chars": 2.25, "score": 0.5, "empty": 0,
+                                                       "opens_with_fence": 0}
+    assert out["systems"]["base"] | {"mean_chars": 0} == {"mean_chars": 0, "score": 0.25, "empty": 1,
+                                                          "opens_with_fence": 1}
+    md = agree.markdown([{"report": "t", "metric": "pass@1"} | out], "dnd")
+    assert "| base | 4 | 1 | 1 | 25.0 | 0 | – | 0 | 2 | 1 |" in md
     assert out["versus"]["merged"] == {"identical_texts": 2, "same_answer": 1, "both_correct": 1, "only_dnd": 1,
                                        "only_other": 0}
     assert out["versus"]["base"] == {"identical_texts": 0, "both_correct": 0, "only_dnd": 2, "only_other": 1}
