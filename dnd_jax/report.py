@@ -469,7 +469,8 @@ def geometry_plot(result: dict, path: Path) -> None:
         mat = np.array(result[key])
         im = ax.imshow(mat, vmin=-1, vmax=1, cmap="RdBu_r")
         ax.set_xticks(range(len(tasks)), tasks, rotation=45, ha="right")
-        ax.set_yticks(range(len(tasks)), tasks)
+        # the second heatmap has the first's rows: its labels would overprint the first's cells
+        ax.set_yticks(range(len(tasks)), tasks if key == "update_cosine" else [])
         for i in range(len(tasks)):
             for j in range(len(tasks)):
                 ax.text(j, i, f"{mat[i, j]:.2f}", ha="center", va="center", fontsize=7)
