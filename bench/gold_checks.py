@@ -5,11 +5,13 @@
 Exact match of every GSM8K and MATH gold solution against its own answer (the first ``--n`` test problems
 of each task), and pass@1 of every HumanEval and MBPP gold program, cut at the task's stop sequences as a
 generated one would be, run in the sandbox with the evaluation's limits (``generative.SANDBOX_LIMITS``).
-A gold solution that does not score is a defect of the metric, or a limit to state (the load average is
-recorded: the sandbox's time limit is wall time).
+A gold solution that does not score is a defect of the metric, or a limit to state. The sandbox's time
+limit is CPU seconds (since session 21; it was wall time), so the verdicts do not depend on the load
+average, which is recorded anyway.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -41,7 +43,7 @@ def main(argv) -> None:
         wrong = [e.id for e in exs if not math_code.exact_match(task, e.id, e.choices[0])[0]]
         out["exact_match"][task] = {"n": len(exs), "correct": len(exs) - len(wrong), "wrong_ids": wrong}
     limits = generative.SANDBOX_LIMITS
-    out["sandbox_limits"] = {"timeout_s": limits.timeout_s, "memory_mb": limits.memory_mb}
+    out["sandbox_limits"] = dataclasses.asdict(limits)
     for task in CODE_TASKS:
         exs = tasks.load_examples(task, "test", N.value)
         stops = math_code.stop_sequences(task)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import hashlib
 import json
 import time
@@ -113,6 +114,8 @@ def _cache_key(ref: base_model.BaseModelRef, ahash: str, task: str, split: str, 
         key["stops"] = list(math_code.stop_sequences(task))  # where a decoded text is cut
         if metric == "exact_match":  # how answers are parsed and compared (bpb's and pass@1's entries stay valid)
             key["answers"] = math_code.ANSWER_VERSION
+        if metric == "pass@1":  # what a program may use before it fails (bpb's and exact match's entries stay valid)
+            key["sandbox"] = dataclasses.asdict(generative.SANDBOX_LIMITS)
     return key
 
 

@@ -4,10 +4,13 @@ Each program runs in a fresh ``python -I`` process (isolated mode: no user site-
 ``PYTHON*`` variables, the current folder not on ``sys.path``) with:
 
 - a **fresh temporary folder** as its working directory, ``HOME`` and ``TMPDIR``, deleted afterwards;
-- **resource limits** (``resource.setrlimit`` in the child before the program runs): address space (``memory_mb``), CPU seconds,
-  size of any file it writes (``max_file_mb``), open files, no core dumps;
-- a **wall-clock timeout**: the process is started in its own session and the whole process group is
-  killed with SIGKILL when the timeout passes;
+- **resource limits** (``resource.setrlimit`` in the child before the program runs): address space (``memory_mb``),
+  size of any file it writes (``max_file_mb``), open files, no core dumps, and **CPU seconds** (``cpu_s``),
+  the program's time limit: the kernel sends SIGXCPU when it has computed that long (SIGKILL one second
+  later if it catches that), so a program gets the same verdict on a loaded machine as on an idle one;
+- a **wall-clock backstop** (``wall_s``) for a program that waits instead of computing (a sleep, a
+  blocking read): the process is started in its own session and the whole process group is killed
+  with SIGKILL when it passes;
 - **no network**: the child first tries to enter a new network namespace (``unshare(CLONE_NEWNET)``,
   as an unprivileged user ``CLONE_NEWUSER|CLONE_NEWNET``); where the kernel refuses, the guard below
   still refuses every socket connect/bind/send;
@@ -40,9 +43,10 @@ import os, resource, sys
 _ROOT = os.path.realpath(sys.argv[1])
 _MB = 1024 * 1024
 _mem, _cpu, _fsize, _nofile = (int(x) for x in sys.argv[2:6])
-for _res, _value in ((resource.RLIMIT_AS, _mem * _MB), (resource.RLIMIT_CPU, _cpu), (resource.RLIMIT_FSIZE, _fsize * _MB),
-                     (resource.RLIMIT_NOFILE, _nofile), (resource.RLIMIT_CORE, 0)):
-    resource.setrlimit(_res, (_value, _value))
+for _res, _soft, _hard in ((resource.RLIMIT_AS, _mem * _MB, _mem * _MB), (resource.RLIMIT_CPU, _cpu, _cpu + 1),
+                           (resource.RLIMIT_FSIZE, _fsize * _MB, _fsize * _MB), (resource.RLIMIT_NOFILE, _nofile, _nofile),
+                           (resource.RLIMIT_CORE, 0, 0)):
+    resource.setrlimit(_res, (_soft, _hard))
 
 
 def _new_netns():
@@ -104,15 +108,22 @@ exec(_code, {"__name__": "__main__", "__file__": _PROGRAM, "__builtins__": __bui
 
 @dataclasses.dataclass(frozen=True)
 class Limits:
-    timeout_s: float = 5.0
+    cpu_s: int = 5  # CPU seconds (RLIMIT_CPU, whole seconds): the time limit, independent of the machine's load
+    wall_s: float = 60.0  # wall-clock backstop for a program that waits instead of computing
     memory_mb: int = 512
     max_file_mb: int = 16
     max_open_files: int = 64
 
+    def __post_init__(self):
+        if not (isinstance(self.cpu_s, int) and self.cpu_s >= 1):
+            raise ValueError(f"sandbox.Limits.cpu_s must be a whole number of seconds >= 1, got {self.cpu_s!r}")
+        if not self.wall_s > 0:
+            raise ValueError(f"sandbox.Limits.wall_s must be > 0, got {self.wall_s!r}")
+
 
 @dataclasses.dataclass(frozen=True)
 class Result:
-    status: str  # passed | failed | timeout
+    status: str  # passed | failed | timeout (out of CPU seconds, or past the wall-clock backstop)
     returncode: int | None
     wall_s: float
     stderr_tail: str
@@ -134,15 +145,17 @@ def run_python(program: str, limits: Limits = Limits()) -> Result:
         marker = os.path.join(root, "netns")
         env = {"PATH": "/usr/bin:/bin", "HOME": work, "TMPDIR": work, "LANG": "C.UTF-8", "PYTHONHASHSEED": "0"}
         t0 = time.perf_counter()
-        args = [work, limits.memory_mb, int(limits.timeout_s) + 1, limits.max_file_mb, limits.max_open_files, marker]
+        args = [work, limits.memory_mb, limits.cpu_s, limits.max_file_mb, limits.max_open_files, marker]
         proc = subprocess.Popen(
             [sys.executable, "-I", "-B", "-c", _GUARD, *map(str, args)], cwd=work, env=env,
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
             close_fds=True,
         )
         try:
-            _, err = proc.communicate(timeout=limits.timeout_s)
-            status = "passed" if proc.returncode == 0 else "failed"
+            _, err = proc.communicate(timeout=limits.wall_s)
+            # SIGXCPU at cpu_s CPU seconds; SIGKILL at the hard limit one second later (the signal was caught)
+            out_of_cpu = proc.returncode in (-signal.SIGXCPU, -signal.SIGKILL)
+            status = "passed" if proc.returncode == 0 else "timeout" if out_of_cpu else "failed"
         except subprocess.TimeoutExpired:
             _kill_group(proc)
             _, err = proc.communicate()

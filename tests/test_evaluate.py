@@ -512,7 +512,8 @@ def test_cli_end_to_end(tiny_zoo, tmp_path, capsys):
 
 def test_generative_cache_keys_follow_the_prompt_template_and_the_test_programs(monkeypatch):
     """A cached bpb/decoding entry is reused only for the same templated prompts, gold continuations and
-    (pass@1) test programs; a changed template or harness scores afresh. Cloze keys do not move."""
+    (pass@1) test programs and sandbox limits; a changed template, harness or limit scores afresh. Cloze keys
+    do not move."""
     from dnd_jax import base_model, evaluation, tasks
     from dnd_jax.task_sources import math_code
 
@@ -536,3 +537,12 @@ def test_generative_cache_keys_follow_the_prompt_template_and_the_test_programs(
     monkeypatch.setattr(math_code, "python_program", lambda t, i, c: program(t, i, c) + "\nassert True\n")
     harness = keys()
     assert harness["pass@1"] != before["pass@1"] and harness["bpb"] == before["bpb"]
+    monkeypatch.setattr(math_code, "python_program", program)
+    from dnd_jax import generative, sandbox
+
+    # the sandbox's limits decide pass@1 only: other limits score it afresh, bpb's entries stay valid
+    assert before["pass@1"]["sandbox"] == {"cpu_s": 5, "wall_s": 60.0, "memory_mb": 512, "max_file_mb": 16,
+                                           "max_open_files": 64}
+    monkeypatch.setattr(generative, "SANDBOX_LIMITS", sandbox.Limits(cpu_s=10))
+    limits = keys()
+    assert limits["pass@1"] != before["pass@1"] and limits["bpb"] == before["bpb"] and "sandbox" not in limits["bpb"]

@@ -134,7 +134,7 @@ def test_every_gold_solution_scores_as_correct():
 
 
 def test_gold_python_solutions_pass_and_wrong_ones_fail():
-    limits = sandbox.Limits(timeout_s=10.0)
+    limits = sandbox.Limits(cpu_s=10)
     for task in ("codex_humaneval", "codex_mbpp"):
         exs = tasks.load_examples(task, "test", limit=8)
         gold = [math_code.python_program(task, e.id, generative.truncate_at_stop(e.choices[0], ("\n```",)))
@@ -152,7 +152,7 @@ def test_mbpp_stops_are_the_benchmarks_own_and_cut_what_would_run_after_the_solu
     assert {tuple(r["request"]["stop_sequences"]) for r in reqs} == {math_code.stop_sequences("codex_mbpp")}
     ex = tasks.load_examples("codex_mbpp", "test", limit=1)[0]
     gold = generative.truncate_at_stop(ex.choices[0], math_code.stop_sequences("codex_mbpp"))
-    limits = sandbox.Limits(timeout_s=10.0)
+    limits = sandbox.Limits(cpu_s=10)
     for tail in ("\nprint(undefined_name)\n", "\nassert False\n", "\nif True:\n    raise SystemExit(1)\n",
                  "\n# a comment, then\nraise ValueError\n"):
         cut = generative.truncate_at_stop(gold + tail, math_code.stop_sequences("codex_mbpp"))

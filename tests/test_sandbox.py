@@ -7,7 +7,7 @@ import pytest
 
 from dnd_jax import sandbox
 
-LIMITS = sandbox.Limits(timeout_s=2.0, memory_mb=256)
+LIMITS = sandbox.Limits(cpu_s=2, wall_s=30.0, memory_mb=256)
 
 
 def _leftovers() -> set[str]:
@@ -24,12 +24,34 @@ def test_passing_and_failing_programs():
 def test_infinite_loop_is_killed_on_timeout():
     r = sandbox.run_python("while True:\n    pass\n", LIMITS)
     assert r.status == "timeout" and not r.passed
-    assert r.wall_s < LIMITS.timeout_s + 3
+    assert r.wall_s < LIMITS.wall_s  # stopped by its CPU seconds, not by the wall-clock backstop
+
+
+def test_a_program_that_catches_sigxcpu_is_killed_one_cpu_second_later():
+    r = sandbox.run_python("import signal\nsignal.signal(signal.SIGXCPU, lambda *a: None)\nwhile True:\n    pass\n",
+                           sandbox.Limits(cpu_s=1, wall_s=30.0))
+    assert r.status == "timeout" and r.returncode == -9 and r.wall_s < 30
+
+
+def test_the_time_limit_is_cpu_seconds_not_wall_time():
+    """The same verdict on a loaded machine as on an idle one: waiting costs no CPU seconds, computing does."""
+    limits = sandbox.Limits(cpu_s=1, wall_s=30.0)
+    r = sandbox.run_python("import time\ntime.sleep(2.5)\n", limits)  # 2.5 s of wall, ~0 CPU: passes
+    assert r.status == "passed" and r.wall_s > 2.5
+    busy = ("import time\nt = time.process_time()\nwhile time.process_time() - t < 1.5:\n    pass\n")
+    assert sandbox.run_python(busy, limits).status == "timeout"  # 1.5 CPU s against 1
+    assert sandbox.run_python(busy, sandbox.Limits(cpu_s=3, wall_s=30.0)).status == "passed"
 
 
 def test_sleeping_program_is_killed_on_wall_clock_timeout():
-    r = sandbox.run_python("import time\ntime.sleep(60)\n", sandbox.Limits(timeout_s=1.0))
+    r = sandbox.run_python("import time\ntime.sleep(60)\n", sandbox.Limits(cpu_s=1, wall_s=1.0))
     assert r.status == "timeout" and r.wall_s < 5
+
+
+@pytest.mark.parametrize("bad", [dict(cpu_s=0), dict(cpu_s=2.5), dict(wall_s=0.0)])
+def test_limits_are_checked(bad):
+    with pytest.raises(ValueError, match="sandbox.Limits"):
+        sandbox.Limits(**bad)
 
 
 def test_huge_allocation_fails_inside_the_memory_limit():
@@ -75,7 +97,7 @@ def test_processes_and_network_are_refused(tmp_path):
 
 def test_run_many_keeps_order():
     programs = ["assert True\n", "assert False\n", "while True: pass\n", "x = 1\n"]
-    statuses = [r.status for r in sandbox.run_many(programs, sandbox.Limits(timeout_s=1.0), workers=2)]
+    statuses = [r.status for r in sandbox.run_many(programs, sandbox.Limits(cpu_s=1, wall_s=30.0), workers=2)]
     assert statuses == ["passed", "failed", "timeout", "passed"]
 
 
