@@ -475,6 +475,30 @@ def test_decoded_agreement_counts_identical_texts_answers_and_who_is_right():
         agree.agreement(records)
 
 
+def test_rescore_pass_at_1_reruns_cached_programs_and_names_changed_verdicts():
+    """bench/rescore_pass_at_1.py: a cached pass@1 record's texts run again under other limits (no model);
+    the counts then and now, and each problem whose verdict changed, with the limits the entry recorded."""
+    from dnd_jax import sandbox, tasks
+
+    rescore = testing.load_bench("rescore_pass_at_1")
+    exs = tasks.load_examples("codex_mbpp", "test", limit=3)
+    gold = [ex.choices[0].removesuffix("\n```") for ex in exs]
+    slow = gold[2] + "\nimport time\n_t = time.process_time()\nwhile time.process_time() - _t < 1.5:\n    pass\n"
+    record = {"task": "codex_mbpp", "ids": [e.id for e in exs], "texts": [gold[0], "def nothing(): pass", slow],
+              "correct": [1, 0, 1], "status": ["passed", "failed", "passed"],
+              "key": {"generative": {"sandbox": {"timeout_s": 5.0}}}}
+    out = rescore.rescore(record, sandbox.Limits(cpu_s=1, wall_s=30.0), workers=2)
+    assert (out["n"], out["passed_before"], out["passed_now"]) == (3, 2, 1)
+    assert out["changed"] == [{"id": exs[2].id, "before": "passed", "now": "timeout"}]
+    assert out["limits_before"] == {"timeout_s": 5.0}
+    assert rescore.rescore(record, sandbox.Limits(cpu_s=4, wall_s=30.0), workers=1)["changed"] == []
+    md = rescore.markdown([{"report": "r", "system": "dnd"} | out], {"cpu_s": 1})
+    assert f"| r | dnd | 3 | 2 | 1 | {exs[2].id}: passed -> timeout |" in md
+    record["texts"].pop()
+    with pytest.raises(ValueError, match="3 ids, 2 texts"):
+        rescore.rescore(record, sandbox.Limits(), workers=1)
+
+
 # --- CLI end to end -------------------------------------------------------------------------------------
 
 
