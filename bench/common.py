@@ -119,6 +119,18 @@ def _jsonable(x: Any) -> Any:
     return str(x)
 
 
+def workdir_and_out(workdir: str | None, out: str | None) -> tuple[Path, Path]:
+    """The ``--workdir``/``--out`` pair of a script that reads an experiment's records: both given and the
+    workdir a folder, else absl's UsageError (a one-line error, exit 1)."""
+    from absl import app
+
+    if not workdir or not out:
+        raise app.UsageError("--workdir and --out are required")
+    if not Path(workdir).is_dir():
+        raise app.UsageError(f"--workdir {workdir} is not a folder")
+    return Path(workdir), Path(out)
+
+
 def report_cells(workdir: Path) -> list[dict]:
     """Every scored (target report, metric, system) of an experiment's workdir and the cache entry holding it.
 

@@ -107,11 +107,8 @@ def markdown(tables: list[dict], system: str) -> str:
 
 
 def main(fl: dict) -> None:
-    if not fl["workdir"].value or not fl["out"].value:
-        raise app.UsageError("--workdir and --out are required")
-    workdir, out, system = Path(fl["workdir"].value), Path(fl["out"].value), fl["system"].value
-    if not workdir.is_dir():
-        raise app.UsageError(f"--workdir {workdir} is not a folder")
+    workdir, out = common.workdir_and_out(fl["workdir"].value, fl["out"].value)
+    system = fl["system"].value
     try:
         tables = collect(workdir, system)
     except ValueError as e:

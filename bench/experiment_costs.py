@@ -91,11 +91,7 @@ def markdown(rows: list[dict], groups: list[dict], stages: dict) -> str:
 
 def main(argv: list[str]) -> None:
     del argv
-    if not WORKDIR.value or not OUT.value:
-        raise app.UsageError("--workdir and --out are required")
-    workdir, out = Path(WORKDIR.value), Path(OUT.value)
-    if not workdir.is_dir():
-        raise app.UsageError(f"--workdir {workdir} is not a folder")
+    workdir, out = common.workdir_and_out(WORKDIR.value, OUT.value)
     try:
         rows = cells(workdir)
     except ValueError as e:

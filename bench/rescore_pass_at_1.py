@@ -48,11 +48,9 @@ def rescore(record: dict, limits: sandbox.Limits, workers: int) -> dict:
         raise ValueError(f"{task}: {len(ids)} ids, {len(texts)} texts and {len(before)} verdicts")
     programs = [math_code.python_program(task, i, t) for i, t in zip(ids, texts, strict=True)]
     results = sandbox.run_many(programs, limits, workers)
-    old_status = record.get("status") if isinstance(record.get("status"), list) else None
-    changed = [{"id": i, "before": (old_status[k] if old_status else ("passed" if before[k] else "not passed")),
-                "now": r.status}
-               for k, (i, r) in enumerate(zip(ids, results, strict=True)) if bool(before[k]) != r.passed]
-    return {"n": len(ids), "passed_before": int(sum(bool(c) for c in before)),
+    changed = [{"id": i, "before": then, "now": r.status}
+               for i, then, was, r in zip(ids, record["status"], before, results, strict=True) if bool(was) != r.passed]
+    return {"n": len(ids), "passed_before": sum(bool(c) for c in before),
             "passed_now": sum(r.passed for r in results), "changed": changed,
             "limits_before": recorded_limits(record.get("key") or {})}
 
@@ -86,28 +84,23 @@ def markdown(rows: list[dict], limits: dict) -> str:
 
 
 def main(fl: dict) -> None:
-    if not fl["workdir"].value or not fl["out"].value:
-        raise app.UsageError("--workdir and --out are required")
-    workdir, out = Path(fl["workdir"].value), Path(fl["out"].value)
-    if not workdir.is_dir():
-        raise app.UsageError(f"--workdir {workdir} is not a folder")
+    workdir, out = common.workdir_and_out(fl["workdir"].value, fl["out"].value)
     limits = generative.SANDBOX_LIMITS
     workers = max(1, min(2, len(os.sched_getaffinity(0))))
+    # its command and the host's load before the programs run (write adds the load after)
+    result = common.Result("pass_at_1_rescored", workdir=str(workdir), limits=dataclasses.asdict(limits))
     try:
         rows = collect(workdir, limits, workers)
     except ValueError as e:
         raise app.UsageError(str(e)) from None
     if not rows:
         raise app.UsageError(f"no pass@1 entry with texts in {workdir}")
-    now = dataclasses.asdict(limits)
-    md = markdown(rows, now)
-    out.mkdir(parents=True, exist_ok=True)
-    assets.write_json_atomic(out / "pass_at_1_rescored.json",
-                             {"command": "python bench/rescore_pass_at_1.py " + " ".join(sys.argv[1:]),
-                              "host": common.host(), "limits": now, "rows": rows})
+    md = markdown(rows, result["limits"])
+    result["rows"] = rows
+    result.write(out)
     assets.write_text_atomic(out / "pass_at_1_rescored.md", md)
     print(md)
-    print(f"wrote {out / 'pass_at_1_rescored.json'} and {out / 'pass_at_1_rescored.md'}")
+    print(f"wrote {out / 'pass_at_1_rescored.md'}")
 
 
 if __name__ == "__main__":
